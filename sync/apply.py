@@ -1,0 +1,302 @@
+"""Apply pages from a peer into the local region database.
+
+One local transaction per page: the rows of the page and, on the batch's last page, the
+peer's new token — all or nothing. Each segment is COPYed into a temporary stage table and
+merged with one ``INSERT … SELECT … ON CONFLICT (pk) DO UPDATE … WHERE`` the incoming
+version wins (MERGE would hash-join a scan of the whole target; ON CONFLICT probes the key).
+
+Conflict rule: last writer wins on (``modifiedon``, ``sync_origin``) — a total order, so
+every region converges to the same row whichever order the versions arrive in. A version
+that loses (to a newer row or a newer tombstone) is written to ``sync.conflict_log`` with
+the field-level difference. A row that fails on its own (a constraint) goes to
+``sync.dead_letter`` and the rest of the page still commits; foreign-key and unique
+violations are marked retryable, because in a mesh a parent can arrive from another peer
+a moment later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from deepdiff import DeepDiff
+from psycopg import sql
+
+from .capture import DELETE_COLUMNS, Page, Segment
+from .schema import Schema, TableInfo
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_SQLSTATES = {"23503", "23505"}  # foreign_key_violation, unique_violation
+
+
+class TokenRegression(psycopg.Error):
+    """The stored token is newer than the one we would write: another daemon is applying."""
+
+
+@dataclass
+class PageResult:
+    applied: Counter[tuple[str, str]] = field(default_factory=Counter)   # (table, op) -> rows
+    conflicts: Counter[str] = field(default_factory=Counter)             # table -> rows
+    dead_letters: Counter[str] = field(default_factory=Counter)          # table -> rows
+    skipped: Counter[str] = field(default_factory=Counter)               # table -> stale rows
+
+    def add(self, other: PageResult) -> None:
+        self.applied.update(other.applied)
+        self.conflicts.update(other.conflicts)
+        self.dead_letters.update(other.dead_letters)
+        self.skipped.update(other.skipped)
+
+
+def _ident_list(cols: tuple[str, ...], alias: str | None = None) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(alias, c) if alias else sql.Identifier(c)
+                              for c in cols)
+
+
+class Applier:
+    """Writes pages from one peer into the local database over one connection.
+
+    Contract: ``apply_page(page, token=...)`` commits the page (and the token when given)
+    or raises having changed nothing; ``read_token()`` returns the stored token or None.
+    A row-level failure never raises: it lands in ``sync.dead_letter``.
+    """
+
+    def __init__(self, conn: psycopg.Connection, schema: Schema, *, peer: str) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.peer = peer
+        # Test hook: called with a step name between statements (crash-atomicity tests).
+        self.fault_hook: Any = None
+
+    # -- token ----------------------------------------------------------------------------
+    def read_token(self) -> str | None:
+        row = self.conn.execute("SELECT token FROM sync.peer_state WHERE peer = %s",
+                                (self.peer,)).fetchone()
+        return row[0] if row else None
+
+    def _save_token(self, token: str, rows: int, initial: bool, policy_sha: str | None) -> None:
+        cur = self.conn.execute("""
+            INSERT INTO sync.peer_state AS p (peer, token, initial_load_at, last_applied_at,
+                                              batches_applied, changes_applied, policy_sha)
+            VALUES (%(peer)s, %(token)s, CASE WHEN %(initial)s THEN now() END, now(), 1,
+                    %(rows)s, %(sha)s)
+            ON CONFLICT (peer) DO UPDATE SET
+                token = EXCLUDED.token, last_applied_at = now(),
+                batches_applied = p.batches_applied + 1,
+                changes_applied = p.changes_applied + EXCLUDED.changes_applied,
+                policy_sha = EXCLUDED.policy_sha
+            WHERE pg_snapshot_xmax(EXCLUDED.token::pg_snapshot)
+                  >= pg_snapshot_xmax(p.token::pg_snapshot)
+            RETURNING 1""", {"peer": self.peer, "token": token, "initial": initial,
+                             "rows": rows, "sha": policy_sha})
+        if cur.fetchone() is None:
+            raise TokenRegression(f"token for peer {self.peer} would move backwards; is another "
+                                  "regionsync daemon applying to this region?")
+
+    # -- pages ----------------------------------------------------------------------------
+    def apply_page(self, page: Page, *, token: str | None = None, initial: bool = False,
+                   policy_sha: str | None = None, batch_rows: int = 0) -> PageResult:
+        result = PageResult()
+        with self.conn.transaction():
+            self.conn.execute("SELECT set_config('regionsync.origin', %s, true)", (self.peer,))
+            for seg in page.segments:
+                self._step("segment")
+                info = self.schema.tables[seg.table]
+                stage = self._stage(info, seg)
+                if seg.kind == "upsert":
+                    self._upsert(info, seg, stage, result)
+                else:
+                    self._delete(info, stage, result)
+            self._step("token")
+            if token is not None:
+                self._save_token(token, batch_rows, initial, policy_sha)
+        return result
+
+    def _step(self, name: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(name)
+
+    def _stage(self, info: TableInfo, seg: Segment) -> sql.Identifier:
+        digest = hashlib.sha1(",".join(seg.columns).encode()).hexdigest()[:10]
+        name = sql.Identifier(f"rs_{seg.kind}_{info.name}_{digest}")
+        if seg.kind == "upsert":
+            self.conn.execute(sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
+                "SELECT {} FROM public.{} WITH NO DATA").format(
+                name, _ident_list(seg.columns), sql.Identifier(info.name)))
+        else:
+            self.conn.execute(sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} (pk uuid, modifiedon timestamptz, origin text)"
+                " ON COMMIT DELETE ROWS").format(name))
+        self.conn.execute(sql.SQL("TRUNCATE {}").format(name))
+        with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
+                name, _ident_list(seg.columns))) as copy:
+            copy.write(seg.data)
+        self._step("staged")
+        return name
+
+    # -- upserts --------------------------------------------------------------------------
+    def _upsert(self, info: TableInfo, seg: Segment, stage: sql.Identifier,
+                result: PageResult) -> None:
+        table, pk, cols = sql.Identifier(info.name), sql.Identifier(info.pk), seg.columns
+        self._log_conflicts(info, stage, cols, result)
+        updates = sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in cols if c != info.pk)
+        stmt = sql.SQL("""
+            WITH r AS (
+                INSERT INTO public.{table} AS t ({cols})
+                SELECT {scols} FROM {stage} s
+                WHERE {one}
+                  AND NOT EXISTS (SELECT 1 FROM sync.tombstone tb
+                                  WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
+                                    AND (tb.modifiedon, tb.origin) >= (s.modifiedon, s.sync_origin))
+                ON CONFLICT ({pk}) DO UPDATE SET {updates}
+                WHERE (EXCLUDED.modifiedon, EXCLUDED.sync_origin) > (t.modifiedon, t.sync_origin)
+                RETURNING (xmax = 0) AS inserted)
+            SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM r""")
+
+        def run(one: sql.Composable, params: tuple[Any, ...] = ()) -> tuple[int, int]:
+            q = stmt.format(table=table, cols=_ident_list(cols), scols=_ident_list(cols, "s"),
+                            stage=stage, one=one, tname=sql.Literal(info.name), pk=pk,
+                            updates=updates)
+            ins, upd = self.conn.execute(q, params).fetchone()
+            return ins, upd
+
+        def count(ins: int, upd: int) -> None:
+            result.applied[(info.name, "insert")] += ins
+            result.applied[(info.name, "update")] += upd
+
+        done_before = (result.applied[(info.name, "insert")] + result.applied[(info.name, "update")]
+                       + result.dead_letters[info.name])
+        self._bulk_or_rows(info, stage, seg.kind, lambda: count(*run(sql.SQL("true"))),
+                           lambda key: count(*run(sql.SQL("s.{} = %s").format(pk), (key,))),
+                           result)
+        done = (result.applied[(info.name, "insert")] + result.applied[(info.name, "update")]
+                + result.dead_letters[info.name]) - done_before
+        # rows whose version we already hold (replays) or that lost to a newer local version
+        result.skipped[info.name] += max(0, seg.rows - done)
+
+    def _log_conflicts(self, info: TableInfo, stage: sql.Identifier, cols: tuple[str, ...],
+                       result: PageResult) -> None:
+        """Record every incoming version that loses to a newer local row or tombstone."""
+        q = sql.SQL("""
+            SELECT s.{pk}, to_jsonb(s), jsonb_build_object({local}), t.modifiedon, t.sync_origin
+            FROM {stage} s JOIN public.{table} t ON t.{pk} = s.{pk}
+            WHERE (s.modifiedon, s.sync_origin) < (t.modifiedon, t.sync_origin)
+            UNION ALL
+            SELECT s.{pk}, to_jsonb(s), jsonb_build_object('deleted', true), tb.modifiedon,
+                   tb.origin
+            FROM {stage} s JOIN sync.tombstone tb ON tb.tablename = {tname} AND tb.pk = s.{pk}
+            WHERE (s.modifiedon, s.sync_origin) < (tb.modifiedon, tb.origin)
+              AND NOT EXISTS (SELECT 1 FROM public.{table} x WHERE x.{pk} = s.{pk})""").format(
+            pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
+            tname=sql.Literal(info.name),
+            local=sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c))
+                                     for c in cols))
+        losers = self.conn.execute(q).fetchall()
+        for key, incoming, local, win_mod, win_origin in losers:
+            self._record_conflict(info.name, key, incoming, local, win_mod, win_origin)
+            result.conflicts[info.name] += 1
+
+    def _record_conflict(self, table: str, key: Any, incoming: dict[str, Any],
+                         local: dict[str, Any], win_mod: Any, win_origin: str) -> None:
+        diff = DeepDiff(local, incoming, verbose_level=2)
+        self.conn.execute("""
+            INSERT INTO sync.conflict_log (tablename, pk, peer, winner_origin, winner_modifiedon,
+                                           loser_origin, loser_modifiedon, loser_row, diff)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (table, key, self.peer, win_origin, win_mod, incoming.get("sync_origin") or
+             incoming.get("origin"), incoming.get("modifiedon"), json.dumps(incoming),
+             diff.to_json()))
+
+    # -- deletes --------------------------------------------------------------------------
+    def _delete(self, info: TableInfo, stage: sql.Identifier, result: PageResult) -> None:
+        pk, table, tname = sql.Identifier(info.pk), sql.Identifier(info.name), sql.Literal(info.name)
+        # A delete that loses to a newer local version is a conflict too.
+        losers = self.conn.execute(sql.SQL("""
+            SELECT d.pk, to_jsonb(d), to_jsonb(t), t.modifiedon, t.sync_origin
+            FROM {stage} d JOIN public.{table} t ON t.{pk} = d.pk
+            WHERE (d.modifiedon, d.origin) < (t.modifiedon, t.sync_origin)""").format(
+            stage=stage, table=table, pk=pk)).fetchall()
+        for key, incoming, local, win_mod, win_origin in losers:
+            local = {k: v for k, v in local.items() if k != "versionnumber"}
+            self._record_conflict(info.name, key, {**incoming, "deleted": True}, local,
+                                  win_mod, win_origin)
+            result.conflicts[info.name] += 1
+        # Tombstones first: the capture trigger reads the deletion time from them, and they
+        # keep an older version arriving later from another peer from resurrecting the row.
+        stmt = sql.SQL("""
+            WITH tomb AS (
+                INSERT INTO sync.tombstone AS tb (tablename, pk, modifiedon, origin)
+                SELECT {tname}, d.pk, d.modifiedon, d.origin FROM {stage} d WHERE {one}
+                ON CONFLICT (tablename, pk) DO UPDATE
+                    SET modifiedon = EXCLUDED.modifiedon, origin = EXCLUDED.origin
+                WHERE (EXCLUDED.modifiedon, EXCLUDED.origin) > (tb.modifiedon, tb.origin))
+            SELECT 1""")
+        delete = sql.SQL("""
+            WITH r AS (DELETE FROM public.{table} t USING {stage} d
+                       WHERE t.{pk} = d.pk AND {one}
+                         AND (d.modifiedon, d.origin) >= (t.modifiedon, t.sync_origin)
+                       RETURNING 1)
+            SELECT count(*) FROM r""")
+
+        def run(one: sql.Composable, params: tuple[Any, ...] = ()) -> None:
+            self.conn.execute(stmt.format(tname=tname, stage=stage, one=one), params)
+            n = self.conn.execute(delete.format(table=table, stage=stage, pk=pk, one=one),
+                                  params).fetchone()[0]
+            result.applied[(info.name, "delete")] += n
+
+        self._bulk_or_rows(info, stage, "delete", lambda: run(sql.SQL("true")),
+                           lambda key: run(sql.SQL("d.pk = %s"), (key,)), result)
+
+    # -- row-level fallback ---------------------------------------------------------------
+    def _bulk_or_rows(self, info: TableInfo, stage: sql.Identifier, kind: str, bulk: Any,
+                      one_row: Any, result: PageResult) -> None:
+        """Try the whole segment; if it fails, apply row by row and dead-letter the failures."""
+        try:
+            with self.conn.transaction():
+                bulk()
+            return
+        except psycopg.errors.IntegrityError as exc:
+            log.info("peer %s: bulk %s of %s failed (%s); applying row by row", self.peer, kind,
+                     info.name, exc.sqlstate)
+        key_col = "pk" if kind == "delete" else info.pk
+        keys = [r[0] for r in self.conn.execute(
+            sql.SQL("SELECT {} FROM {}").format(sql.Identifier(key_col), stage)).fetchall()]
+        for key in keys:
+            try:
+                with self.conn.transaction():
+                    one_row(key)
+            except psycopg.errors.IntegrityError as exc:
+                self._dead_letter(info, stage, key_col, key, kind, exc)
+                result.dead_letters[info.name] += 1
+
+    def _dead_letter(self, info: TableInfo, stage: sql.Identifier, key_col: str, key: Any,
+                     kind: str, exc: psycopg.Error) -> None:
+        diag = exc.diag
+        error = diag.message_primary or str(exc)
+        if diag.message_detail:
+            error += f" — {diag.message_detail}"
+        row = self.conn.execute(sql.SQL("SELECT to_jsonb(s) FROM {} s WHERE {} = %s").format(
+            stage, sql.Identifier(key_col)), (key,)).fetchone()
+        self.conn.execute("""
+            INSERT INTO sync.dead_letter AS d (peer, tablename, pk, op, row_data, error, sqlstate,
+                                               retryable)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (peer, tablename, pk) DO UPDATE SET
+                op = EXCLUDED.op, row_data = EXCLUDED.row_data, error = EXCLUDED.error,
+                sqlstate = EXCLUDED.sqlstate, retryable = EXCLUDED.retryable,
+                attempts = d.attempts + 1, last_failed_at = now()""",
+            (self.peer, info.name, key, kind, json.dumps(row[0]) if row else None, error,
+             exc.sqlstate, exc.sqlstate in RETRYABLE_SQLSTATES))
+        # Never row values in logs: table, key and constraint only.
+        log.warning("peer %s: %s of %s %s dead-lettered (%s %s)", self.peer, kind, info.name,
+                    key, exc.sqlstate, diag.constraint_name or "")
+
+
+__all__ = ["DELETE_COLUMNS", "Applier", "PageResult", "TokenRegression"]

@@ -1,0 +1,113 @@
+"""Region configuration (``region.yaml``), validated at load with file, line and key.
+
+Secrets never live in the file: a URL may say ``${VAR}``, and a password may come from
+``password_env`` or ``password_file``. Passwords are ``SecretStr`` and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import psycopg.conninfo
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from . import yamlfile
+from .errors import ConfigError
+
+RegionName = str
+
+
+class Endpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(description="postgresql://user@host:port/db (may use ${ENV_VAR})")
+    password_env: str | None = None
+    password_file: Path | None = None
+
+    def conninfo(self, *, where: str) -> str:
+        """libpq connection string with the secret filled in (never log it)."""
+        url = yamlfile.expand_env(self.url, where=where)
+        extra: dict[str, str] = {}
+        password = self.password()
+        if password is not None:
+            extra["password"] = password.get_secret_value()
+        try:
+            return psycopg.conninfo.make_conninfo(url, **extra)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(f"invalid database URL: {exc}", key=where) from exc
+
+    def password(self) -> SecretStr | None:
+        if self.password_env:
+            if self.password_env not in os.environ:
+                raise ConfigError(f"environment variable {self.password_env} is not set",
+                                  key="password_env")
+            return SecretStr(os.environ[self.password_env])
+        if self.password_file:
+            try:
+                return SecretStr(self.password_file.read_text().strip())
+            except OSError as exc:
+                raise ConfigError(f"cannot read password file: {exc.strerror}",
+                                  key="password_file") from exc
+        return None
+
+    def safe_url(self) -> str:
+        """The URL with any inline password masked, for logs."""
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(
+                yamlfile.expand_env(self.url, where="url"))
+        except Exception:
+            return "<unparseable url>"
+        host, port, db = params.get("host", ""), params.get("port", ""), params.get("dbname", "")
+        return f"postgresql://{params.get('user', '')}@{host}:{port}/{db}"
+
+
+class PeerConfig(Endpoint):
+    name: RegionName = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    origins: Literal["peer", "any"] = Field(
+        "peer", description="peer: pull only what the peer authored (mesh; default). "
+                            "any: pull every origin but our own (a spoke pulling from its hub).")
+
+
+class MetricsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(9187, ge=0, le=65535, description="0 disables the HTTP endpoint")
+
+
+class RegionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    region: RegionName = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    database: Endpoint
+    peers: list[PeerConfig] = Field(default_factory=list)
+    policy_dir: Path = Path("policies")
+    poll_interval: float = Field(1.0, gt=0, le=3600, description="seconds between polls")
+    page_size: int = Field(5000, ge=1, le=1_000_000,
+                           description="rows per local transaction; a full page drains at once")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    source_file: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _peers_distinct(self) -> RegionConfig:
+        names = [p.name for p in self.peers]
+        if self.region in names:
+            raise ValueError(f"region {self.region!r} lists itself as a peer")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"peer listed twice: {', '.join(dup)}")
+        return self
+
+
+def load_config(path: Path) -> RegionConfig:
+    path = Path(path)
+    doc = yamlfile.load(path)
+    cfg = yamlfile.validate(RegionConfig, doc, path)
+    base = path.resolve().parent
+    updates: dict[str, object] = {"source_file": path}
+    if not cfg.policy_dir.is_absolute():
+        updates["policy_dir"] = base / cfg.policy_dir
+    cfg = cfg.model_copy(update=updates)
+    for ep in [cfg.database, *cfg.peers]:
+        if ep.password_file is not None and not ep.password_file.is_absolute():
+            ep.password_file = base / ep.password_file
+    return cfg

@@ -1,0 +1,222 @@
+"""One pull -> filter -> apply cycle between a peer and the local region.
+
+``PeerLink.run_once()`` reads one snapshot-bounded batch from the peer (``capture``),
+already filtered by the policy in force (columns and rows chosen in the peer's SQL), and
+applies it page by page (``apply``); the batch's last page carries the new token.
+
+If a batch spans several pages and the process dies in between, the token has not moved
+and the batch is read again from the old token: pages already applied are replays, and
+last-writer-wins makes a replay a no-op (no row changes, no journal entry, no echo).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+
+from .apply import Applier, PageResult
+from .capture import Page, ReadPlan, SourceReader
+from .metrics import Metrics
+from .policy.model import Policy
+from .schema import Schema, introspect
+
+log = logging.getLogger(__name__)
+
+SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres"
+
+
+def connect(conninfo: str, *, application_name: str) -> psycopg.Connection:
+    """A connection for regionsync: autocommit (transactions are explicit), no server-side
+    prepared statements (a generic plan made while the journal was empty would scan the
+    whole backlog on every poll), and an unambiguous text format for COPY."""
+    return psycopg.connect(conninfo, autocommit=True, prepare_threshold=None,
+                           application_name=application_name, options=SESSION_OPTIONS,
+                           connect_timeout=10)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    peer: str
+    rows: int
+    token: str
+    initial: bool
+    full: bool
+    complete: bool
+    lag_seconds: float
+    source_now: datetime | None
+    applied: dict[tuple[str, str], int] = field(default_factory=dict)
+    conflicts: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    filtered: dict[str, int] = field(default_factory=dict)
+
+
+class PeerLink:
+    """Everything needed to sync one peer into the local region.
+
+    Lifecycle: created closed; ``run_once()`` connects lazily; ``close()`` drops both
+    connections (the next ``run_once()`` reconnects). Not thread-safe: one job per peer.
+    """
+
+    def __init__(self, *, region: str, peer: str, peer_conninfo: str, local_conninfo: str,
+                 policy: Callable[[], Policy], origins: str = "peer", page_size: int = 5000,
+                 metrics: Metrics | None = None, stop: threading.Event | None = None) -> None:
+        self.region = region
+        self.peer = peer
+        self._peer_conninfo = peer_conninfo
+        self._local_conninfo = local_conninfo
+        self._policy = policy
+        self.origins = origins
+        self.page_size = page_size
+        self.metrics = metrics
+        self.stop = stop or threading.Event()
+        self.source: psycopg.Connection | None = None
+        self.target: psycopg.Connection | None = None
+        self.schema: Schema | None = None
+        self.reader: SourceReader | None = None
+        self.applier: Applier | None = None
+
+    def _connect(self) -> tuple[SourceReader, Applier]:
+        if self.reader is None or self.applier is None or self.source is None \
+                or self.source.closed or self.target is None or self.target.closed:
+            self.close()
+            self.target = connect(self._local_conninfo,
+                                  application_name=f"regionsync-{self.region}-apply-{self.peer}")
+            self.source = connect(self._peer_conninfo,
+                                  application_name=f"regionsync-{self.region}-poll")
+            self.schema = introspect(self.target)
+            self.reader = SourceReader(self.source, peer=self.peer, region=self.region,
+                                       origins=self.origins)  # type: ignore[arg-type]
+            self.applier = Applier(self.target, self.schema, peer=self.peer)
+        return self.reader, self.applier
+
+    def close(self) -> None:
+        for conn in (self.source, self.target):
+            if conn is not None and not conn.closed:
+                conn.close()
+        self.source = self.target = None
+        self.reader = self.applier = None
+
+    def _plan_tables(self, policy: Policy):
+        assert self.schema is not None
+        rules = {t: r for t, r in policy.rules_to(self.region).items() if t in self.schema.tables}
+        return rules, [self.schema.tables[t] for t in self.schema.topo_order(list(rules))]
+
+    def run_once(self) -> BatchResult:
+        """Read and apply one batch. Raises ``psycopg.Error`` on connection-level failures."""
+        started = time.monotonic()
+        reader, applier = self._connect()
+        policy = self._policy()
+        rules, tables = self._plan_tables(policy)
+        token = applier.read_token()
+        result = PageResult()
+        read_rows: Counter[str] = Counter()
+        rows = 0
+        complete = True
+        with reader.batch() as snap:
+            plan = ReadPlan(token=token)
+            pending = None
+            only = None
+            if token is not None:
+                pending = reader.pending(token, [t.name for t in tables])
+                only = set(pending.keys)
+            lag = 0.0
+            if pending is not None and pending.oldest_change is not None:
+                lag = max(0.0, (snap.source_now - pending.oldest_change).total_seconds())
+            if self.metrics:
+                self.metrics.lag.labels(self.peer, self.region).set(lag)
+            held: Page | None = None
+            for page in reader.pages(plan, tables, rules, self.page_size, only):
+                if held is not None:
+                    result.add(applier.apply_page(held))
+                    if self.stop.is_set():  # SIGTERM: the page in flight is committed; stop
+                        complete = False
+                        break
+                held = page
+                rows += page.rows
+                for seg in page.segments:
+                    read_rows[seg.table] += seg.rows
+            if complete and (held is not None or snap.token != token):
+                result.add(applier.apply_page(held or Page(()), token=snap.token,
+                                              initial=token is None, policy_sha=policy.sha,
+                                              batch_rows=rows))
+        filtered = {}
+        if pending is not None:
+            filtered = {t: n - read_rows[t] for t, n in pending.keys.items() if n > read_rows[t]}
+        batch = BatchResult(
+            peer=self.peer, rows=rows, token=snap.token, initial=token is None,
+            full=rows >= self.page_size, complete=complete,
+            lag_seconds=lag if not complete else 0.0, source_now=snap.source_now,
+            applied=dict(result.applied), conflicts=dict(result.conflicts),
+            dead_letters=dict(result.dead_letters), filtered=filtered)
+        self._record(batch, time.monotonic() - started)
+        if batch.initial:
+            log.info("peer %s: initial load applied %d rows", self.peer, rows)
+        elif rows:
+            log.info("peer %s: applied batch of %d rows (%s)", self.peer, rows,
+                     ", ".join(f"{t}.{op}={n}" for (t, op), n in sorted(batch.applied.items()) if n))
+        return batch
+
+    def _record(self, batch: BatchResult, seconds: float) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        pair = (self.peer, self.region)
+        m.poll_duration.labels(*pair).observe(seconds)
+        for (table, op), n in batch.applied.items():
+            if n:
+                m.applied.labels(*pair, table, op).inc(n)
+        for table, n in batch.conflicts.items():
+            m.conflicts.labels(*pair, table).inc(n)
+        for table, n in batch.filtered.items():
+            m.filtered.labels(*pair, table, "row_filter").inc(n)
+        if batch.complete:
+            m.lag.labels(*pair).set(0.0)
+            m.last_success.labels(*pair).set(time.time())
+
+    def retry_dead_letters(self, limit: int = 500) -> tuple[int, int]:
+        """Re-read retryable dead letters' current rows from the peer and apply them again.
+
+        Foreign-key and unique violations are usually ordering effects between peers (a
+        parent authored elsewhere arrives a moment later), so they heal here; attempts back
+        off exponentially (2^attempts seconds, at most 5 minutes). Returns (tried, resolved).
+        """
+        reader, applier = self._connect()
+        assert self.target is not None
+        rows = self.target.execute("""
+            SELECT id, tablename, pk FROM sync.dead_letter
+            WHERE peer = %s AND retryable
+              AND last_failed_at < now() - make_interval(secs => least(power(2, attempts), 300))
+            ORDER BY id LIMIT %s""", (self.peer, limit)).fetchall()
+        if not rows:
+            self._count_dead_letters()
+            return 0, 0
+        started = self.target.execute("SELECT clock_timestamp()").fetchone()[0]
+        policy = self._policy()
+        rules, tables = self._plan_tables(policy)
+        wanted = {r[1] for r in rows}
+        tables = [t for t in tables if t.name in wanted]
+        plan = ReadPlan(keys=[r[2] for r in rows])
+        with reader.batch():
+            for page in reader.pages(plan, tables, rules, self.page_size):
+                applier.apply_page(page)
+        resolved = self.target.execute(
+            "DELETE FROM sync.dead_letter WHERE id = ANY(%s) AND last_failed_at < %s",
+            ([r[0] for r in rows], started)).rowcount
+        if resolved:
+            log.info("peer %s: %d of %d dead letters resolved on retry", self.peer, resolved,
+                     len(rows))
+        self._count_dead_letters()
+        return len(rows), resolved
+
+    def _count_dead_letters(self) -> None:
+        if self.metrics and self.target is not None:
+            n = self.target.execute("SELECT count(*) FROM sync.dead_letter WHERE peer = %s",
+                                    (self.peer,)).fetchone()[0]
+            self.metrics.dead_letters.labels(self.peer, self.region).set(n)

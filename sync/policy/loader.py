@@ -1,0 +1,187 @@
+"""Load ``policies/*.yaml`` into one validated ``Policy``.
+
+Fail closed: a table with no rule stays home, a column not on its table's allow-list
+stays home, and any doubt (unknown key, unknown column, a ``never_leaves_region`` column
+on an allow-list, two files ruling the same table) refuses the whole policy, so that
+the daemon keeps the last good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .. import yamlfile
+from ..errors import FilterSyntaxError, PolicyError
+from ..schema import LOCAL_ONLY_COLUMNS, SYSTEM_COLUMNS, Schema
+from .model import Policy, TableRule
+from .rowfilter import RowFilter
+
+Name = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
+
+
+class RuleFile(BaseModel):
+    """One table's rule, as written in a policy file."""
+
+    model_config = ConfigDict(extra="forbid")
+    columns: list[Name] = Field(description="Allow-list: the only columns that may leave.")
+    rows: str | None = Field(None, description="Row filter; only matching rows leave.")
+    to: list[Annotated[str, Field(pattern=r"^[a-z0-9*?\[\]_-]+$")]] | None = Field(
+        None, description="Destination regions or patterns (eu-*); default: every peer.")
+    description: str | None = None
+
+    @field_validator("columns")
+    @classmethod
+    def _no_duplicates(cls, v: list[str]) -> list[str]:
+        dup = sorted({c for c in v if v.count(c) > 1})
+        if dup:
+            raise ValueError(f"column listed twice: {', '.join(dup)}")
+        return v
+
+
+class PolicyFile(BaseModel):
+    """The top level of a file in ``policies/``."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(1, ge=1, le=1)
+    description: str | None = None
+    classification: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*\.([a-z_][a-z0-9_]*|\*)$")],
+                         list[Name]] = Field(default_factory=dict)
+    never_leaves_region: list[Name] = Field(default_factory=list)
+    rules: dict[Name, RuleFile] = Field(default_factory=dict)
+
+
+def policy_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise PolicyError("policy directory does not exist", file=str(directory))
+    files = sorted(p for p in directory.iterdir()
+                   if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+    if not files:
+        raise PolicyError("no policy files (*.yaml) found; with no policy nothing would sync",
+                          file=str(directory))
+    return files
+
+
+def load_policy(directory: Path, schema: Schema | None = None) -> Policy:
+    """Parse, merge and validate every policy file; with ``schema``, check it too."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    parsed: list[tuple[Path, object, PolicyFile]] = []
+    for path in policy_files(directory):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        doc = yamlfile.load(path, PolicyError)
+        parsed.append((path, doc, yamlfile.validate(PolicyFile, doc, path, PolicyError)))
+
+    classification: dict[str, frozenset[str]] = {}
+    never: set[str] = set()
+    rules: dict[str, TableRule] = {}
+    for path, doc, pf in parsed:
+        for key, tags in pf.classification.items():
+            classification[key] = classification.get(key, frozenset()) | frozenset(tags)
+        never |= set(pf.never_leaves_region)
+        for table, rf in pf.rules.items():
+            line = yamlfile.line_of(doc, ("rules", table)) or 0
+            if table in rules:
+                other = rules[table]
+                raise PolicyError(
+                    f"table {table!r} has a rule in two files: {other.file}:{other.line} and "
+                    f"{path}:{line}; keep one rule per table", file=str(path), line=line,
+                    key=f"rules.{table}")
+            row_filter = None
+            if rf.rows is not None:
+                try:
+                    row_filter = RowFilter.parse(rf.rows)
+                except FilterSyntaxError as exc:
+                    raise PolicyError(exc.detail, file=str(path),
+                                      line=yamlfile.line_of(doc, ("rules", table, "rows")),
+                                      key=f"rules.{table}.rows") from exc
+            rules[table] = TableRule(table=table, columns=tuple(rf.columns), rows=row_filter,
+                                     to=tuple(rf.to) if rf.to else ("*",), file=str(path),
+                                     line=line)
+    policy = Policy(rules=rules, classification=classification,
+                    never_leaves_region=frozenset(never), sha=digest.hexdigest()[:16],
+                    files=tuple(str(p) for p, _, _ in parsed))
+    docs = {str(p): d for p, d, _ in parsed}
+    _check_residency(policy, docs)
+    if schema is not None:
+        check_against_schema(policy, schema, docs)
+    return policy
+
+
+def _column_line(docs: dict[str, object], rule: TableRule, column: str) -> tuple[int | None, str]:
+    doc = docs.get(rule.file)
+    try:
+        index = list(rule.columns).index(column)
+    except ValueError:
+        return rule.line, f"rules.{rule.table}"
+    return (yamlfile.line_of(doc, ("rules", rule.table, "columns", index)),
+            f"rules.{rule.table}.columns[{index}]")
+
+
+def _check_residency(policy: Policy, docs: dict[str, object]) -> None:
+    """Refuse any rule that would let a ``never_leaves_region`` column out."""
+    for rule in policy.rules.values():
+        whole = policy.classification.get(f"{rule.table}.*", frozenset())
+        if whole & policy.never_leaves_region:
+            raise PolicyError(
+                f"table {rule.table!r} is classified {sorted(whole)} which never leaves its "
+                "region, so it cannot have a rule", file=rule.file, line=rule.line,
+                key=f"rules.{rule.table}")
+        for column in rule.columns:
+            tags = policy.tags(rule.table, column) & policy.never_leaves_region
+            if tags:
+                line, key = _column_line(docs, rule, column)
+                raise PolicyError(
+                    f"column {rule.table}.{column} is classified {sorted(tags)}, which never "
+                    "leaves its region; remove it from the allow-list", file=rule.file,
+                    line=line, key=key)
+        if rule.rows:
+            outside = sorted(rule.rows.columns - set(rule.columns) - set(SYSTEM_COLUMNS))
+            if outside:
+                raise PolicyError(
+                    f"row filter reads column(s) {', '.join(outside)} that are not on the "
+                    "allow-list; a filter may only read columns that are allowed to leave",
+                    file=rule.file, line=yamlfile.line_of(docs.get(rule.file),
+                                                          ("rules", rule.table, "rows")),
+                    key=f"rules.{rule.table}.rows")
+
+
+def check_against_schema(policy: Policy, schema: Schema,
+                         docs: dict[str, object] | None = None) -> list[str]:
+    """Unknown tables/columns are errors; returns the unclassified columns (warnings)."""
+    docs = docs or {}
+    for rule in policy.rules.values():
+        info = schema.tables.get(rule.table)
+        if info is None:
+            raise PolicyError(f"unknown table {rule.table!r} (tracked tables: "
+                              f"{', '.join(sorted(schema.tables))})", file=rule.file,
+                              line=rule.line, key=f"rules.{rule.table}")
+        for column in rule.columns:
+            if column not in info.columns or column in LOCAL_ONLY_COLUMNS:
+                line, key = _column_line(docs, rule, column)
+                why = ("is assigned by each region and never travels"
+                       if column in LOCAL_ONLY_COLUMNS else "does not exist")
+                raise PolicyError(f"column {rule.table}.{column} {why}", file=rule.file,
+                                  line=line, key=key)
+        if rule.rows:
+            for column in sorted(rule.rows.columns - set(info.columns)):
+                raise PolicyError(f"row filter names unknown column {rule.table}.{column}",
+                                  file=rule.file, key=f"rules.{rule.table}.rows")
+    for key in policy.classification:
+        table, column = key.split(".", 1)
+        if table not in schema.tables or (column != "*" and column not in
+                                           schema.tables[table].columns):
+            raise PolicyError(f"classification names unknown column {key}",
+                              file=policy.files[0] if policy.files else None,
+                              key=f"classification.{key}")
+    return policy.unclassified(schema)
+
+
+def policy_fingerprint(policy: Policy) -> str:
+    """Stable JSON of what the policy lets through (for audit rows)."""
+    return json.dumps({t: {"columns": list(r.columns), "rows": r.rows.text if r.rows else None,
+                           "to": list(r.to)} for t, r in sorted(policy.rules.items())})

@@ -1,0 +1,92 @@
+"""What a region database looks like: tracked tables, their columns, keys and foreign keys.
+
+Read from the live catalog (never hard-coded) so the policy can be checked against the
+real schema and the apply order follows the real foreign keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+
+import psycopg
+
+from .errors import SchemaError
+
+# Columns every tracked table has. versionnumber is assigned by each region's own
+# sequence and never travels; the other three travel with every row.
+SYSTEM_COLUMNS = ("createdon", "modifiedon", "sync_origin")
+LOCAL_ONLY_COLUMNS = ("versionnumber",)
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    columns: tuple[str, ...]
+    parent: str
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    pk: str
+    columns: tuple[str, ...]          # in table order
+    types: dict[str, str] = field(hash=False, compare=False)
+    foreign_keys: tuple[ForeignKey, ...] = ()
+
+    @property
+    def parents(self) -> frozenset[str]:
+        return frozenset(fk.parent for fk in self.foreign_keys if fk.parent != self.name)
+
+
+@dataclass(frozen=True)
+class Schema:
+    tables: dict[str, TableInfo]
+
+    def topo_order(self, names: list[str] | None = None) -> list[str]:
+        """Parents before children (the order for upserts; reverse it for deletes)."""
+        wanted = set(names if names is not None else self.tables)
+        graph = {t: {p for p in self.tables[t].parents if p in wanted} for t in sorted(wanted)}
+        try:
+            return list(TopologicalSorter(graph).static_order())
+        except CycleError as exc:  # deferrable FKs make a cycle workable; keep a stable order
+            raise SchemaError(f"foreign-key cycle between tracked tables: {exc.args[1]}") from exc
+
+
+def introspect(conn: psycopg.Connection) -> Schema:
+    """Tracked tables (``sync.tracked_table``) with columns and foreign keys."""
+    try:
+        tracked = conn.execute(
+            "SELECT tablename, pk_column FROM sync.tracked_table ORDER BY tablename").fetchall()
+    except psycopg.errors.UndefinedTable as exc:
+        raise SchemaError("this database has no regionsync schema; run `regionsync migrate "
+                          "--config region.yaml` first") from exc
+    finally:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            conn.rollback()
+    cols = conn.execute("""
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'public' AND a.attnum > 0 AND NOT a.attisdropped
+          AND c.relname = ANY(%s)
+        ORDER BY c.relname, a.attnum""", ([t for t, _ in tracked],)).fetchall()
+    fks = conn.execute("""
+        SELECT c.relname, p.relname,
+               array(SELECT a.attname FROM unnest(k.conkey) WITH ORDINALITY u(n, i)
+                     JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n
+                     ORDER BY u.i)
+        FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+        JOIN pg_class p ON p.oid = k.confrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE k.contype = 'f' AND n.nspname = 'public' AND c.relname = ANY(%s)""",
+        ([t for t, _ in tracked],)).fetchall()
+    tables: dict[str, TableInfo] = {}
+    for name, pk in tracked:
+        names = tuple(c for t, c, _ in cols if t == name)
+        if not names:
+            raise SchemaError(f"tracked table {name!r} does not exist in schema public")
+        tables[name] = TableInfo(
+            name=name, pk=pk, columns=names,
+            types={c: ty for t, c, ty in cols if t == name},
+            foreign_keys=tuple(ForeignKey(tuple(k), p) for t, p, k in fks if t == name))
+    return Schema(tables)

@@ -1,0 +1,93 @@
+"""YAML files validated by pydantic models, with errors that name file, line and key path.
+
+Compliance staff edit these files by hand, so every error must point at the line to fix.
+ruamel.yaml's round-trip loader keeps the line of every key and list item.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from .errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load(path: Path, error: type[ConfigError] = ConfigError) -> Any:
+    """Parse one YAML file; a syntax error names the file and line."""
+    yaml = YAML(typ="rt")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"cannot read: {exc.strerror}", file=str(path)) from exc
+    try:
+        doc = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise error(f"not valid YAML: {exc.problem or exc.context}", file=str(path),
+                    line=line) from exc
+    return doc if doc is not None else CommentedMap()
+
+
+def line_of(doc: Any, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest node of ``loc`` that the document records."""
+    line: int | None = None
+    node = doc
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            line = node.lc.key(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+            line = node.lc.item(part)[0] + 1
+            node = node[part]
+        else:
+            break
+    if line is None and isinstance(doc, CommentedMap | CommentedSeq):
+        line = doc.lc.line + 1
+    return line
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validate(model: type[M], doc: Any, path: Path,
+             error: type[ConfigError] = ConfigError) -> M:
+    """Validate ``doc`` against ``model``; the first problem becomes one precise error."""
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))
+        more = len(exc.errors()) - 1
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the documented keys)"
+        if more:
+            msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise error(msg, file=str(path), line=line_of(doc, loc), key=key_path(loc)) from exc
+
+
+def expand_env(value: str, *, where: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; a missing variable is an error, not ''."""
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is not set", key=where)
+    return _ENV.sub(repl, value)
