@@ -66,10 +66,12 @@ class Applier:
     A row-level failure never raises: it lands in ``sync.dead_letter``.
     """
 
-    def __init__(self, conn: psycopg.Connection, schema: Schema, *, peer: str) -> None:
+    def __init__(self, conn: psycopg.Connection, schema: Schema, *, peer: str,
+                 region: str) -> None:
         self.conn = conn
         self.schema = schema
         self.peer = peer
+        self.region = region
         # Test hook: called with a step name between statements (crash-atomicity tests).
         self.fault_hook: Any = None
 
@@ -100,7 +102,11 @@ class Applier:
 
     # -- pages ----------------------------------------------------------------------------
     def apply_page(self, page: Page, *, token: str | None = None, initial: bool = False,
-                   policy_sha: str | None = None, batch_rows: int = 0) -> PageResult:
+                   policy_sha: str | None = None, batch_rows: int = 0,
+                   peer_has_seen: str | None = None) -> PageResult:
+        """Apply ``page``; ``peer_has_seen`` is the peer's own token for us (a snapshot of
+        our database): a local version whose transaction it does not cover was never seen
+        by the peer, so an incoming version that overwrites it is a concurrent edit."""
         result = PageResult()
         with self.conn.transaction():
             self.conn.execute("SELECT set_config('regionsync.origin', %s, true)", (self.peer,))
@@ -109,6 +115,7 @@ class Applier:
                 info = self.schema.tables[seg.table]
                 stage = self._stage(info, seg)
                 if seg.kind == "upsert":
+                    self._log_local_losers(info, stage, seg.columns, peer_has_seen, result)
                     self._upsert(info, seg, stage, result)
                 else:
                     self._delete(info, stage, result)
@@ -203,16 +210,36 @@ class Applier:
             self._record_conflict(info.name, key, incoming, local, win_mod, win_origin)
             result.conflicts[info.name] += 1
 
-    def _record_conflict(self, table: str, key: Any, incoming: dict[str, Any],
-                         local: dict[str, Any], win_mod: Any, win_origin: str) -> None:
-        diff = DeepDiff(local, incoming, verbose_level=2)
+    def _log_local_losers(self, info: TableInfo, stage: sql.Identifier, cols: tuple[str, ...],
+                          peer_has_seen: str | None, result: PageResult) -> None:
+        """Record local versions that an incoming, newer version overwrites although the
+        peer never saw them (its token for us does not cover their transaction)."""
+        seen = (sql.SQL("NOT pg_visible_in_snapshot(c.txid, {}::pg_snapshot)").format(
+            sql.Literal(peer_has_seen)) if peer_has_seen else sql.SQL("true"))
+        q = sql.SQL("""
+            SELECT t.{pk}, jsonb_build_object({local}), to_jsonb(s), s.modifiedon, s.sync_origin
+            FROM {stage} s JOIN public.{table} t ON t.{pk} = s.{pk}
+            JOIN sync.change_log c ON c.versionnumber = t.versionnumber
+            WHERE (s.modifiedon, s.sync_origin) > (t.modifiedon, t.sync_origin)
+              AND t.sync_origin = {region} AND {seen}""").format(
+            pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
+            region=sql.Literal(self.region), seen=seen,
+            local=sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c))
+                                     for c in cols))
+        for key, local, incoming, win_mod, win_origin in self.conn.execute(q).fetchall():
+            self._record_conflict(info.name, key, local, incoming, win_mod, win_origin)
+            result.conflicts[info.name] += 1
+
+    def _record_conflict(self, table: str, key: Any, loser: dict[str, Any],
+                         winner: dict[str, Any], win_mod: Any, win_origin: str) -> None:
+        """``loser`` is the version that did not survive; ``diff`` goes winner -> loser."""
+        diff = DeepDiff(winner, loser, verbose_level=2)
         self.conn.execute("""
             INSERT INTO sync.conflict_log (tablename, pk, peer, winner_origin, winner_modifiedon,
                                            loser_origin, loser_modifiedon, loser_row, diff)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-            (table, key, self.peer, win_origin, win_mod, incoming.get("sync_origin") or
-             incoming.get("origin"), incoming.get("modifiedon"), json.dumps(incoming),
-             diff.to_json()))
+            (table, key, self.peer, win_origin, win_mod, loser.get("sync_origin") or
+             loser.get("origin"), loser.get("modifiedon"), json.dumps(loser), diff.to_json()))
 
     # -- deletes --------------------------------------------------------------------------
     def _delete(self, info: TableInfo, stage: sql.Identifier, result: PageResult) -> None:

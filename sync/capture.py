@@ -159,6 +159,12 @@ class SourceReader:
                  table=sql.Identifier(info.name), pk=sql.Identifier(info.pk))
 
     # -- reads ---------------------------------------------------------------------------
+    def token_for(self, region: str) -> str | None:
+        """The peer's own token for ``region``: how much of our journal it has applied."""
+        row = self.conn.execute("SELECT token FROM sync.peer_state WHERE peer = %s",
+                                (region,)).fetchone()
+        return row[0] if row else None
+
     def pending(self, token: str, tables: Sequence[str]) -> Pending:
         """Distinct changed keys per table beyond ``token``, and the oldest change time."""
         if not tables:

@@ -93,7 +93,7 @@ class PeerLink:
             self.schema = introspect(self.target)
             self.reader = SourceReader(self.source, peer=self.peer, region=self.region,
                                        origins=self.origins)  # type: ignore[arg-type]
-            self.applier = Applier(self.target, self.schema, peer=self.peer)
+            self.applier = Applier(self.target, self.schema, peer=self.peer, region=self.region)
         return self.reader, self.applier
 
     def close(self) -> None:
@@ -131,10 +131,11 @@ class PeerLink:
                 lag = max(0.0, (snap.source_now - pending.oldest_change).total_seconds())
             if self.metrics:
                 self.metrics.lag.labels(self.peer, self.region).set(lag)
+            seen = reader.token_for(self.region)
             held: Page | None = None
             for page in reader.pages(plan, tables, rules, self.page_size, only):
                 if held is not None:
-                    result.add(applier.apply_page(held))
+                    result.add(applier.apply_page(held, peer_has_seen=seen))
                     if self.stop.is_set():  # SIGTERM: the page in flight is committed; stop
                         complete = False
                         break
@@ -145,7 +146,7 @@ class PeerLink:
             if complete and (held is not None or snap.token != token):
                 result.add(applier.apply_page(held or Page(()), token=snap.token,
                                               initial=token is None, policy_sha=policy.sha,
-                                              batch_rows=rows))
+                                              batch_rows=rows, peer_has_seen=seen))
         filtered = {}
         if pending is not None:
             filtered = {t: n - read_rows[t] for t, n in pending.keys.items() if n > read_rows[t]}
@@ -204,8 +205,9 @@ class PeerLink:
         tables = [t for t in tables if t.name in wanted]
         plan = ReadPlan(keys=[r[2] for r in rows])
         with reader.batch():
+            seen = reader.token_for(self.region)
             for page in reader.pages(plan, tables, rules, self.page_size):
-                applier.apply_page(page)
+                applier.apply_page(page, peer_has_seen=seen)
         resolved = self.target.execute(
             "DELETE FROM sync.dead_letter WHERE id = ANY(%s) AND last_failed_at < %s",
             ([r[0] for r in rows], started)).rowcount

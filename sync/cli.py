@@ -1,0 +1,113 @@
+"""Command line: parses arguments, configures logging, calls the library. Nothing else."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import ConfigError, PostgresNotFound, SyncError
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    for noisy in ("apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(exc: Exception, code: int = 2) -> None:
+    click.echo(f"regionsync: {exc}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(package_name="regionsync")
+def main(verbose: bool) -> None:
+    """regionsync: multi-region PostgreSQL sync with field-level residency policies."""
+    _logging(verbose)
+
+
+config_option = click.option("--config", "config_path", type=click.Path(path_type=Path),
+                             required=True, help="The region's YAML configuration.")
+
+
+@main.command()
+@config_option
+def run(config_path: Path) -> None:
+    """Run the daemon for one region (until SIGTERM/SIGINT)."""
+    from .config import load_config
+    from .daemon import Daemon
+    try:
+        Daemon(load_config(config_path)).run()
+    except (SyncError, OSError) as exc:
+        _fail(exc)
+
+
+@main.command()
+@config_option
+def migrate(config_path: Path) -> None:
+    """Bring the region's database to the current schema (idempotent)."""
+    from .config import load_config
+    from .migrate import migrate as do_migrate
+    try:
+        cfg = load_config(config_path)
+        do_migrate(cfg.database.conninfo(where="database.url"), cfg.region)
+    except (SyncError, ValueError) as exc:
+        _fail(exc)
+    click.echo(f"region {cfg.region}: database at head")
+
+
+@main.command()
+@click.option("--rows", default=200, show_default=True, help="Contacts to seed per region.")
+@click.option("--keep-running", is_flag=True, help="Keep the mesh running until Ctrl-C.")
+def demo(rows: int, keep_running: bool) -> None:
+    """Start three local regions, sync them, show what crossed borders, clean up."""
+    from .demo import run_demo
+    try:
+        run_demo(rows=rows, keep_running=keep_running)
+    except PostgresNotFound as exc:
+        _fail(exc, 3)
+
+
+@main.group()
+def policy() -> None:
+    """Inspect and validate the residency policy."""
+
+
+@policy.command("check")
+@click.option("--policy-dir", type=click.Path(path_type=Path), default=None,
+              help="Policy directory (default: the config's, else ./policies).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="Also check against this region's live schema.")
+def policy_check(policy_dir: Path | None, config_path: Path | None) -> None:
+    """Validate policy files (and, with --config, against the live schema)."""
+    from .config import load_config
+    from .pipeline import connect
+    from .policy.loader import check_against_schema, load_policy
+    from .schema import introspect
+    try:
+        cfg = load_config(config_path) if config_path else None
+        directory = policy_dir or (cfg.policy_dir if cfg else Path("policies"))
+        pol = load_policy(directory)
+        warnings: list[str] = []
+        if cfg is not None:
+            with connect(cfg.database.conninfo(where="database.url"),
+                         application_name="regionsync-policy-check") as conn:
+                warnings = check_against_schema(pol, introspect(conn))
+    except ConfigError as exc:
+        _fail(exc, 1)
+    except SyncError as exc:
+        _fail(exc)
+    for w in warnings:
+        click.echo(f"warning: {w} is unclassified: it is not synced (add it to a rule's "
+                   "columns or classify it)")
+    click.echo(f"policy {pol.sha} OK: {len(pol.rules)} table rule(s) in "
+               f"{len(pol.files)} file(s)")
+
+
+if __name__ == "__main__":
+    main()

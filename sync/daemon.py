@@ -1,0 +1,181 @@
+"""The regionsync daemon for one region: one scheduled job per peer.
+
+APScheduler runs each peer's poll with ``max_instances=1`` and ``coalesce=True``: a poll
+never overlaps the previous one, and missed runs collapse into one. A batch that fills a
+page is followed at once by another (drain); otherwise the job waits for the interval.
+Transient failures back off exponentially with jitter, per peer. ``stop()`` (SIGTERM,
+SIGINT) lets the page in flight commit, then returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+
+import psycopg
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from .config import RegionConfig
+from .errors import PolicyError, SyncError
+from .http import StatusServer
+from .metrics import Metrics
+from .pipeline import PeerLink, connect
+from .policy.holder import PolicyHolder
+from .policy.loader import policy_fingerprint
+from .policy.model import Policy
+from .schema import introspect
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 60.0
+
+
+class Daemon:
+    """Lifecycle: ``start()``, ``stop(timeout)``; ``run()`` = start + wait for a signal."""
+
+    def __init__(self, config: RegionConfig, *, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._scheduler: BackgroundScheduler | None = None
+        self._http: StatusServer | None = None
+        self._links: dict[str, PeerLink] = {}
+        self._failures: dict[str, int] = {}
+        self._not_before: dict[str, float] = {}
+        self.policy: PolicyHolder | None = None
+        self.http_port: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        local = cfg.database.conninfo(where="database.url")
+        with connect(local, application_name=f"regionsync-{cfg.region}") as conn:
+            region = conn.execute("SELECT region FROM sync.settings").fetchone()
+            if region is None or region[0] != cfg.region:
+                raise SyncError(f"database {cfg.database.safe_url()} belongs to region "
+                                f"{region[0] if region else None!r}, not {cfg.region!r}; run "
+                                "`regionsync migrate` with this config")
+            schema = introspect(conn)
+        self.policy = PolicyHolder(cfg.policy_dir, schema, on_loaded=self._policy_loaded,
+                                   on_refused=self._policy_refused)
+        for peer in cfg.peers:
+            self._links[peer.name] = PeerLink(
+                region=cfg.region, peer=peer.name,
+                peer_conninfo=peer.conninfo(where=f"peers[{peer.name}].url"),
+                local_conninfo=local, policy=self.policy.current, origins=peer.origins,
+                page_size=cfg.page_size, metrics=self.metrics, stop=self._stop)
+        if cfg.metrics.port:
+            self._http = StatusServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry,
+                                      self._ready)
+            self.http_port = self._http.start()
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max(1, len(cfg.peers)))},
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
+            timezone=UTC)
+        self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
+        for name in self._links:
+            self._scheduler.add_job(self._poll, "interval", seconds=cfg.poll_interval,
+                                    args=[name], id=f"poll-{name}",
+                                    next_run_time=datetime.now(UTC))
+        self._scheduler.start()
+        log.info("region %s: syncing from %s every %.1fs (policy %s)%s", cfg.region,
+                 ", ".join(self._links) or "no peers", cfg.poll_interval,
+                 self.policy.current().sha,
+                 f"; metrics on http://{cfg.metrics.host}:{self.http_port}/metrics"
+                 if self.http_port else "")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the page in flight, commit it, and stop."""
+        if self._stopped.is_set():
+            return
+        self._stop.set()
+        if self._scheduler is not None:
+            done = threading.Event()
+
+            def shutdown() -> None:
+                self._scheduler.shutdown(wait=True)
+                done.set()
+            threading.Thread(target=shutdown, name="regionsync-shutdown", daemon=True).start()
+            if not done.wait(timeout):
+                log.warning("polls still running after %.0fs; exiting anyway", timeout)
+        for link in self._links.values():
+            link.close()
+        if self._http is not None:
+            self._http.stop()
+        self._stopped.set()
+        log.info("region %s: stopped", self.config.region)
+
+    def run(self) -> None:
+        """Start, then block until SIGTERM/SIGINT; returns after a clean stop."""
+        self.start()
+        def handler(signum: int, _frame: object) -> None:
+            log.info("received %s; finishing the page in flight", signal.Signals(signum).name)
+            threading.Thread(target=self.stop, name="regionsync-stop", daemon=True).start()
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        while not self._stopped.wait(0.5):
+            pass
+
+    # -- jobs -----------------------------------------------------------------------------
+    def _poll(self, peer: str) -> None:
+        if self._stop.is_set() or time.monotonic() < self._not_before.get(peer, 0.0):
+            return
+        link = self._links[peer]
+        try:
+            while not self._stop.is_set():
+                batch = link.run_once()
+                if not (batch.full and batch.complete):
+                    break
+            if not self._stop.is_set():
+                link.retry_dead_letters()
+            self._failures[peer] = 0
+        except (psycopg.Error, SyncError) as exc:
+            n = self._failures[peer] = self._failures.get(peer, 0) + 1
+            delay = min(MAX_BACKOFF, self.config.poll_interval * 2 ** (n - 1))
+            delay *= random.uniform(0.5, 1.0)
+            self._not_before[peer] = time.monotonic() + delay
+            self.metrics.apply_errors.labels(peer, self.config.region).inc()
+            log.warning("peer %s: batch failed (%s: %s); retry %d in %.1fs", peer,
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+                        n, delay)
+            link.close()
+        except Exception:
+            self.metrics.apply_errors.labels(peer, self.config.region).inc()
+            log.exception("peer %s: unexpected error; will retry", peer)
+            self._not_before[peer] = time.monotonic() + MAX_BACKOFF
+            link.close()
+
+    def _on_skipped(self, event: JobExecutionEvent) -> None:
+        self.metrics.skipped_polls.labels(event.job_id.removeprefix("poll-")).inc()
+
+    # -- policy and readiness ------------------------------------------------------------
+    def _policy_loaded(self, policy: Policy) -> None:
+        self.metrics.set_policy(policy.sha)
+        try:
+            with connect(self.config.database.conninfo(where="database.url"),
+                         application_name=f"regionsync-{self.config.region}") as conn:
+                conn.execute("INSERT INTO sync.policy_audit (sha, files) VALUES (%s, %s)",
+                             (policy.sha, policy_fingerprint(policy)))
+        except psycopg.Error as exc:
+            log.warning("could not record policy %s in sync.policy_audit: %s", policy.sha, exc)
+
+    def _policy_refused(self, exc: PolicyError) -> None:
+        self.metrics.policy_reload_failures.inc()
+
+    def _ready(self) -> tuple[bool, str]:
+        if self.policy is None:
+            return False, "starting"
+        try:
+            with connect(self.config.database.conninfo(where="database.url"),
+                         application_name=f"regionsync-{self.config.region}-ready") as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            return False, f"local database unreachable: {type(exc).__name__}"
+        return True, f"ready; policy {self.policy.current().sha}"
