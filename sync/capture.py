@@ -151,12 +151,21 @@ class SourceReader:
             table=sql.Identifier(info.name), where=where)
 
     def delete_query(self, info: TableInfo, plan: ReadPlan) -> sql.Composed:
+        """Deletes as tombstones. An initial load sends the peer's tombstones too: the
+        joining region may hold the row already (from another peer that has not seen the
+        delete yet), and without the tombstone it would keep it forever."""
+        if plan.initial:
+            keys = (sql.SQL("tb.origin = {}").format(sql.Literal(self.peer))
+                    if self.origins == "peer"
+                    else sql.SQL("tb.origin <> {}").format(sql.Literal(self.region)))
+        else:
+            keys = self._keys(info, plan, sql.SQL("tb.pk"))
         return sql.SQL(
             "COPY (SELECT tb.pk, tb.modifiedon, tb.origin FROM sync.tombstone tb"
             " WHERE tb.tablename = {t} AND {keys}"
             " AND NOT EXISTS (SELECT 1 FROM public.{table} x WHERE x.{pk} = tb.pk)) TO STDOUT"
-        ).format(t=sql.Literal(info.name), keys=self._keys(info, plan, sql.SQL("tb.pk")),
-                 table=sql.Identifier(info.name), pk=sql.Identifier(info.pk))
+        ).format(t=sql.Literal(info.name), keys=keys, table=sql.Identifier(info.name),
+                 pk=sql.Identifier(info.pk))
 
     # -- reads ---------------------------------------------------------------------------
     def token_for(self, region: str) -> str | None:
@@ -184,8 +193,7 @@ class SourceReader:
         tables known to have pending keys (saves a query per idle table).
         """
         steps: list[tuple[Kind, TableInfo]] = [("upsert", t) for t in tables]
-        if not plan.initial:
-            steps += [("delete", t) for t in reversed(tables)]
+        steps += [("delete", t) for t in reversed(tables)]
         segments: list[Segment] = []
         in_page = 0
         for kind, info in steps:

@@ -1,0 +1,100 @@
+"""Changes authored in one region reach the others; medical data never leaves."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from tests.fix_pg import Mesh
+from tests.integration.helpers import account, contact
+
+OTHERS = ["eu-north", "us-east"]
+EXCLUDED = ("medical_notes", "implant_serial", "medicalcase")
+
+
+def test_insert_update_delete_reach_every_region_without_medical_data(mesh: Mesh) -> None:
+    west = mesh.conn("eu-west")
+    aid = account(west, "A-1")
+    cid = contact(west, "Smith", accountid=aid, medical="diabetic", implant="SN-77")
+    west.execute("INSERT INTO medicalcase (contactid, diagnosis) VALUES (%s, 'flu')", (cid,))
+    mesh.sync()
+
+    for region in OTHERS:
+        assert mesh.rows(region, "contact") == mesh.rows("eu-west", "contact")
+        assert mesh.rows(region, "account") == mesh.rows("eu-west", "account")
+        medical = mesh.conn(region).execute(
+            "SELECT medical_notes, implant_serial FROM contact WHERE contactid = %s",
+            (cid,)).fetchone()
+        assert medical == (None, None)
+        assert mesh.one(region, "SELECT count(*) FROM medicalcase") == 0
+    assert mesh.one("eu-west", "SELECT medical_notes FROM contact") == "diabetic"
+
+    west.execute("UPDATE contact SET firstname = 'Ann', medical_notes = 'updated' "
+                 "WHERE contactid = %s", (cid,))
+    mesh.sync()
+    for region in OTHERS:
+        row = mesh.conn(region).execute(
+            "SELECT firstname, medical_notes, sync_origin FROM contact WHERE contactid = %s",
+            (cid,)).fetchone()
+        assert row == ("Ann", None, "eu-west")
+        assert mesh.rows(region, "contact") == mesh.rows("eu-west", "contact")
+
+    west.execute("DELETE FROM medicalcase")
+    west.execute("DELETE FROM contact WHERE contactid = %s", (cid,))
+    mesh.sync()
+    for region in OTHERS:
+        assert mesh.one(region, "SELECT count(*) FROM contact") == 0
+        assert mesh.one(region, "SELECT count(*) FROM account") == 1
+
+
+def test_medical_only_update_moves_the_version_but_no_medical_byte(mesh: Mesh) -> None:
+    """An edit of excluded columns only bumps modifiedon (a system column that travels, as
+    last-writer-wins needs it); the excluded values themselves never leave."""
+    west = mesh.conn("eu-west")
+    cid = contact(west, "Quiet", medical=None, implant=None)
+    mesh.sync()
+    west.execute("UPDATE contact SET medical_notes = 'new finding', implant_serial = 'SN-9' "
+                 "WHERE contactid = %s", (cid,))
+    mesh.sync()
+    for region in ("eu-north", "us-east"):
+        assert mesh.rows(region, "contact") == mesh.rows("eu-west", "contact")
+        assert mesh.conn(region).execute(
+            "SELECT medical_notes, implant_serial FROM contact").fetchone() == (None, None)
+
+
+def _log_entries(text: str) -> list[str]:
+    """Server log entries (continuation lines joined to their entry)."""
+    entries: list[str] = []
+    for line in text.splitlines():
+        if re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) or not entries:
+            entries.append(line)
+        else:
+            entries[-1] += "\n" + line
+    return entries
+
+
+def test_poll_sql_never_names_an_excluded_column(mesh: Mesh) -> None:
+    """Captured from the peer's own server log (log_statement=all): what the poller sends."""
+    cluster = mesh.clusters["eu-west"]
+    admin = mesh.conn("eu-west")
+    admin.execute(f'ALTER DATABASE "{mesh.dbname}" SET log_statement = \'all\'')
+    west = mesh.new_conn("eu-west")
+    aid = account(west, "A-2")
+    cid = contact(west, "Logged", accountid=aid)
+    west.execute("INSERT INTO medicalcase (contactid, diagnosis) VALUES (%s, 'x')", (cid,))
+    offset = cluster.logfile.stat().st_size
+    mesh.pull("eu-north", "eu-west")            # initial load
+    west.execute("UPDATE contact SET lastname = 'Logged2', medical_notes = 'y'")
+    west.execute("UPDATE medicalcase SET treatment = 'z'")
+    mesh.pull("eu-north", "eu-west")            # delta
+    mesh.pull("us-east", "eu-west")
+    time.sleep(0.2)
+    text = cluster.logfile.read_bytes()[offset:].decode(errors="replace")
+    polls = [e for e in _log_entries(text) if " regionsync-" in e and "statement:" in e]
+    copies = [e for e in polls if "COPY (SELECT" in e and '"contact"' in e]
+    assert len(copies) >= 3, polls                # initial + delta + second region
+    assert any("change_log" in e for e in copies)  # a delta read, not only initial loads
+    for entry in polls:
+        for name in EXCLUDED:
+            assert name not in entry, entry
+    assert mesh.one("eu-north", "SELECT lastname FROM contact") == "Logged2"
