@@ -243,7 +243,8 @@ class Applier:
 
     # -- deletes --------------------------------------------------------------------------
     def _delete(self, info: TableInfo, stage: sql.Identifier, result: PageResult) -> None:
-        pk, table, tname = sql.Identifier(info.pk), sql.Identifier(info.name), sql.Literal(info.name)
+        pk, table = sql.Identifier(info.pk), sql.Identifier(info.name)
+        tname = sql.Literal(info.name)
         # A delete that loses to a newer local version is a conflict too.
         losers = self.conn.execute(sql.SQL("""
             SELECT d.pk, to_jsonb(d), to_jsonb(t), t.modifiedon, t.sync_origin

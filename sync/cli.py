@@ -87,17 +87,18 @@ def policy_check(policy_dir: Path | None, config_path: Path | None) -> None:
     """Validate policy files (and, with --config, against the live schema)."""
     from .config import load_config
     from .pipeline import connect
-    from .policy.loader import check_against_schema, load_policy
+    from .policy.loader import load_policy
     from .schema import introspect
     try:
         cfg = load_config(config_path) if config_path else None
         directory = policy_dir or (cfg.policy_dir if cfg else Path("policies"))
-        pol = load_policy(directory)
-        warnings: list[str] = []
+        schema = None
         if cfg is not None:
             with connect(cfg.database.conninfo(where="database.url"),
                          application_name="regionsync-policy-check") as conn:
-                warnings = check_against_schema(pol, introspect(conn))
+                schema = introspect(conn)
+        pol = load_policy(directory, schema)
+        warnings = pol.unclassified(schema) if schema is not None else []
     except ConfigError as exc:
         _fail(exc, 1)
     except SyncError as exc:

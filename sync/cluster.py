@@ -103,7 +103,8 @@ class LocalCluster:
                 self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", self.user,
                           "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
             except subprocess.CalledProcessError as exc:
-                raise PostgresNotFound(f"initdb failed for region {self.name}: {exc.stderr}") from exc
+                raise PostgresNotFound(
+                    f"initdb failed for region {self.name}: {exc.stderr}") from exc
         last_error = ""
         for _ in range(5):
             self.port = free_port()
@@ -159,7 +160,8 @@ class LocalCluster:
 
     def create_database(self, dbname: str, template: str | None = None) -> str:
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            tmpl = f" TEMPLATE {psycopg.sql.Identifier(template).as_string(conn)}" if template else ""
+            tmpl = (f" TEMPLATE {psycopg.sql.Identifier(template).as_string(conn)}"
+                    if template else "")
             for attempt in range(20):
                 try:
                     conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(

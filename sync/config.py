@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import psycopg.conninfo
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from . import yamlfile
 from .errors import ConfigError
@@ -86,6 +86,11 @@ class RegionConfig(BaseModel):
                            description="rows per local transaction; a full page drains at once")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     source_file: Path | None = Field(None, exclude=True)
+
+    @field_validator("peers", mode="before")
+    @classmethod
+    def _empty_peers(cls, v: object) -> object:
+        return [] if v is None else v  # `peers:` with nothing under it: a receive-less region
 
     @model_validator(mode="after")
     def _peers_distinct(self) -> RegionConfig:

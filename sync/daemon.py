@@ -113,15 +113,20 @@ class Daemon:
         log.info("region %s: stopped", self.config.region)
 
     def run(self) -> None:
-        """Start, then block until SIGTERM/SIGINT; returns after a clean stop."""
-        self.start()
+        """Start, then block until SIGTERM/SIGINT; returns after a clean stop.
+
+        Handlers go in before ``start()``, so a signal during start-up also ends cleanly."""
+        requested = threading.Event()
+
         def handler(signum: int, _frame: object) -> None:
             log.info("received %s; finishing the page in flight", signal.Signals(signum).name)
-            threading.Thread(target=self.stop, name="regionsync-stop", daemon=True).start()
+            requested.set()
+            self._stop.set()
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
-        while not self._stopped.wait(0.5):
-            pass
+        self.start()
+        requested.wait()
+        self.stop()
 
     # -- jobs -----------------------------------------------------------------------------
     def _poll(self, peer: str) -> None:

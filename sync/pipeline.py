@@ -161,7 +161,8 @@ class PeerLink:
             log.info("peer %s: initial load applied %d rows", self.peer, rows)
         elif rows:
             log.info("peer %s: applied batch of %d rows (%s)", self.peer, rows,
-                     ", ".join(f"{t}.{op}={n}" for (t, op), n in sorted(batch.applied.items()) if n))
+                     ", ".join(f"{t}.{op}={n}"
+                               for (t, op), n in sorted(batch.applied.items()) if n))
         return batch
 
     def _record(self, batch: BatchResult, seconds: float) -> None:

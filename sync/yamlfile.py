@@ -6,6 +6,7 @@ ruamel.yaml's round-trip loader keeps the line of every key and list item.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -70,12 +71,17 @@ def validate(model: type[M], doc: Any, path: Path,
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelt key also makes the right one "missing": report the misspelling.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))
-        more = len(exc.errors()) - 1
+        more = len(errors) - 1
         msg = first["msg"]
         if first["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the documented keys)"
+            missing = [str(e["loc"][-1]) for e in errors
+                       if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
+            guess = difflib.get_close_matches(str(loc[-1]), missing, n=1)
+            msg = "unknown key" + (f" (did you mean {guess[0]!r}?)" if guess else "")
         if more:
             msg += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise error(msg, file=str(path), line=line_of(doc, loc), key=key_path(loc)) from exc

@@ -22,6 +22,7 @@ from .model import Policy, TableRule
 from .rowfilter import RowFilter
 
 Name = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
+ColumnRef = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*\.([a-z_][a-z0-9_]*|\*)$")]
 
 
 class RuleFile(BaseModel):
@@ -49,8 +50,7 @@ class PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(1, ge=1, le=1)
     description: str | None = None
-    classification: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*\.([a-z_][a-z0-9_]*|\*)$")],
-                         list[Name]] = Field(default_factory=dict)
+    classification: dict[ColumnRef, list[Name]] = Field(default_factory=dict)
     never_leaves_region: list[Name] = Field(default_factory=list)
     rules: dict[Name, RuleFile] = Field(default_factory=dict)
 

@@ -1,0 +1,161 @@
+"""Apply behaviours: foreign-key order, dead letters, healing across peers, row filters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sync.policy import load_policy
+from tests.fix_pg import Mesh
+from tests.integration.helpers import account, contact
+
+
+def test_parent_and_children_from_one_transaction_arrive_without_fk_failure(mesh: Mesh) -> None:
+    west = mesh.conn("eu-west")
+    with west.transaction():
+        aid = account(west, "FK-1")
+        cid = contact(west, "Child", accountid=aid)
+        oid = west.execute("INSERT INTO salesorder (ordernumber, accountid, contactid) "
+                           "VALUES ('O-1', %s, %s) RETURNING salesorderid",
+                           (aid, cid)).fetchone()[0]
+        west.execute("INSERT INTO shipment (salesorderid, carrier) VALUES (%s, 'UPS')", (oid,))
+    mesh.sync()
+    for region in ("eu-north", "us-east"):
+        for table in ("account", "contact", "salesorder", "shipment"):
+            assert mesh.rows(region, table) == mesh.rows("eu-west", table), table
+        assert mesh.one(region, "SELECT count(*) FROM sync.dead_letter") == 0
+    # and deletes go children first
+    with west.transaction():
+        west.execute("DELETE FROM shipment")
+        west.execute("DELETE FROM salesorder")
+        west.execute("DELETE FROM contact")
+        west.execute("DELETE FROM account")
+    mesh.sync()
+    for region in ("eu-north", "us-east"):
+        assert mesh.one(region, "SELECT count(*) FROM account") == 0
+        assert mesh.one(region, "SELECT count(*) FROM sync.dead_letter") == 0
+
+
+def test_failing_row_goes_to_dead_letter_and_the_rest_commits(mesh: Mesh) -> None:
+    # eu-north already has its own account with the alternate key W-DUP
+    account(mesh.conn("eu-north"), "W-DUP", "north's own")
+    mesh.link("eu-north", "eu-west").run_once()   # initial load (empty) -> deltas from here
+    west = mesh.conn("eu-west")
+    with west.transaction():
+        dup = account(west, "W-DUP", "west's")
+        ok = account(west, "W-OK")
+    batch = mesh.link("eu-north", "eu-west").run_once()
+    assert batch.dead_letters == {"account": 1}
+    north = mesh.conn("eu-north")
+    assert north.execute("SELECT count(*) FROM account WHERE accountid = %s",
+                         (ok,)).fetchone()[0] == 1
+    row = north.execute("SELECT tablename, pk, op, sqlstate, error, row_data->>'name' "
+                        "FROM sync.dead_letter").fetchone()
+    assert row[:4] == ("account", dup, "upsert", "23505")
+    assert "account_accountnumber_key" in row[4] or "accountnumber" in row[4]
+    assert row[5] == "west's"
+    # the token moved on: the failing row does not block later changes
+    assert mesh.link("eu-north", "eu-west").run_once().rows == 0
+
+
+def test_child_whose_parent_comes_from_another_peer_heals(mesh: Mesh) -> None:
+    """Mesh streams are independent: us-east may see a contact (from eu-north) before its
+    account (from eu-west). The contact is parked as a retryable dead letter and applied
+    once the parent has arrived."""
+    west, north = mesh.conn("eu-west"), mesh.conn("eu-north")
+    aid = account(west, "X-1")
+    mesh.pull("eu-north", "eu-west")
+    cid = contact(north, "Cross", accountid=aid)
+    mesh.pull("us-east", "eu-north")
+    dl = mesh.conn("us-east").execute(
+        "SELECT pk, retryable, sqlstate FROM sync.dead_letter").fetchall()
+    assert dl == [(cid, True, "23503")]
+    mesh.pull("us-east", "eu-west")               # the parent arrives
+    mesh.conn("us-east").execute("UPDATE sync.dead_letter SET last_failed_at = now() - "
+                                 "interval '1 hour'")  # skip the back-off wait
+    tried, resolved = mesh.link("us-east", "eu-north").retry_dead_letters()
+    assert (tried, resolved) == (1, 1)
+    assert mesh.one("us-east", "SELECT count(*) FROM sync.dead_letter") == 0
+    assert mesh.rows("us-east", "contact") == mesh.rows("eu-north", "contact")
+
+
+def _policy(tmp_path: Path, text: str):
+    d = tmp_path / "policies"
+    d.mkdir(exist_ok=True)
+    (d / "p.yaml").write_text(text)
+    return load_policy(d)
+
+
+def test_row_filter_and_destinations(mesh: Mesh, tmp_path: Path) -> None:
+    mesh.policy = _policy(tmp_path, """
+classification: {contact.medical_notes: [medical], contact.implant_serial: [medical]}
+never_leaves_region: [medical]
+rules:
+  account:
+    columns: [accountnumber, name]
+    to: [eu-*]
+  contact:
+    columns: [lastname, address1_country, statecode]
+    rows: "address1_country in ('IE', 'SE') and statecode = 0"
+""")
+    west = mesh.conn("eu-west")
+    account(west, "R-1")
+    keep = contact(west, "Keep", country="IE")
+    contact(west, "Foreign", country="US")
+    mesh.sync()
+    assert [r[0] for r in mesh.rows("eu-north", "contact")] == [keep]
+    assert [r[0] for r in mesh.rows("us-east", "contact")] == [keep]
+    assert mesh.one("eu-north", "SELECT count(*) FROM account") == 1
+    assert mesh.one("us-east", "SELECT count(*) FROM account") == 0     # to: [eu-*]
+    # columns off the allow-list stay NULL abroad
+    assert mesh.conn("eu-north").execute(
+        "SELECT firstname, emailaddress1 FROM contact").fetchone() == (None, None)
+    # a later change that fails the filter is counted as filtered, not sent
+    west.execute("UPDATE contact SET statecode = 1, lastname = 'Gone' WHERE contactid = %s",
+                 (keep,))
+    batch = mesh.link("eu-north", "eu-west").run_once()
+    assert batch.filtered == {"contact": 1}
+    assert mesh.one("eu-north", "SELECT lastname FROM contact") == "Keep"
+
+
+@pytest.mark.parametrize("origins", ["any"])
+def test_hub_and_spoke_forwards_without_echo(mesh: Mesh, origins: str) -> None:
+    """eu-west is the hub: spokes pull everything but their own changes from it; the hub
+    pulls what each spoke authored. A spoke's change reaches the other spoke via the hub."""
+    hub, spokes = "eu-west", ["eu-north", "us-east"]
+    for s in spokes:
+        mesh.link(s, hub, origins=origins)
+
+    def rounds() -> int:
+        moved = 0
+        for _ in range(3):
+            for s in spokes:
+                moved += sum(b.rows for b in mesh.pull(hub, s))
+            for s in spokes:
+                moved += sum(b.rows for b in mesh.pull(s, hub))
+        return moved
+    aid = account(mesh.conn("eu-north"), "H-1")
+    contact(mesh.conn("us-east"), "Spoke", accountid=None)
+    assert rounds() > 0
+    for table in ("account", "contact"):
+        assert mesh.rows("us-east", table) == mesh.rows("eu-north", table) \
+            == mesh.rows("eu-west", table)
+    assert mesh.one("us-east", "SELECT sync_origin FROM account WHERE accountid = %s",
+                    (aid,)) == "eu-north"
+    journals = {r: mesh.one(r, "SELECT count(*) FROM sync.change_log")
+                for r in [hub, *spokes]}
+    assert rounds() == 0                                      # no echo
+    assert {r: mesh.one(r, "SELECT count(*) FROM sync.change_log")
+            for r in [hub, *spokes]} == journals
+
+
+def test_one_way_region_receives_but_never_sends(mesh: Mesh) -> None:
+    """ap-south only receives from eu-west; nobody pulls from it."""
+    contact(mesh.conn("eu-west"), "Out")
+    mesh.pull("ap-south", "eu-west")
+    contact(mesh.conn("ap-south"), "LocalOnly")
+    mesh.pull("ap-south", "eu-west")
+    mesh.sync()
+    assert mesh.one("ap-south", "SELECT count(*) FROM contact") == 2
+    assert mesh.one("eu-west", "SELECT count(*) FROM contact") == 1

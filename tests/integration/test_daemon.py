@@ -1,0 +1,165 @@
+"""The daemon as operators run it: `regionsync migrate` and `regionsync run` processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psycopg
+
+from sync.cluster import free_port
+from tests.fix_pg import POLICIES, Mesh
+from tests.integration.helpers import account, contact
+
+
+def regionsync(*args: str, env: dict[str, str] | None = None,
+               **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sync.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=120, **kw)
+
+
+def write_config(path: Path, region: str, url: str, peers: dict[str, str], port: int,
+                 page_size: int = 5000) -> Path:
+    lines = [f"region: {region}", "database:", f"  url: {url}", "peers:"]
+    for name, purl in peers.items():
+        lines += [f"  - name: {name}", f"    url: {purl}"]
+    lines += [f"policy_dir: {POLICIES}", "poll_interval: 0.2", f"page_size: {page_size}",
+              "metrics:", "  host: 127.0.0.1", f"  port: {port}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return get(port, "/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+def wait_for(pred, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def test_migrate_is_idempotent(pg_clusters, tmp_path: Path) -> None:
+    cluster = pg_clusters["ap-south"]
+    url = cluster.create_database("migrate_me")
+    try:
+        cfg = write_config(tmp_path / "r.yaml", "ap-south", url, {}, 0)
+        for _ in range(2):
+            proc = regionsync("migrate", "--config", str(cfg))
+            assert proc.returncode == 0, proc.stderr
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0001",)
+            assert conn.execute("SELECT region FROM sync.settings").fetchone() == ("ap-south",)
+        wrong = write_config(tmp_path / "w.yaml", "eu-west", url, {}, 0)
+        proc = regionsync("migrate", "--config", str(wrong))
+        assert proc.returncode != 0 and "belongs to region 'ap-south'" in proc.stderr
+    finally:
+        cluster.drop_database("migrate_me")
+
+
+def test_daemon_syncs_exports_metrics_and_stops_on_sigterm(mesh: Mesh, tmp_path: Path) -> None:
+    west = mesh.conn("eu-west")
+    aid = account(west, "D-1")
+    for i in range(5):
+        contact(west, f"Bulk{i}", accountid=aid)
+    west.execute("""INSERT INTO contact (lastname, accountid, medical_notes)
+                    SELECT 'Many' || g, %s, 'secret' FROM generate_series(1, 3000) g""", (aid,))
+    port = free_port()
+    # the peer URL comes from the environment, as a secret would
+    cfg = write_config(tmp_path / "north.yaml", "eu-north", mesh.urls["eu-north"],
+                       {"eu-west": "${WEST_URL}"}, port, page_size=200)
+    log = (tmp_path / "daemon.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "run", "--config", str(cfg)],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "WEST_URL": mesh.urls["eu-west"]})
+    try:
+        north = mesh.conn("eu-north")
+        wait_for(lambda: north.execute("SELECT count(*) FROM contact").fetchone()[0] == 3005)
+        assert get(port, "/healthz")[0] == 200
+        status, body = get(port, "/readyz")
+        assert status == 200 and "policy" in body
+        contact(west, "Later")
+        wait_for(lambda: north.execute("SELECT count(*) FROM contact").fetchone()[0] == 3006)
+        time.sleep(0.5)
+        _, metrics = get(port, "/metrics")
+        applied = re.search(r'^regionsync_changes_applied_total\{op="insert",source="eu-west",'
+                            r'table="contact",target="eu-north"\} (\S+)$', metrics, re.M)
+        assert applied and float(applied.group(1)) == 3006
+        lag = re.search(r'^regionsync_lag_seconds\{source="eu-west",target="eu-north"\} (\S+)$',
+                        metrics, re.M)
+        assert lag and float(lag.group(1)) < 5
+        assert 'regionsync_policy_info{sha="' in metrics
+        assert "secret" not in metrics and "Bulk" not in metrics
+        assert north.execute("SELECT count(*) FROM contact WHERE medical_notes IS NOT NULL"
+                             ).fetchone()[0] == 0
+        # SIGTERM in the middle of a drain: the page in flight commits, exit 0
+        west.execute("UPDATE contact SET firstname = 'v2'")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    text = (tmp_path / "daemon.log").read_text()
+    assert "received SIGTERM" in text and "stopped" in text
+    assert "secret" not in text
+    # restart: whatever was not finished arrives, nothing twice
+    proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "run", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "WEST_URL": mesh.urls["eu-west"]})
+    try:
+        wait_for(lambda: mesh.rows("eu-north", "contact") == mesh.rows("eu-west", "contact"))
+        wait_for(lambda: _healthy(port))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    # one journal entry per insert and per update at the receiver: nothing applied twice
+    assert mesh.one("eu-north", "SELECT count(*) FROM sync.change_log WHERE op = 'u'") == 3006
+    assert mesh.one("eu-north", "SELECT count(*) FROM sync.change_log WHERE op = 'i'") == 3007
+
+
+def test_run_refuses_a_bad_config_with_file_line_and_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("region: eu-west\ndatabase:\n  url: postgresql://x@127.0.0.1/db\n"
+                   "poll_intervall: 3\n")
+    proc = regionsync("run", "--config", str(cfg))
+    assert proc.returncode == 2
+    assert f"{cfg}:4: poll_intervall: unknown key" in proc.stderr
+
+
+def test_policy_check_against_live_schema(mesh: Mesh, tmp_path: Path) -> None:
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    (pol / "a.yaml").write_text("rules:\n  contact:\n    columns: [lastname, emial]\n")
+    cfg = write_config(tmp_path / "r.yaml", "eu-west", mesh.urls["eu-west"], {}, 0)
+    cfg.write_text(cfg.read_text().replace(f"policy_dir: {POLICIES}", f"policy_dir: {pol}"))
+    proc = regionsync("policy", "check", "--config", str(cfg))
+    assert proc.returncode == 1
+    assert f"{pol / 'a.yaml'}:3: rules.contact.columns[1]: column contact.emial does not exist" \
+        in proc.stderr
+    ok = regionsync("policy", "check", "--config", str(cfg.with_name("r.yaml")),
+                    "--policy-dir", str(POLICIES))
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout

@@ -1,0 +1,129 @@
+"""Policy files: fail closed, and every refusal names file, line, key and column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sync.errors import PolicyError
+from sync.policy import load_policy
+from sync.schema import Schema, TableInfo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    d = tmp_path / "policies"
+    d.mkdir(exist_ok=True)
+    (d / name).write_text(text)
+    return d
+
+
+def schema() -> Schema:
+    cols = ("contactid", "accountid", "firstname", "lastname", "medical_notes",
+            "implant_serial", "createdon", "modifiedon", "versionnumber", "sync_origin")
+    return Schema({"contact": TableInfo("contact", "contactid", cols, {})})
+
+
+def test_shipped_policy_loads_and_keeps_medical_home() -> None:
+    pol = load_policy(ROOT / "policies")
+    assert "medicalcase" not in pol.rules
+    for region in ("eu-north", "us-east"):
+        assert "medical_notes" not in pol.rules_to(region)["contact"].columns
+
+
+def test_medical_column_on_allow_list_is_refused_with_file_line_key(tmp_path: Path) -> None:
+    d = write(tmp_path, "p.yaml", """\
+classification:
+  contact.medical_notes: [medical]
+never_leaves_region: [medical]
+rules:
+  contact:
+    columns:
+      - lastname
+      - medical_notes
+""")
+    with pytest.raises(PolicyError) as err:
+        load_policy(d)
+    msg = str(err.value)
+    assert msg.startswith(f"{d / 'p.yaml'}:8: rules.contact.columns[1]: ")
+    assert "contact.medical_notes" in msg and "never leaves" in msg
+
+
+def test_whole_table_classified_medical_cannot_have_a_rule(tmp_path: Path) -> None:
+    d = write(tmp_path, "p.yaml", "classification: {contact.*: [medical]}\n"
+                                  "never_leaves_region: [medical]\n"
+                                  "rules:\n  contact:\n    columns: [lastname]\n")
+    with pytest.raises(PolicyError, match=r"p.yaml:4: rules.contact: table 'contact'"):
+        load_policy(d)
+
+
+def test_misspelled_column_is_refused_against_the_schema(tmp_path: Path) -> None:
+    d = write(tmp_path, "p.yaml", "rules:\n  contact:\n    columns: [lastname, frstname]\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy(d, schema())
+    assert str(err.value) == (f"{d / 'p.yaml'}:3: rules.contact.columns[1]: "
+                              "column contact.frstname does not exist")
+
+
+def test_unknown_table_is_refused(tmp_path: Path) -> None:
+    d = write(tmp_path, "p.yaml", "rules:\n  contcat:\n    columns: [lastname]\n")
+    with pytest.raises(PolicyError, match=r"p.yaml:2: rules.contcat: unknown table 'contcat'"):
+        load_policy(d, schema())
+
+
+def test_versionnumber_never_travels(tmp_path: Path) -> None:
+    d = write(tmp_path, "p.yaml", "rules:\n  contact:\n    columns: [versionnumber]\n")
+    with pytest.raises(PolicyError, match="assigned by each region"):
+        load_policy(d, schema())
+
+
+@pytest.mark.parametrize(("text", "line", "expect"), [
+    ("rules:\n  contact:\n    columns: [a, b\n", 4, "not valid YAML"),
+    ("rules:\n  contact:\n    columns: lastname\n", 3, "rules.contact.columns: Input should "
+                                                          "be a valid list"),
+    ("rules:\n  contact:\n    colums: [lastname]\n", 3, "rules.contact.colums: unknown key"),
+    ("version: 2\n", 1, "version: Input should be less than or equal to 1"),
+    ("rules:\n  contact:\n    columns: [lastname]\n    rows: \"lastname = lower('x')\"\n", 4,
+     "rules.contact.rows: only literals"),
+])
+def test_malformed_files_give_one_clear_message(tmp_path: Path, text: str, line: int,
+                                                expect: str) -> None:
+    d = write(tmp_path, "p.yaml", text)
+    with pytest.raises(PolicyError) as err:
+        load_policy(d)
+    assert str(err.value).startswith(f"{d / 'p.yaml'}:{line}: "), str(err.value)
+    assert expect in str(err.value)
+
+
+def test_two_files_ruling_one_table_name_both(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", "rules:\n  contact:\n    columns: [lastname]\n")
+    d = write(tmp_path, "b.yaml", "# second\nrules:\n  contact:\n    columns: [firstname]\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy(d)
+    assert f"{d / 'a.yaml'}:2" in str(err.value) and f"{d / 'b.yaml'}:3" in str(err.value)
+
+
+def test_filter_may_only_read_allowed_columns(tmp_path: Path) -> None:
+    d = write(tmp_path, "p.yaml", "rules:\n  contact:\n    columns: [lastname]\n"
+                                  "    rows: \"medical_notes is null\"\n")
+    with pytest.raises(PolicyError, match="not on the allow-list"):
+        load_policy(d)
+
+
+def test_empty_directory_fails_closed(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PolicyError, match="no policy files"):
+        load_policy(tmp_path / "empty")
+
+
+def test_destinations_and_unclassified(tmp_path: Path) -> None:
+    d = write(tmp_path, "p.yaml", "classification: {contact.medical_notes: [medical]}\n"
+                                  "rules:\n  contact:\n    columns: [lastname]\n"
+                                  "    to: [eu-*]\n")
+    pol = load_policy(d, schema())
+    assert set(pol.rules_to("eu-north")) == {"contact"}
+    assert pol.rules_to("us-east") == {}
+    assert pol.unclassified(schema()) == ["contact.accountid", "contact.firstname",
+                                          "contact.implant_serial"]
