@@ -71,6 +71,9 @@ def demo(rows: int, keep_running: bool) -> None:
         run_demo(rows=rows, keep_running=keep_running)
     except PostgresNotFound as exc:
         _fail(exc, 3)
+    except KeyboardInterrupt:
+        click.echo("interrupted: everything the demo started has been stopped and removed")
+        sys.exit(130)
 
 
 @main.group()

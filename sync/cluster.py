@@ -70,13 +70,27 @@ class LocalCluster:
         self.bin = find_pg_bin()
         self._as_root = os.geteuid() == 0
         self._own_base = base_dir is None
-        self.base = Path(base_dir or tempfile.mkdtemp(prefix=f"regionsync-{name}-"))
-        self.data = self.base / "data"
-        self.logfile = self.base / "postgres.log"
+        self._base = Path(base_dir) if base_dir else None
         self.port = 0
         self.fast = fast
         self.settings = dict(settings or {})
         self.user = "postgres"
+
+    @property
+    def base(self) -> Path:
+        """The cluster's directory, made on first use (so a LocalCluster that is never
+        started leaves nothing behind)."""
+        if self._base is None:
+            self._base = Path(tempfile.mkdtemp(prefix=f"regionsync-{self.name}-"))
+        return self._base
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.base / "postgres.log"
 
     # -- commands -------------------------------------------------------------------------
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -144,9 +158,11 @@ class LocalCluster:
                   "-o", " ".join(opts), "start")
 
     def remove(self) -> None:
+        if self._base is None:
+            return
         self.stop("immediate")
         if self._own_base:
-            shutil.rmtree(self.base, ignore_errors=True)
+            shutil.rmtree(self._base, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -168,6 +168,7 @@ class Daemon:
                          application_name=f"regionsync-{self.config.region}") as conn:
                 conn.execute("INSERT INTO sync.policy_audit (sha, files) VALUES (%s, %s)",
                              (policy.sha, policy_fingerprint(policy)))
+                log.debug("policy %s recorded in sync.policy_audit", policy.sha)
         except psycopg.Error as exc:
             log.warning("could not record policy %s in sync.policy_audit: %s", policy.sha, exc)
 

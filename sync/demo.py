@@ -7,6 +7,7 @@ the end, also on Ctrl-C or error.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import click
 import psycopg
 from ruamel.yaml import YAML
 
-from .cluster import LocalCluster, clusters, free_port
+from .cluster import clusters, find_pg_bin, free_port
 from .migrate import migrate
 from .pipeline import connect
 from .policy import load_policy
@@ -149,14 +150,21 @@ def daemons(configs: dict[str, Path], logdir: Path) -> Iterator[dict[str, Daemon
             click.echo(f"all daemons stopped cleanly on SIGTERM (exit 0): {', '.join(codes)}")
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_demo(rows: int = 200, keep_running: bool = False) -> None:
     policy_dir = shipped_policy_dir()
     echo = click.echo
-    # Ctrl-C arrives as KeyboardInterrupt; every `with` below cleans up on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    logging.getLogger("sync").setLevel(logging.WARNING)  # the demo prints its own story
+    # Ctrl-C and SIGTERM become KeyboardInterrupt; every `with` below cleans up on the way
+    # out. Installed explicitly: a shell may start us with SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="regionsync-demo-") as tmp:
         tmpdir = Path(tmp)
-        echo(f"starting three PostgreSQL regions with {LocalCluster('probe').bin}/pg_ctl ...")
+        echo(f"starting three PostgreSQL regions with {find_pg_bin()}/pg_ctl ...")
         with clusters(REGIONS, fast=True) as cl:
             urls = {r: cl[r].create_database("dataverse") for r in REGIONS}
             for r in REGIONS:

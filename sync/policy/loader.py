@@ -182,6 +182,8 @@ def check_against_schema(policy: Policy, schema: Schema,
 
 
 def policy_fingerprint(policy: Policy) -> str:
-    """Stable JSON of what the policy lets through (for audit rows)."""
-    return json.dumps({t: {"columns": list(r.columns), "rows": r.rows.text if r.rows else None,
-                           "to": list(r.to)} for t, r in sorted(policy.rules.items())})
+    """Stable JSON of the files and of what the policy lets through (for audit rows)."""
+    return json.dumps({
+        "files": list(policy.files),
+        "rules": {t: {"columns": list(r.columns), "rows": r.rows.text if r.rows else None,
+                      "to": list(r.to)} for t, r in sorted(policy.rules.items())}})

