@@ -194,6 +194,12 @@ BEGIN
 END $enable$;
 """
 
+# Dataverse's system columns, on every tracked table (set by the capture triggers).
+SYSTEM_COLUMNS = """createdon timestamptz NOT NULL DEFAULT now(),
+    modifiedon    timestamptz NOT NULL DEFAULT now(),
+    versionnumber bigint      NOT NULL DEFAULT 0,
+    sync_origin   text        NOT NULL DEFAULT ''"""
+
 # Foreign keys are DEFERRABLE: apply defers them to the end of a batch so that the
 # order of rows inside one batch cannot cause a spurious violation.
 BUSINESS_TABLES = r"""
@@ -207,10 +213,7 @@ CREATE TABLE public.account (
     address1_country text,
     revenue          numeric(19, 4),
     statecode        integer NOT NULL DEFAULT 0,
-    createdon        timestamptz NOT NULL DEFAULT now(),
-    modifiedon       timestamptz NOT NULL DEFAULT now(),
-    versionnumber    bigint NOT NULL DEFAULT 0,
-    sync_origin      text NOT NULL DEFAULT ''
+    {SYSTEM_COLUMNS}
 );
 
 CREATE TABLE public.contact (
@@ -225,10 +228,7 @@ CREATE TABLE public.contact (
     medical_notes    text,
     implant_serial   text,
     statecode        integer NOT NULL DEFAULT 0,
-    createdon        timestamptz NOT NULL DEFAULT now(),
-    modifiedon       timestamptz NOT NULL DEFAULT now(),
-    versionnumber    bigint NOT NULL DEFAULT 0,
-    sync_origin      text NOT NULL DEFAULT ''
+    {SYSTEM_COLUMNS}
 );
 CREATE INDEX contact_accountid ON public.contact (accountid);
 
@@ -240,10 +240,7 @@ CREATE TABLE public.salesorder (
     name             text,
     totalamount      numeric(19, 4),
     statecode        integer NOT NULL DEFAULT 0,
-    createdon        timestamptz NOT NULL DEFAULT now(),
-    modifiedon       timestamptz NOT NULL DEFAULT now(),
-    versionnumber    bigint NOT NULL DEFAULT 0,
-    sync_origin      text NOT NULL DEFAULT ''
+    {SYSTEM_COLUMNS}
 );
 CREATE INDEX salesorder_accountid ON public.salesorder (accountid);
 CREATE INDEX salesorder_contactid ON public.salesorder (contactid);
@@ -256,10 +253,7 @@ CREATE TABLE public.shipment (
     destination_country text,
     status              text NOT NULL DEFAULT 'pending',
     shippedon           timestamptz,
-    createdon           timestamptz NOT NULL DEFAULT now(),
-    modifiedon          timestamptz NOT NULL DEFAULT now(),
-    versionnumber       bigint NOT NULL DEFAULT 0,
-    sync_origin         text NOT NULL DEFAULT ''
+    {SYSTEM_COLUMNS}
 );
 CREATE INDEX shipment_salesorderid ON public.shipment (salesorderid);
 
@@ -270,10 +264,7 @@ CREATE TABLE public.medicalcase (
     diagnosis        text NOT NULL,
     treatment        text,
     openedon         date NOT NULL DEFAULT current_date,
-    createdon        timestamptz NOT NULL DEFAULT now(),
-    modifiedon       timestamptz NOT NULL DEFAULT now(),
-    versionnumber    bigint NOT NULL DEFAULT 0,
-    sync_origin      text NOT NULL DEFAULT ''
+    {SYSTEM_COLUMNS}
 );
 CREATE INDEX medicalcase_contactid ON public.medicalcase (contactid);
 
@@ -284,7 +275,7 @@ FROM unnest(ARRAY['account', 'contact', 'salesorder', 'shipment', 'medicalcase']
 
 def upgrade() -> None:
     op.execute(SYNC_SCHEMA)
-    op.execute(BUSINESS_TABLES)
+    op.execute(BUSINESS_TABLES.replace("{SYSTEM_COLUMNS}", SYSTEM_COLUMNS))
 
 
 def downgrade() -> None:
