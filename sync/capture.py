@@ -140,15 +140,20 @@ class SourceReader:
                        " AND {range})").format(col=column, t=sql.Literal(info.name),
                                                range=self._journal_range(plan.token))
 
-    def upsert_query(self, info: TableInfo, rule: TableRule, plan: ReadPlan) -> sql.Composed:
+    def upsert_query(self, info: TableInfo, rule: TableRule,
+                     plan: ReadPlan) -> tuple[sql.Composed, list[tuple[str, str]]]:
+        """The COPY of allowed columns of matching rows, and the filter values to bind
+        (with ``set_config``) before running it."""
         cols = rule.wire_columns(info)
         where = (self._origin_row() if plan.initial
                  else self._keys(info, plan, sql.Identifier("t", info.pk)))
+        params: list[tuple[str, str]] = []
         if rule.rows is not None:
-            where = sql.SQL("{} AND {}").format(where, rule.rows.to_sql("t"))
+            condition, params = rule.rows.to_sql_params("t", info.types)
+            where = sql.SQL("{} AND {}").format(where, condition)
         return sql.SQL("COPY (SELECT {cols} FROM public.{table} t WHERE {where}) TO STDOUT").format(
             cols=sql.SQL(", ").join(sql.Identifier("t", c) for c in cols),
-            table=sql.Identifier(info.name), where=where)
+            table=sql.Identifier(info.name), where=where), params
 
     def delete_query(self, info: TableInfo, plan: ReadPlan) -> sql.Composed:
         """Deletes as tombstones. An initial load sends the peer's tombstones too: the
@@ -200,8 +205,12 @@ class SourceReader:
             if only is not None and info.name not in only:
                 continue
             rule = rules[info.name]
-            stmt = (self.upsert_query(info, rule, plan) if kind == "upsert"
-                    else self.delete_query(info, plan))
+            if kind == "upsert":
+                stmt, params = self.upsert_query(info, rule, plan)
+                for name, value in params:  # bind the row filter's values (never in SQL text)
+                    self.conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            else:
+                stmt = self.delete_query(info, plan)
             columns = rule.wire_columns(info) if kind == "upsert" else DELETE_COLUMNS
             chunks: list[bytes] = []
             with self.conn.cursor().copy(stmt) as copy:

@@ -16,7 +16,9 @@ def synced_rows(conn: psycopg.Connection, schema: Schema, policy: Policy, table:
                 destination: str) -> list[tuple]:
     """Rows of ``table`` as ``destination`` would receive them (wire columns), by key."""
     info = schema.tables[table]
-    rule = policy.rules[table]
+    rule = policy.rule_for(table, destination)
+    if rule is None:
+        return []
     cols = rule.wire_columns(info)
     q = sql.SQL("SELECT {} FROM public.{} t{} ORDER BY {}").format(
         sql.SQL(", ").join(sql.Identifier("t", c) for c in cols), sql.Identifier(table),

@@ -58,6 +58,19 @@ def line_of(doc: Any, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def _model_names(cls: type = BaseModel) -> set[str]:
+    out = set()
+    for sub in cls.__subclasses__():
+        out |= {sub.__name__} | _model_names(sub)
+    return out
+
+
+def _file_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union-branch labels ("RuleFile", "list[RuleFile]") from a location."""
+    names = _model_names()
+    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in names)))
+
+
 def key_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -72,13 +85,17 @@ def validate(model: type[M], doc: Any, path: Path,
         return model.model_validate(doc)
     except ValidationError as exc:
         errors = exc.errors()
-        # A misspelt key also makes the right one "missing": report the misspelling.
-        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))
-        more = len(errors) - 1
+        # A field typed `A | list[A]` reports each union branch; the branch names are not
+        # keys of the file. Prefer the plain branch, and a misspelt key (which also makes
+        # the right key "missing") over everything else.
+        plain = [e for e in errors if not any(isinstance(p, str) and p.startswith("list[")
+                                              for p in e["loc"])] or errors
+        first = next((e for e in plain if e["type"] == "extra_forbidden"), plain[0])
+        loc = _file_loc(first["loc"])
+        more = len({_file_loc(e["loc"]) for e in plain}) - 1
         msg = first["msg"]
         if first["type"] == "extra_forbidden":
-            missing = [str(e["loc"][-1]) for e in errors
+            missing = [str(e["loc"][-1]) for e in plain
                        if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
             guess = difflib.get_close_matches(str(loc[-1]), missing, n=1)
             msg = "unknown key" + (f" (did you mean {guess[0]!r}?)" if guess else "")

@@ -52,7 +52,9 @@ class PolicyFile(BaseModel):
     description: str | None = None
     classification: dict[ColumnRef, list[Name]] = Field(default_factory=dict)
     never_leaves_region: list[Name] = Field(default_factory=list)
-    rules: dict[Name, RuleFile] = Field(default_factory=dict)
+    rules: dict[Name, RuleFile | list[RuleFile]] = Field(
+        default_factory=dict,
+        description="Per table: one rule, or a list of rules with disjoint destinations.")
 
 
 def policy_files(directory: Path) -> list[Path]:
@@ -66,8 +68,10 @@ def policy_files(directory: Path) -> list[Path]:
     return files
 
 
-def load_policy(directory: Path, schema: Schema | None = None) -> Policy:
-    """Parse, merge and validate every policy file; with ``schema``, check it too."""
+def load_policy(directory: Path, schema: Schema | None = None,
+                regions: list[str] | None = None) -> Policy:
+    """Parse, merge and validate every policy file; with ``schema``, check it against the
+    live database; with ``regions``, check that no region matches two rules of a table."""
     directory = Path(directory)
     digest = hashlib.sha256()
     parsed: list[tuple[Path, object, PolicyFile]] = []
@@ -78,38 +82,51 @@ def load_policy(directory: Path, schema: Schema | None = None) -> Policy:
 
     classification: dict[str, frozenset[str]] = {}
     never: set[str] = set()
-    rules: dict[str, TableRule] = {}
+    rules: dict[str, list[TableRule]] = {}
     for path, doc, pf in parsed:
         for key, tags in pf.classification.items():
             classification[key] = classification.get(key, frozenset()) | frozenset(tags)
         never |= set(pf.never_leaves_region)
-        for table, rf in pf.rules.items():
-            line = yamlfile.line_of(doc, ("rules", table)) or 0
-            if table in rules:
-                other = rules[table]
-                raise PolicyError(
-                    f"table {table!r} has a rule in two files: {other.file}:{other.line} and "
-                    f"{path}:{line}; keep one rule per table", file=str(path), line=line,
-                    key=f"rules.{table}")
-            row_filter = None
-            if rf.rows is not None:
-                try:
-                    row_filter = RowFilter.parse(rf.rows)
-                except FilterSyntaxError as exc:
-                    raise PolicyError(exc.detail, file=str(path),
-                                      line=yamlfile.line_of(doc, ("rules", table, "rows")),
-                                      key=f"rules.{table}.rows") from exc
-            rules[table] = TableRule(table=table, columns=tuple(rf.columns), rows=row_filter,
-                                     to=tuple(rf.to) if rf.to else ("*",), file=str(path),
-                                     line=line)
-    policy = Policy(rules=rules, classification=classification,
+        for table, entry in pf.rules.items():
+            entries = entry if isinstance(entry, list) else [entry]
+            for index, rf in enumerate(entries):
+                loc: tuple = ("rules", table, index) if isinstance(entry, list) \
+                    else ("rules", table)
+                rule = _rule(table, rf, path, doc, loc)
+                for other in rules.get(table, []):
+                    if other.may_overlap(rule):
+                        raise PolicyError(
+                            f"two rules for table {table!r} can send to the same region "
+                            f"({', '.join(other.to)} / {', '.join(rule.to)}): {other.where} and "
+                            f"{rule.where}; give each region one rule", file=str(path),
+                            line=rule.line, key=yamlfile.key_path(loc))
+                rules.setdefault(table, []).append(rule)
+    policy = Policy(rules={t: tuple(r) for t, r in rules.items()},
+                    classification=classification,
                     never_leaves_region=frozenset(never), sha=digest.hexdigest()[:16],
                     files=tuple(str(p) for p, _, _ in parsed))
     docs = {str(p): d for p, d, _ in parsed}
     _check_residency(policy, docs)
     if schema is not None:
         check_against_schema(policy, schema, docs)
+    for region in regions or ():
+        policy.rules_to(region)  # raises on a region matched by two rules of one table
     return policy
+
+
+def _rule(table: str, rf: RuleFile, path: Path, doc: object, loc: tuple) -> TableRule:
+    row_filter = None
+    if rf.rows is not None:
+        try:
+            row_filter = RowFilter.parse(rf.rows)
+        except FilterSyntaxError as exc:
+            raise PolicyError(exc.detail, file=str(path),
+                              line=yamlfile.line_of(doc, (*loc, "rows")),
+                              key=yamlfile.key_path((*loc, "rows"))) from exc
+    return TableRule(table=table, columns=tuple(rf.columns), rows=row_filter,
+                     to=tuple(rf.to) if rf.to else ("*",), file=str(path),
+                     line=yamlfile.line_of(doc, loc) or 0, description=rf.description,
+                     loc=loc)
 
 
 def _column_line(docs: dict[str, object], rule: TableRule, column: str) -> tuple[int | None, str]:
@@ -117,20 +134,20 @@ def _column_line(docs: dict[str, object], rule: TableRule, column: str) -> tuple
     try:
         index = list(rule.columns).index(column)
     except ValueError:
-        return rule.line, f"rules.{rule.table}"
-    return (yamlfile.line_of(doc, ("rules", rule.table, "columns", index)),
-            f"rules.{rule.table}.columns[{index}]")
+        return rule.line, yamlfile.key_path(rule.loc)
+    loc = (*rule.loc, "columns", index)
+    return yamlfile.line_of(doc, loc), yamlfile.key_path(loc)
 
 
 def _check_residency(policy: Policy, docs: dict[str, object]) -> None:
     """Refuse any rule that would let a ``never_leaves_region`` column out."""
-    for rule in policy.rules.values():
+    for rule in policy.all_rules():
         whole = policy.classification.get(f"{rule.table}.*", frozenset())
         if whole & policy.never_leaves_region:
             raise PolicyError(
                 f"table {rule.table!r} is classified {sorted(whole)} which never leaves its "
                 "region, so it cannot have a rule", file=rule.file, line=rule.line,
-                key=f"rules.{rule.table}")
+                key=yamlfile.key_path(rule.loc))
         for column in rule.columns:
             tags = policy.tags(rule.table, column) & policy.never_leaves_region
             if tags:
@@ -146,20 +163,20 @@ def _check_residency(policy: Policy, docs: dict[str, object]) -> None:
                     f"row filter reads column(s) {', '.join(outside)} that are not on the "
                     "allow-list; a filter may only read columns that are allowed to leave",
                     file=rule.file, line=yamlfile.line_of(docs.get(rule.file),
-                                                          ("rules", rule.table, "rows")),
-                    key=f"rules.{rule.table}.rows")
+                                                          (*rule.loc, "rows")),
+                    key=yamlfile.key_path((*rule.loc, "rows")))
 
 
 def check_against_schema(policy: Policy, schema: Schema,
                          docs: dict[str, object] | None = None) -> list[str]:
     """Unknown tables/columns are errors; returns the unclassified columns (warnings)."""
     docs = docs or {}
-    for rule in policy.rules.values():
+    for rule in policy.all_rules():
         info = schema.tables.get(rule.table)
         if info is None:
             raise PolicyError(f"unknown table {rule.table!r} (tracked tables: "
                               f"{', '.join(sorted(schema.tables))})", file=rule.file,
-                              line=rule.line, key=f"rules.{rule.table}")
+                              line=rule.line, key=yamlfile.key_path(rule.loc))
         for column in rule.columns:
             if column not in info.columns or column in LOCAL_ONLY_COLUMNS:
                 line, key = _column_line(docs, rule, column)
@@ -170,7 +187,14 @@ def check_against_schema(policy: Policy, schema: Schema,
         if rule.rows:
             for column in sorted(rule.rows.columns - set(info.columns)):
                 raise PolicyError(f"row filter names unknown column {rule.table}.{column}",
-                                  file=rule.file, key=f"rules.{rule.table}.rows")
+                                  file=rule.file, line=yamlfile.line_of(
+                                      docs.get(rule.file), (*rule.loc, "rows")),
+                                  key=yamlfile.key_path((*rule.loc, "rows")))
+            problem = rule.rows.type_problem(info.types)
+            if problem:
+                raise PolicyError(problem, file=rule.file, line=yamlfile.line_of(
+                    docs.get(rule.file), (*rule.loc, "rows")),
+                    key=yamlfile.key_path((*rule.loc, "rows")))
     for key in policy.classification:
         table, column = key.split(".", 1)
         if table not in schema.tables or (column != "*" and column not in
@@ -185,5 +209,6 @@ def policy_fingerprint(policy: Policy) -> str:
     """Stable JSON of the files and of what the policy lets through (for audit rows)."""
     return json.dumps({
         "files": list(policy.files),
-        "rules": {t: {"columns": list(r.columns), "rows": r.rows.text if r.rows else None,
-                      "to": list(r.to)} for t, r in sorted(policy.rules.items())}})
+        "rules": {t: [{"columns": list(r.columns), "rows": r.rows.text if r.rows else None,
+                       "to": list(r.to)} for r in rules]
+                  for t, rules in sorted(policy.rules.items())}})

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..errors import PolicyError
 from ..schema import SYSTEM_COLUMNS, Schema, TableInfo
 from .rowfilter import RowFilter
 
@@ -20,9 +21,21 @@ class TableRule:
     to: tuple[str, ...]                   # region names or glob patterns ("eu-*"); "*" = all
     file: str
     line: int
+    description: str | None = None
+    loc: tuple = ()                        # key path in its file, e.g. ("rules", "contact", 1)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
 
     def sends_to(self, region: str) -> bool:
         return any(fnmatch.fnmatchcase(region, pattern) for pattern in self.to)
+
+    def may_overlap(self, other: TableRule) -> bool:
+        """Could one region match both rules? (Exact for names; for patterns, when either
+        pattern matches the other's text.)"""
+        return any(a == b or fnmatch.fnmatchcase(a, b) or fnmatch.fnmatchcase(b, a)
+                   for a in self.to for b in other.to)
 
     def wire_columns(self, info: TableInfo) -> tuple[str, ...]:
         """Columns that travel, in table order: key, allow-list, system columns."""
@@ -32,15 +45,34 @@ class TableRule:
 
 @dataclass(frozen=True)
 class Policy:
-    rules: Mapping[str, TableRule]
+    rules: Mapping[str, tuple[TableRule, ...]]      # table -> its rules (disjoint `to`)
     classification: Mapping[str, frozenset[str]]   # "table.column" or "table.*" -> tags
     never_leaves_region: frozenset[str]
     sha: str
     files: tuple[str, ...] = field(default=())
 
+    def all_rules(self) -> Iterable[TableRule]:
+        for rules in self.rules.values():
+            yield from rules
+
+    def rule_for(self, table: str, destination: str) -> TableRule | None:
+        """The one rule that sends ``table`` to ``destination``, or None (stays home)."""
+        matching = [r for r in self.rules.get(table, ()) if r.sends_to(destination)]
+        if len(matching) > 1:
+            a, b = matching[:2]
+            raise PolicyError(f"two rules send table {table!r} to region {destination!r}: "
+                              f"{a.where} and {b.where}; give each region one rule",
+                              file=b.file, line=b.line, key=f"rules.{table}")
+        return matching[0] if matching else None
+
     def rules_to(self, destination: str) -> dict[str, TableRule]:
         """The tables (with their rules) that may be sent to ``destination``."""
-        return {t: r for t, r in self.rules.items() if r.sends_to(destination)}
+        out = {}
+        for table in self.rules:
+            rule = self.rule_for(table, destination)
+            if rule is not None:
+                out[table] = rule
+        return out
 
     def tags(self, table: str, column: str) -> frozenset[str]:
         return (self.classification.get(f"{table}.{column}", frozenset())
@@ -50,12 +82,12 @@ class Policy:
         """Columns in the database that no rule sends and no classification mentions."""
         out = []
         for name, info in schema.tables.items():
-            rule = self.rules.get(name)
-            sent = set(rule.wire_columns(info)) if rule else set()
+            rules = self.rules.get(name, ())
+            sent = {c for r in rules for c in r.wire_columns(info)}
             for col in info.columns:
                 if col in sent or col == "versionnumber" or self.tags(name, col):
                     continue
-                if rule is None and col in (info.pk, *SYSTEM_COLUMNS):
+                if not rules and col in (info.pk, *SYSTEM_COLUMNS):
                     continue
                 out.append(f"{name}.{col}")
         return out

@@ -246,29 +246,115 @@ class RowFilter:
         return frozenset(out)
 
     def to_sql(self, alias: str) -> sql.Composable:
-        """SQL text of identifiers and ``sql.Literal`` values (adapted by psycopg)."""
+        """SQL text of identifiers and ``sql.Literal`` values (adapted by psycopg).
+        For local queries; what is sent to a peer uses ``to_sql_params``."""
         return _to_sql(self.tree, alias)
+
+    def to_sql_params(self, alias: str, types: dict[str, str],
+                      prefix: str = "regionsync.f") -> tuple[sql.Composable, list[tuple[str, str]]]:
+        """SQL whose values are session settings, plus the settings to bind.
+
+        Peers are read with COPY, which takes no bind parameters; so each literal becomes
+        ``current_setting('regionsync.fN')::<column type>`` and its value is bound with
+        ``set_config(%s, %s, true)``. The filter's values never appear in SQL text.
+        """
+        params: list[tuple[str, str]] = []
+
+        def value(column: str, v: Literal) -> sql.Composable:
+            name = f"{prefix}{len(params)}"
+            params.append((name, _as_text(v)))
+            return sql.SQL("current_setting({})::{}").format(
+                sql.Literal(name), sql.SQL(types.get(column, "text")))
+        return _to_sql(self.tree, alias, value), params
+
+    def type_problem(self, types: dict[str, str]) -> str | None:
+        """Why a literal cannot compare with its column's type, or None."""
+        for node in _comparisons(self.tree):
+            ty = types.get(node.column, "text")
+            numeric = ty.startswith(("integer", "bigint", "smallint", "numeric", "real",
+                                     "double"))
+            for v in node.values if isinstance(node, In) else (node.value,):
+                if ty == "boolean":
+                    if not isinstance(v, bool):
+                        return f"column {node.column} is boolean; compare it with true or false"
+                elif numeric:
+                    if isinstance(v, bool) or not isinstance(v, int | Decimal):
+                        return f"column {node.column} is {ty}; {_render(v)} is not a number"
+                elif not isinstance(v, str):
+                    return (f"column {node.column} is {ty}; write the value in quotes: "
+                            f"{_render(str(v) if not isinstance(v, bool) else _render(v))}")
+        return None
+
+    def describe(self) -> str:
+        """The filter in words, for people reviewing a policy."""
+        return _describe(self.tree)
 
     def evaluate(self, row: dict[str, Any]) -> bool:
         """Whether SQL's WHERE would keep ``row`` (NULL/unknown counts as not kept)."""
         return _eval(self.tree, row) is True
 
 
-def _to_sql(node: Node, alias: str) -> sql.Composable:
+def _literal(_column: str, v: Literal) -> sql.Composable:
+    return sql.Literal(v)
+
+
+def _to_sql(node: Node, alias: str, value=_literal) -> sql.Composable:
     if isinstance(node, Compare):
         return sql.SQL("{} {} {}").format(sql.Identifier(alias, node.column), sql.SQL(node.op),
-                                          sql.Literal(node.value))
+                                          value(node.column, node.value))
     if isinstance(node, In):
         return sql.SQL("{} {}IN ({})").format(
             sql.Identifier(alias, node.column), sql.SQL("NOT " if node.negated else ""),
-            sql.SQL(", ").join(sql.Literal(v) for v in node.values))
+            sql.SQL(", ").join(value(node.column, v) for v in node.values))
     if isinstance(node, IsNull):
         return sql.SQL("{} IS {}NULL").format(sql.Identifier(alias, node.column),
                                               sql.SQL("NOT " if node.negated else ""))
     if isinstance(node, Not):
-        return sql.SQL("(NOT {})").format(_to_sql(node.operand, alias))
+        return sql.SQL("(NOT {})").format(_to_sql(node.operand, alias, value))
     joiner = sql.SQL(" AND " if node.op == "and" else " OR ")
-    return sql.SQL("({})").format(joiner.join(_to_sql(o, alias) for o in node.operands))
+    return sql.SQL("({})").format(joiner.join(_to_sql(o, alias, value) for o in node.operands))
+
+
+def _as_text(v: Literal) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _render(v: Literal) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    return str(v)
+
+
+def _comparisons(node: Node) -> list[Compare | In]:
+    if isinstance(node, Compare | In):
+        return [node]
+    if isinstance(node, IsNull):
+        return []
+    if isinstance(node, Not):
+        return _comparisons(node.operand)
+    return [c for o in node.operands for c in _comparisons(o)]
+
+
+_OP_WORDS = {"=": "is", "!=": "is not", "<": "is less than", "<=": "is at most",
+             ">": "is greater than", ">=": "is at least"}
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, Compare):
+        return f"{node.column} {_OP_WORDS[node.op]} {_render(node.value)}"
+    if isinstance(node, In):
+        listed = ", ".join(_render(v) for v in node.values)
+        return f"{node.column} is {'not ' if node.negated else ''}one of {listed}"
+    if isinstance(node, IsNull):
+        return f"{node.column} is {'filled in' if node.negated else 'empty'}"
+    if isinstance(node, Not):
+        return f"not ({_describe(node.operand)})"
+    word = " and " if node.op == "and" else " or "
+    return "(" + word.join(_describe(o) for o in node.operands) + ")"
 
 
 def _cmp(a: Any, op: str, b: Any) -> bool | None:
