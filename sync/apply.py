@@ -81,33 +81,50 @@ class Applier:
                                 (self.peer,)).fetchone()
         return row[0] if row else None
 
-    def _save_token(self, token: str, rows: int, initial: bool, policy_sha: str | None) -> None:
+    def read_view(self) -> dict[str, Any] | None:
+        """What the policy let this peer send us when we last applied from it."""
+        row = self.conn.execute("SELECT policy_view FROM sync.peer_state WHERE peer = %s",
+                                (self.peer,)).fetchone()
+        return row[0] if row else None
+
+    def _save_token(self, token: str, rows: int, initial: bool, policy_sha: str | None,
+                    view: dict[str, Any] | None) -> None:
         cur = self.conn.execute("""
             INSERT INTO sync.peer_state AS p (peer, token, initial_load_at, last_applied_at,
-                                              batches_applied, changes_applied, policy_sha)
+                                              batches_applied, changes_applied, policy_sha,
+                                              policy_view)
             VALUES (%(peer)s, %(token)s, CASE WHEN %(initial)s THEN now() END, now(), 1,
-                    %(rows)s, %(sha)s)
+                    %(rows)s, %(sha)s, %(view)s)
             ON CONFLICT (peer) DO UPDATE SET
                 token = EXCLUDED.token, last_applied_at = now(),
                 batches_applied = p.batches_applied + 1,
                 changes_applied = p.changes_applied + EXCLUDED.changes_applied,
-                policy_sha = EXCLUDED.policy_sha
+                policy_sha = EXCLUDED.policy_sha,
+                policy_view = coalesce(EXCLUDED.policy_view, p.policy_view)
             WHERE pg_snapshot_xmax(EXCLUDED.token::pg_snapshot)
                   >= pg_snapshot_xmax(p.token::pg_snapshot)
             RETURNING 1""", {"peer": self.peer, "token": token, "initial": initial,
-                             "rows": rows, "sha": policy_sha})
+                             "rows": rows, "sha": policy_sha,
+                             "view": json.dumps(view) if view is not None else None})
         if cur.fetchone() is None:
             raise TokenRegression(f"token for peer {self.peer} would move backwards; is another "
                                   "regionsync daemon applying to this region?")
 
     # -- pages ----------------------------------------------------------------------------
-    def apply_page(self, page: Page, *, token: str | None = None, initial: bool = False,
-                   policy_sha: str | None = None, batch_rows: int = 0,
-                   peer_has_seen: str | None = None) -> PageResult:
-        """Apply ``page``; ``peer_has_seen`` is the peer's own token for us (a snapshot of
-        our database): a local version whose transaction it does not cover was never seen
-        by the peer, so an incoming version that overwrites it is a concurrent edit."""
+    def apply_page(self, page: Page, *, policy_sha: str, kind: str = "delta",
+                   token: str | None = None, batch_rows: int = 0,
+                   peer_has_seen: str | None = None,
+                   view: dict[str, Any] | None = None) -> PageResult:
+        """Apply ``page`` in one transaction, with ``token`` (and ``view``) when given.
+
+        ``kind`` is delta, initial, backfill or retry. A backfill re-sends rows we already
+        hold at the same version with newly allowed columns, so it also writes equal
+        versions. ``peer_has_seen`` is the peer's own token for us (a snapshot of our
+        database): a local version whose transaction it does not cover was never seen by
+        the peer, so an incoming version that overwrites it is a concurrent edit.
+        """
         result = PageResult()
+        backfill = kind == "backfill"
         with self.conn.transaction():
             self.conn.execute("SELECT set_config('regionsync.origin', %s, true)", (self.peer,))
             for seg in page.segments:
@@ -115,13 +132,21 @@ class Applier:
                 info = self.schema.tables[seg.table]
                 stage = self._stage(info, seg)
                 if seg.kind == "upsert":
-                    self._log_local_losers(info, stage, seg.columns, peer_has_seen, result)
-                    self._upsert(info, seg, stage, result)
+                    if not backfill:
+                        self._log_local_losers(info, stage, seg.columns, peer_has_seen, result)
+                    self._upsert(info, seg, stage, result, backfill=backfill)
                 else:
                     self._delete(info, stage, result)
             self._step("token")
             if token is not None:
-                self._save_token(token, batch_rows, initial, policy_sha)
+                self._save_token(token, batch_rows, kind == "initial", policy_sha, view)
+            elif view is not None:
+                self.conn.execute("UPDATE sync.peer_state SET policy_view = %s WHERE peer = %s",
+                                  (json.dumps(view), self.peer))
+            if page.rows or token is not None:
+                self.conn.execute(
+                    "INSERT INTO sync.integration_log (peer, kind, rows, policy_sha, token) "
+                    "VALUES (%s, %s, %s, %s, %s)", (self.peer, kind, page.rows, policy_sha, token))
         return result
 
     def _step(self, name: str) -> None:
@@ -149,9 +174,10 @@ class Applier:
 
     # -- upserts --------------------------------------------------------------------------
     def _upsert(self, info: TableInfo, seg: Segment, stage: sql.Identifier,
-                result: PageResult) -> None:
+                result: PageResult, *, backfill: bool = False) -> None:
         table, pk, cols = sql.Identifier(info.name), sql.Identifier(info.pk), seg.columns
-        self._log_conflicts(info, stage, cols, result)
+        if not backfill:
+            self._log_conflicts(info, stage, cols, result)
         updates = sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in cols if c != info.pk)
         stmt = sql.SQL("""
@@ -163,14 +189,15 @@ class Applier:
                                   WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
                                     AND (tb.modifiedon, tb.origin) >= (s.modifiedon, s.sync_origin))
                 ON CONFLICT ({pk}) DO UPDATE SET {updates}
-                WHERE (EXCLUDED.modifiedon, EXCLUDED.sync_origin) > (t.modifiedon, t.sync_origin)
+                WHERE (EXCLUDED.modifiedon, EXCLUDED.sync_origin) {wins}
+                      (t.modifiedon, t.sync_origin)
                 RETURNING (xmax = 0) AS inserted)
             SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM r""")
 
         def run(one: sql.Composable, params: tuple[Any, ...] = ()) -> tuple[int, int]:
             q = stmt.format(table=table, cols=_ident_list(cols), scols=_ident_list(cols, "s"),
                             stage=stage, one=one, tname=sql.Literal(info.name), pk=pk,
-                            updates=updates)
+                            updates=updates, wins=sql.SQL(">=" if backfill else ">"))
             ins, upd = self.conn.execute(q, params).fetchone()
             return ins, upd
 

@@ -191,14 +191,16 @@ class SourceReader:
         return Pending({r[0]: r[1] for r in rows}, oldest)
 
     def pages(self, plan: ReadPlan, tables: Sequence[TableInfo], rules: dict[str, TableRule],
-              page_size: int, only: set[str] | None = None) -> Iterator[Page]:
+              page_size: int, only: set[str] | None = None,
+              deletes: bool = True) -> Iterator[Page]:
         """Stream the batch as pages of at least ``page_size`` rows (the last may be smaller).
 
         Upserts parents first, then deletes children first. ``only`` restricts the read to
         tables known to have pending keys (saves a query per idle table).
         """
         steps: list[tuple[Kind, TableInfo]] = [("upsert", t) for t in tables]
-        steps += [("delete", t) for t in reversed(tables)]
+        if deletes:
+            steps += [("delete", t) for t in reversed(tables)]
         segments: list[Segment] = []
         in_page = 0
         for kind, info in steps:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .errors import ConfigError, PostgresNotFound, SyncError
+from .errors import PostgresNotFound, SyncError
 
 
 def _logging(verbose: bool) -> None:
@@ -76,41 +76,13 @@ def demo(rows: int, keep_running: bool) -> None:
         sys.exit(130)
 
 
-@main.group()
-def policy() -> None:
-    """Inspect and validate the residency policy."""
+def _register() -> None:
+    from .cli_policy import policy, retract
+    main.add_command(policy)
+    main.add_command(retract)
 
 
-@policy.command("check")
-@click.option("--policy-dir", type=click.Path(path_type=Path), default=None,
-              help="Policy directory (default: the config's, else ./policies).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="Also check against this region's live schema.")
-def policy_check(policy_dir: Path | None, config_path: Path | None) -> None:
-    """Validate policy files (and, with --config, against the live schema)."""
-    from .config import load_config
-    from .pipeline import connect
-    from .policy.loader import load_policy
-    from .schema import introspect
-    try:
-        cfg = load_config(config_path) if config_path else None
-        directory = policy_dir or (cfg.policy_dir if cfg else Path("policies"))
-        schema = None
-        if cfg is not None:
-            with connect(cfg.database.conninfo(where="database.url"),
-                         application_name="regionsync-policy-check") as conn:
-                schema = introspect(conn)
-        pol = load_policy(directory, schema)
-        warnings = pol.unclassified(schema) if schema is not None else []
-    except ConfigError as exc:
-        _fail(exc, 1)
-    except SyncError as exc:
-        _fail(exc)
-    for w in warnings:
-        click.echo(f"warning: {w} is unclassified: it is not synced (add it to a rule's "
-                   "columns or classify it)")
-    click.echo(f"policy {pol.sha} OK: {len(pol.rules)} table rule(s) in "
-               f"{len(pol.files)} file(s)")
+_register()
 
 
 if __name__ == "__main__":

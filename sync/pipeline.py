@@ -11,6 +11,7 @@ last-writer-wins makes a replay a no-op (no row changes, no journal entry, no ec
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ import psycopg
 from .apply import Applier, PageResult
 from .capture import Page, ReadPlan, SourceReader
 from .metrics import Metrics
-from .policy.model import Policy
+from .policy.model import Policy, TableRule
 from .schema import Schema, introspect
 
 log = logging.getLogger(__name__)
@@ -108,13 +109,81 @@ class PeerLink:
         rules = {t: r for t, r in policy.rules_to(self.region).items() if t in self.schema.tables}
         return rules, [self.schema.tables[t] for t in self.schema.topo_order(list(rules))]
 
+    def _view(self, rules: dict[str, TableRule]) -> dict[str, dict]:
+        """What the policy lets this peer send us: per table, columns and row filter."""
+        assert self.schema is not None
+        return {t: {"columns": list(r.wire_columns(self.schema.tables[t])),
+                    "rows": r.rows.text if r.rows else None} for t, r in sorted(rules.items())}
+
+    def _policy_changed(self, stored: dict, view: dict, policy: Policy,
+                        rules: dict[str, TableRule], tables: list) -> None:
+        """Record what narrowed (for `policy drift`), backfill what widened."""
+        assert self.target is not None and self.reader is not None and self.applier is not None
+        widened = []
+        with self.target.transaction():
+            for table, new in view.items():
+                old = stored.get(table)
+                added = set(new["columns"]) - set(old["columns"]) if old else set(new["columns"])
+                if old is None or added or old["rows"] != new["rows"]:
+                    widened.append(table)
+                if added:
+                    self.target.execute(
+                        "DELETE FROM sync.narrowed_column WHERE peer = %s AND tablename = %s "
+                        "AND column_name = ANY(%s)", (self.peer, table, sorted(added)))
+                removed = set(old["columns"]) - set(new["columns"]) if old else set()
+                for column in sorted(removed):
+                    self.target.execute(
+                        "INSERT INTO sync.narrowed_column (peer, tablename, column_name, "
+                        "policy_sha) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        (self.peer, table, column, policy.sha))
+                    log.warning("policy %s: %s.%s no longer comes from %s; copies already "
+                                "here are listed by `regionsync policy drift`", policy.sha,
+                                table, column, self.peer)
+            for table in sorted(set(stored) - set(view)):
+                log.warning("policy %s: table %s no longer comes from %s; see `regionsync "
+                            "policy drift`", policy.sha, table, self.peer)
+            if not widened:
+                self.target.execute("UPDATE sync.peer_state SET policy_view = %s WHERE peer = %s",
+                                    (json.dumps(view), self.peer))
+        if widened:
+            self._backfill(policy, rules, [t for t in tables if t.name in widened], view)
+
+    def _backfill(self, policy: Policy, rules: dict[str, TableRule], tables: list,
+                  view: dict) -> None:
+        """Re-send, under the wider policy, every row the peer authored in ``tables``."""
+        assert self.reader is not None and self.applier is not None
+        names = ", ".join(t.name for t in tables)
+        log.info("policy %s widens what %s sends us (%s): backfilling", policy.sha,
+                 self.peer, names)
+        started, done = time.monotonic(), 0
+        with self.reader.batch():
+            held = None
+            for page in self.reader.pages(ReadPlan(), tables, rules, self.page_size,
+                                          deletes=False):
+                if held is not None:
+                    self.applier.apply_page(held, kind="backfill", policy_sha=policy.sha)
+                    done += held.rows
+                    log.info("backfill from %s: %d rows (%.0f rows/s)", self.peer, done,
+                             done / max(time.monotonic() - started, 1e-9))
+                held = page
+            self.applier.apply_page(held or Page(()), kind="backfill", policy_sha=policy.sha,
+                                    view=view)
+            done += held.rows if held else 0
+        log.info("backfill from %s done: %d rows of %s in %.1fs", self.peer, done, names,
+                 time.monotonic() - started)
+
     def run_once(self) -> BatchResult:
         """Read and apply one batch. Raises ``psycopg.Error`` on connection-level failures."""
         started = time.monotonic()
         reader, applier = self._connect()
         policy = self._policy()
         rules, tables = self._plan_tables(policy)
+        view = self._view(rules)
         token = applier.read_token()
+        if token is not None:
+            stored = applier.read_view()
+            if stored is not None and stored != view:
+                self._policy_changed(stored, view, policy, rules, tables)
         result = PageResult()
         read_rows: Counter[str] = Counter()
         rows = 0
@@ -132,10 +201,12 @@ class PeerLink:
             if self.metrics:
                 self.metrics.lag.labels(self.peer, self.region).set(lag)
             seen = reader.token_for(self.region)
+            kind = "initial" if token is None else "delta"
             held: Page | None = None
             for page in reader.pages(plan, tables, rules, self.page_size, only):
                 if held is not None:
-                    result.add(applier.apply_page(held, peer_has_seen=seen))
+                    result.add(applier.apply_page(held, peer_has_seen=seen, kind=kind,
+                                                  policy_sha=policy.sha))
                     if self.stop.is_set():  # SIGTERM: the page in flight is committed; stop
                         complete = False
                         break
@@ -144,9 +215,9 @@ class PeerLink:
                 for seg in page.segments:
                     read_rows[seg.table] += seg.rows
             if complete and (held is not None or snap.token != token):
-                result.add(applier.apply_page(held or Page(()), token=snap.token,
-                                              initial=token is None, policy_sha=policy.sha,
-                                              batch_rows=rows, peer_has_seen=seen))
+                result.add(applier.apply_page(held or Page(()), token=snap.token, kind=kind,
+                                              policy_sha=policy.sha, batch_rows=rows,
+                                              peer_has_seen=seen, view=view))
         filtered = {}
         if pending is not None:
             filtered = {t: n - read_rows[t] for t, n in pending.keys.items() if n > read_rows[t]}
@@ -208,7 +279,8 @@ class PeerLink:
         with reader.batch():
             seen = reader.token_for(self.region)
             for page in reader.pages(plan, tables, rules, self.page_size):
-                applier.apply_page(page, peer_has_seen=seen)
+                applier.apply_page(page, peer_has_seen=seen, kind="retry",
+                                   policy_sha=policy.sha)
         resolved = self.target.execute(
             "DELETE FROM sync.dead_letter WHERE id = ANY(%s) AND last_failed_at < %s",
             ([r[0] for r in rows], started)).rowcount

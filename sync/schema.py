@@ -32,6 +32,7 @@ class TableInfo:
     columns: tuple[str, ...]          # in table order
     types: dict[str, str] = field(hash=False, compare=False)
     foreign_keys: tuple[ForeignKey, ...] = ()
+    not_null: frozenset[str] = frozenset()
 
     @property
     def parents(self) -> frozenset[str]:
@@ -64,7 +65,7 @@ def introspect(conn: psycopg.Connection) -> Schema:
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             conn.rollback()
     cols = conn.execute("""
-        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'public' AND a.attnum > 0 AND NOT a.attisdropped
@@ -82,11 +83,12 @@ def introspect(conn: psycopg.Connection) -> Schema:
         ([t for t, _ in tracked],)).fetchall()
     tables: dict[str, TableInfo] = {}
     for name, pk in tracked:
-        names = tuple(c for t, c, _ in cols if t == name)
+        names = tuple(c for t, c, _, _ in cols if t == name)
         if not names:
             raise SchemaError(f"tracked table {name!r} does not exist in schema public")
         tables[name] = TableInfo(
             name=name, pk=pk, columns=names,
-            types={c: ty for t, c, ty in cols if t == name},
-            foreign_keys=tuple(ForeignKey(tuple(k), p) for t, p, k in fks if t == name))
+            types={c: ty for t, c, ty, _ in cols if t == name},
+            foreign_keys=tuple(ForeignKey(tuple(k), p) for t, p, k in fks if t == name),
+            not_null=frozenset(c for t, c, _, nn in cols if t == name and nn))
     return Schema(tables)

@@ -28,7 +28,7 @@ ColumnRef = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*\.([a-z_][a-z0-9_]*|
 class RuleFile(BaseModel):
     """One table's rule, as written in a policy file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     columns: list[Name] = Field(description="Allow-list: the only columns that may leave.")
     rows: str | None = Field(None, description="Row filter; only matching rows leave.")
     to: list[Annotated[str, Field(pattern=r"^[a-z0-9*?\[\]_-]+$")]] | None = Field(
@@ -47,7 +47,7 @@ class RuleFile(BaseModel):
 class PolicyFile(BaseModel):
     """The top level of a file in ``policies/``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     version: int = Field(1, ge=1, le=1)
     description: str | None = None
     classification: dict[ColumnRef, list[Name]] = Field(default_factory=dict)
@@ -55,6 +55,27 @@ class PolicyFile(BaseModel):
     rules: dict[Name, RuleFile | list[RuleFile]] = Field(
         default_factory=dict,
         description="Per table: one rule, or a list of rules with disjoint destinations.")
+
+
+def policy_json_schema() -> dict:
+    """JSON Schema of a policy file, from the same models that validate it."""
+    schema = PolicyFile.model_json_schema()
+
+    def tighten(node: object) -> None:
+        if isinstance(node, dict):
+            if "patternProperties" in node:      # keys are names: nothing else is allowed
+                node["additionalProperties"] = False
+            if node.get("title") == "Columns" and node.get("type") == "array":
+                node["uniqueItems"] = True
+            for value in node.values():
+                tighten(value)
+        elif isinstance(node, list):
+            for value in node:
+                tighten(value)
+    tighten(schema)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://regionsync.dev/policy.schema.json",
+            "title": "regionsync policy file", **schema}
 
 
 def policy_files(directory: Path) -> list[Path]:

@@ -191,5 +191,5 @@ def test_token_never_moves_backwards(mesh: Mesh) -> None:
     applier = link._connect()[1]
     newer = mesh.one("eu-north", "SELECT token FROM sync.peer_state")
     with pytest.raises(psycopg.Error):
-        applier._save_token("1:1:", 0, False, None)
+        applier._save_token("1:1:", 0, False, None, None)
     assert mesh.one("eu-north", "SELECT token FROM sync.peer_state") == newer

@@ -1,0 +1,240 @@
+"""`regionsync policy …` and `regionsync retract`: parse, call the library, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from .errors import ConfigError, SyncError
+
+
+def _fail(exc: Exception, code: int = 1) -> None:
+    click.echo(f"regionsync: {exc}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _errors():
+    try:
+        yield
+    except ConfigError as exc:
+        _fail(exc, 1)
+    except SyncError as exc:
+        _fail(exc, 2)
+
+
+def _context(config_path: Path | None, policy_dir: Path | None, need_db: bool = False):
+    """(config, policy, schema, regions) for a command."""
+    from .config import load_config
+    from .pipeline import connect
+    from .policy.loader import load_policy
+    from .schema import introspect
+    if need_db and config_path is None:
+        raise ConfigError("this command reads the region's database: pass --config")
+    cfg = load_config(config_path) if config_path else None
+    schema = None
+    if cfg is not None:
+        with connect(cfg.database.conninfo(where="database.url"),
+                     application_name="regionsync-cli") as conn:
+            schema = introspect(conn)
+    regions = [cfg.region, *(p.name for p in cfg.peers)] if cfg else None
+    directory = policy_dir or (cfg.policy_dir if cfg else Path("policies"))
+    return cfg, load_policy(directory, schema, regions), schema, regions
+
+
+config_opt = click.option("--config", "config_path", type=click.Path(path_type=Path),
+                          default=None, help="Region config: live schema and region names.")
+policy_opt = click.option("--policy-dir", type=click.Path(path_type=Path), default=None,
+                          help="Policy directory (default: the config's, else ./policies).")
+
+
+@click.group()
+def policy() -> None:
+    """Review, check and explain the residency policy."""
+
+
+@policy.command("check")
+@policy_opt
+@config_opt
+def check(policy_dir: Path | None, config_path: Path | None) -> None:
+    """Validate policy files (with --config: against the live schema too)."""
+    from .policy.review import parent_warnings
+    with _errors():
+        _, pol, schema, regions = _context(config_path, policy_dir)
+    warnings = []
+    if schema is not None:
+        warnings += [f"{c} is unclassified: it is not synced (add it to a rule's columns "
+                     "or classify it)" for c in pol.unclassified(schema)]
+        warnings += parent_warnings(pol, schema, regions or [])
+    for w in warnings:
+        click.echo(f"warning: {w}")
+    rules = sum(len(r) for r in pol.rules.values())
+    click.echo(f"policy {pol.sha} OK: {rules} rule(s) for {len(pol.rules)} table(s) in "
+               f"{len(pol.files)} file(s)" + (f", {len(warnings)} warning(s)" if warnings else ""))
+
+
+@policy.command("explain")
+@click.argument("table")
+@click.option("--to", "to", multiple=True, help="Only these destination regions.")
+@policy_opt
+@config_opt
+def explain(table: str, to: tuple[str, ...], policy_dir: Path | None,
+            config_path: Path | None) -> None:
+    """Each column of TABLE: which regions receive it, under which rule."""
+    from .policy.review import OTHER, universe
+    from .policy.review import explain as do_explain
+    with _errors():
+        cfg, pol, schema, regions = _context(config_path, policy_dir)
+        if schema is not None and table not in schema.tables:
+            raise ConfigError(f"unknown table {table!r}")
+        dest = list(to) or [r for r in universe(regions, pol) if not cfg or r != cfg.region]
+        lines, filters = do_explain(pol, schema, table, dest)
+    label = {OTHER: "other regions" if len(dest) > 1 else "every region"}
+    width = max(len(line.column) for line in lines)
+    click.echo(f"{table}: what leaves the region, to {', '.join(label.get(r, r) for r in dest)}")
+    for line in lines:
+        goes = ", ".join(label.get(r, r) for r in line.regions) or "stays home"
+        tags = f" [{', '.join(line.tags)}]" if line.tags else ""
+        click.echo(f"  {line.column:<{width}}  → {goes:<28} {line.why}{tags}")
+    click.echo("rows:" if filters else "rows: none (no rule: the table is region-local)")
+    for f in filters:
+        click.echo(f"  {f}")
+
+
+@policy.command("diff")
+@click.argument("old")
+@click.argument("new")
+@click.option("--regions", default=None, help="Comma-separated regions to compare for "
+              "(default: the regions the policies name, plus 'other regions').")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def diff(old: str, new: str, regions: str | None, as_json: bool) -> None:
+    """What starts and stops crossing which border between OLD and NEW.
+
+    OLD and NEW are policy directories, single files, or git revisions as REV:path
+    (e.g. main:policies)."""
+    from .policy.review import diff as do_diff
+    from .policy.sources import load_spec
+    with _errors():
+        changes = do_diff(load_spec(old), load_spec(new),
+                          regions.split(",") if regions else None)
+    if as_json:
+        click.echo(json.dumps([c.as_dict() for c in changes], indent=2))
+    elif not changes:
+        click.echo("no change in what crosses borders")
+    for c in changes if not as_json else []:
+        click.echo(c.line())
+
+
+@policy.command("why")
+@click.argument("table")
+@click.argument("key")
+@click.option("--to", "to", required=True, help="Destination region.")
+@policy_opt
+@config_opt
+def why(table: str, key: str, to: str, policy_dir: Path | None,
+        config_path: Path | None) -> None:
+    """Whether one row of TABLE goes to a region, which columns, and what decided."""
+    from psycopg import sql
+
+    from .pipeline import connect
+    with _errors():
+        cfg, pol, schema, _ = _context(config_path, policy_dir, need_db=True)
+        info = schema.tables.get(table) if schema else None
+        if info is None:
+            raise ConfigError(f"unknown table {table!r}")
+        rule = pol.rule_for(table, to)
+        with connect(cfg.database.conninfo(where="database.url"),
+                     application_name="regionsync-cli") as conn:
+            passes = sql.SQL("true") if rule is None or rule.rows is None \
+                else sql.SQL("coalesce({}, false)").format(rule.rows.to_sql("t"))
+            row = conn.execute(sql.SQL("SELECT sync_origin, {} FROM public.{} t WHERE {} = %s")
+                               .format(passes, sql.Identifier(table), sql.Identifier(info.pk)),
+                               (key,)).fetchone()
+    if row is None:
+        _fail(ConfigError(f"{table} {key} does not exist in region {cfg.region}"))
+    origin, matched = row
+    if rule is None:
+        click.echo(f"{table} {key} → {to}: NOT SENT — no rule sends {table} to {to} "
+                   "(tables without a rule stay home)")
+        return
+    verdict = "SENT" if matched else "NOT SENT"
+    click.echo(f"{table} {key} → {to}: {verdict} (rule {rule.where})")
+    if rule.rows is not None:
+        click.echo(f"  row filter: {rule.rows.describe()} → {'true' if matched else 'false'}")
+    click.echo(f"  last written in {origin}" + ("" if origin == cfg.region else
+               f"; in a mesh {to} receives it from {origin}, not from {cfg.region}"))
+    if matched:
+        wire = rule.wire_columns(info)
+        click.echo(f"  columns sent: {', '.join(wire)}")
+        held = [c for c in info.columns if c not in wire]
+        for c in held:
+            tags = pol.tags(table, c)
+            reason = ("assigned by each region" if c == "versionnumber" else
+                      f"never leaves ({', '.join(sorted(tags & pol.never_leaves_region))})"
+                      if tags & pol.never_leaves_region else "not on the allow-list")
+            click.echo(f"  withheld: {c} — {reason}")
+
+
+@policy.command("drift")
+@policy_opt
+@config_opt
+def drift(policy_dir: Path | None, config_path: Path | None) -> None:
+    """Copies in this region that the current policy no longer allows (exit 1 if any)."""
+    from .pipeline import connect
+    from .retract import find_drift
+    with _errors():
+        cfg, pol, schema, _ = _context(config_path, policy_dir, need_db=True)
+        with connect(cfg.database.conninfo(where="database.url"),
+                     application_name="regionsync-cli") as conn:
+            items = find_drift(conn, schema, pol, cfg.region)
+    for item in items:
+        click.echo(item.line())
+    if items:
+        click.echo(f"{len(items)} out-of-policy item(s); `regionsync retract --config …` "
+                   "removes them")
+        sys.exit(1)
+    click.echo(f"no drift: every copy in {cfg.region} is allowed by policy {pol.sha}")
+
+
+@policy.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of policy files (shipped as policies/policy.schema.json)."""
+    from .policy.loader import policy_json_schema
+    click.echo(json.dumps(policy_json_schema(), indent=2))
+
+
+@click.command()
+@policy_opt
+@config_opt
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def retract(policy_dir: Path | None, config_path: Path | None, dry_run: bool) -> None:
+    """Remove copies the policy no longer allows here (NULL columns / delete rows).
+
+    Nothing is sent back: the owning region keeps its data."""
+    from .pipeline import connect
+    from .retract import find_drift
+    from .retract import retract as do_retract
+    with _errors():
+        cfg, pol, schema, _ = _context(config_path, policy_dir, need_db=True)
+        with connect(cfg.database.conninfo(where="database.url"),
+                     application_name="regionsync-retract") as conn:
+            items = find_drift(conn, schema, pol, cfg.region)
+            if dry_run or not items:
+                for item in items:
+                    click.echo(f"would retract: {item.line()}")
+                if not items:
+                    click.echo("nothing to retract")
+                return
+            results = do_retract(conn, pol, cfg.region, items)
+    failed = 0
+    for item, n, error in results:
+        if error:
+            failed += 1
+            click.echo(f"FAILED {item.line()}: {error}", err=True)
+        else:
+            click.echo(f"retracted {n} row(s): {item.line()}")
+    sys.exit(1 if failed else 0)
