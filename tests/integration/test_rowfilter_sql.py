@@ -42,11 +42,19 @@ ROWS = st.lists(st.fixed_dictionaries(COLUMNS), min_size=1, max_size=8)
 @given(text=filters(), rows=ROWS)
 def test_sql_and_python_agree(pg_clusters, text: str, rows: list[dict]) -> None:
     f = RowFilter.parse(text)
-    with psycopg.connect(pg_clusters["eu-west"].url(), autocommit=True) as conn:
+    # the form sent to peers: values bound with set_config, cast to the column's type
+    condition, params = f.to_sql_params("t", {"n": "integer", "s": "text"})
+    with psycopg.connect(pg_clusters["eu-west"].url()) as conn:
         conn.execute("CREATE TEMP TABLE t (i int, n int, s text)")
         with conn.cursor().copy("COPY t (i, n, s) FROM STDIN") as copy:
             for i, r in enumerate(rows):
                 copy.write_row((i, r["n"], r["s"]))
+        for name, value in params:
+            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
         got = {r[0] for r in conn.execute(
+            psycopg.sql.SQL("SELECT i FROM t WHERE {}").format(condition))}
+        literal = {r[0] for r in conn.execute(
             psycopg.sql.SQL("SELECT i FROM t WHERE {}").format(f.to_sql("t")))}
-    assert got == {i for i, r in enumerate(rows) if f.evaluate(r)}, text
+        conn.rollback()
+    expected = {i for i, r in enumerate(rows) if f.evaluate(r)}
+    assert got == expected == literal, text

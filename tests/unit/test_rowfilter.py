@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sync.errors import FilterSyntaxError
 from sync.policy.rowfilter import RowFilter
@@ -44,3 +46,18 @@ def test_three_valued_logic_matches_sql() -> None:
     g = RowFilter.parse("country is null or statecode in (1, 2)")
     assert g.evaluate({"country": None, "statecode": None})
     assert g.columns == {"country", "statecode"}
+
+
+@given(values=st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=3))
+def test_sql_text_does_not_depend_on_the_values(values: list[str]) -> None:
+    """Whatever the literals (quotes, ';', comments, DROP TABLE), the SQL text sent to a
+    peer is the same: values travel only as bound settings."""
+    def quoted(v: str) -> str:
+        return "'" + v.replace("'", "''") + "'"
+    types = {"s": "text"}
+    f = RowFilter.parse(f"s in ({', '.join(quoted(v) for v in values)})")
+    g = RowFilter.parse(f"s in ({', '.join(quoted('x') for _ in values)})")
+    sql_f, params = f.to_sql_params("t", types)
+    sql_g, _ = g.to_sql_params("t", types)
+    assert sql_f.as_string(None) == sql_g.as_string(None)
+    assert [v for _, v in params] == values
