@@ -173,6 +173,14 @@ class SourceReader:
                  pk=sql.Identifier(info.pk))
 
     # -- reads ---------------------------------------------------------------------------
+    def count(self, info: TableInfo, rule: TableRule, plan: ReadPlan) -> int:
+        """How many rows ``upsert_query`` would send (binds the filter the same way)."""
+        stmt, params = self.upsert_query(info, rule, plan)
+        for name, value in params:
+            self.conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        inner = stmt.as_string(self.conn).removeprefix("COPY (").removesuffix(") TO STDOUT")
+        return self.conn.execute(f"SELECT count(*) FROM ({inner}) q").fetchone()[0]
+
     def token_for(self, region: str) -> str | None:
         """The peer's own token for ``region``: how much of our journal it has applied."""
         row = self.conn.execute("SELECT token FROM sync.peer_state WHERE peer = %s",

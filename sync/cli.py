@@ -11,13 +11,6 @@ import click
 from .errors import PostgresNotFound, SyncError
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for noisy in ("apscheduler", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _fail(exc: Exception, code: int = 2) -> None:
     click.echo(f"regionsync: {exc}", err=True)
     sys.exit(code)
@@ -25,10 +18,13 @@ def _fail(exc: Exception, code: int = 2) -> None:
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one JSON object per line, for log shippers.")
 @click.version_option(package_name="regionsync")
-def main(verbose: bool) -> None:
+def main(verbose: bool, log_format: str) -> None:
     """regionsync: multi-region PostgreSQL sync with field-level residency policies."""
-    _logging(verbose)
+    from .logfmt import configure
+    configure(logging.DEBUG if verbose else logging.INFO, log_format)
 
 
 config_option = click.option("--config", "config_path", type=click.Path(path_type=Path),
@@ -77,9 +73,10 @@ def demo(rows: int, keep_running: bool) -> None:
 
 
 def _register() -> None:
+    from .cli_ops import conflicts, dlq, resync, status
     from .cli_policy import policy, retract
-    main.add_command(policy)
-    main.add_command(retract)
+    for command in (policy, retract, status, dlq, conflicts, resync):
+        main.add_command(command)
 
 
 _register()

@@ -3,8 +3,9 @@
 APScheduler runs each peer's poll with ``max_instances=1`` and ``coalesce=True``: a poll
 never overlaps the previous one, and missed runs collapse into one. A batch that fills a
 page is followed at once by another (drain); otherwise the job waits for the interval.
-Transient failures back off exponentially with jitter, per peer. ``stop()`` (SIGTERM,
-SIGINT) lets the page in flight commit, then returns.
+Transient failures back off exponentially with jitter, per peer. Only the daemon that
+holds the region's leader lock polls; a second one waits as a standby. ``stop()``
+(SIGTERM, SIGINT) lets the page in flight commit, then returns.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
@@ -24,16 +26,19 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from .config import RegionConfig
 from .errors import PolicyError, SyncError
 from .http import StatusServer
+from .leader import LeaderLock
 from .metrics import Metrics
 from .pipeline import PeerLink, connect
 from .policy.holder import PolicyHolder
 from .policy.loader import policy_fingerprint
 from .policy.model import Policy
 from .schema import introspect
+from .status import local_status
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
+LEADER_CHECK = 2.0
 
 
 class Daemon:
@@ -49,47 +54,56 @@ class Daemon:
         self._links: dict[str, PeerLink] = {}
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
+        self._local = config.database.conninfo(where="database.url")
+        self._lock = LeaderLock(self._local, config.region)
+        self.is_leader = False
         self.policy: PolicyHolder | None = None
         self.http_port: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
-        local = cfg.database.conninfo(where="database.url")
-        with connect(local, application_name=f"regionsync-{cfg.region}") as conn:
+        with connect(self._local, application_name=f"regionsync-{cfg.region}") as conn:
             region = conn.execute("SELECT region FROM sync.settings").fetchone()
             if region is None or region[0] != cfg.region:
                 raise SyncError(f"database {cfg.database.safe_url()} belongs to region "
                                 f"{region[0] if region else None!r}, not {cfg.region!r}; run "
                                 "`regionsync migrate` with this config")
             schema = introspect(conn)
-        self.policy = PolicyHolder(cfg.policy_dir, schema, on_loaded=self._policy_loaded,
+        regions = [cfg.region, *(p.name for p in cfg.peers)]
+        self.policy = PolicyHolder(cfg.policy_dir, schema, regions=regions,
+                                   on_loaded=self._policy_loaded,
                                    on_refused=self._policy_refused)
         for peer in cfg.peers:
             self._links[peer.name] = PeerLink(
                 region=cfg.region, peer=peer.name,
                 peer_conninfo=peer.conninfo(where=f"peers[{peer.name}].url"),
-                local_conninfo=local, policy=self.policy.current, origins=peer.origins,
-                page_size=cfg.page_size, metrics=self.metrics, stop=self._stop)
+                local_conninfo=self._local, policy=self.policy.current, origins=peer.origins,
+                page_size=cfg.page_size, metrics=self.metrics, stop=self._stop,
+                poll_interval=cfg.poll_interval)
+        self.metrics.leader.labels(cfg.region).set(0)
         if cfg.metrics.port:
             self._http = StatusServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry,
-                                      self._ready)
+                                      self._ready, self.status)
             self.http_port = self._http.start()
         self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max(1, len(cfg.peers)))},
+            executors={"default": ThreadPoolExecutor(len(cfg.peers) + 1)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
             timezone=UTC)
         self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
+        now = datetime.now(UTC)
+        self._check_leader()
+        self._scheduler.add_job(self._check_leader, "interval", seconds=LEADER_CHECK,
+                                id="leader")
         for name in self._links:
             self._scheduler.add_job(self._poll, "interval", seconds=cfg.poll_interval,
-                                    args=[name], id=f"poll-{name}",
-                                    next_run_time=datetime.now(UTC))
+                                    args=[name], id=f"poll-{name}", next_run_time=now)
         self._scheduler.start()
         log.info("region %s: syncing from %s every %.1fs (policy %s)%s", cfg.region,
                  ", ".join(self._links) or "no peers", cfg.poll_interval,
                  self.policy.current().sha,
                  f"; metrics on http://{cfg.metrics.host}:{self.http_port}/metrics"
-                 if self.http_port else "")
+                 if self.http_port else "", extra={"region": cfg.region})
 
     def stop(self, timeout: float = 60.0) -> None:
         """Finish the page in flight, commit it, and stop."""
@@ -107,6 +121,7 @@ class Daemon:
                 log.warning("polls still running after %.0fs; exiting anyway", timeout)
         for link in self._links.values():
             link.close()
+        self._lock.release()
         if self._http is not None:
             self._http.stop()
         self._stopped.set()
@@ -128,47 +143,69 @@ class Daemon:
         requested.wait()
         self.stop()
 
+    # -- leadership -----------------------------------------------------------------------
+    def _check_leader(self) -> None:
+        region = self.config.region
+        if self.is_leader and not self._lock.held():
+            self.is_leader = False
+            log.error("region %s: lost the leader lock (local database session ended); "
+                      "standing by", region)
+        if not self.is_leader and not self._stop.is_set() and self._lock.try_acquire():
+            self.is_leader = True
+            log.info("region %s: this daemon is the leader", region)
+        elif not self.is_leader:
+            log.debug("region %s: standby; another daemon holds the leader lock", region)
+        self.metrics.leader.labels(region).set(1 if self.is_leader else 0)
+
     # -- jobs -----------------------------------------------------------------------------
     def _poll(self, peer: str) -> None:
-        if self._stop.is_set() or time.monotonic() < self._not_before.get(peer, 0.0):
+        if not self.is_leader or self._stop.is_set() \
+                or time.monotonic() < self._not_before.get(peer, 0.0):
             return
         link = self._links[peer]
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and self.is_leader:
                 batch = link.run_once()
+                self.metrics.peer_reachable.labels(peer).set(1)
                 if not (batch.full and batch.complete):
                     break
             if not self._stop.is_set():
                 link.retry_dead_letters()
             self._failures[peer] = 0
         except (psycopg.Error, SyncError) as exc:
-            n = self._failures[peer] = self._failures.get(peer, 0) + 1
-            delay = min(MAX_BACKOFF, self.config.poll_interval * 2 ** (n - 1))
-            delay *= random.uniform(0.5, 1.0)
-            self._not_before[peer] = time.monotonic() + delay
-            self.metrics.apply_errors.labels(peer, self.config.region).inc()
-            log.warning("peer %s: batch failed (%s: %s); retry %d in %.1fs", peer,
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
-                        n, delay)
-            link.close()
-        except Exception:
-            self.metrics.apply_errors.labels(peer, self.config.region).inc()
+            unreachable = isinstance(exc, psycopg.OperationalError)
+            if unreachable:
+                self.metrics.peer_reachable.labels(peer).set(0)
+            self._back_off(peer, link, exc, unreachable)
+        except Exception as exc:
             log.exception("peer %s: unexpected error; will retry", peer)
-            self._not_before[peer] = time.monotonic() + MAX_BACKOFF
-            link.close()
+            self._back_off(peer, link, exc, False)
+
+    def _back_off(self, peer: str, link: PeerLink, exc: Exception, unreachable: bool) -> None:
+        n = self._failures[peer] = self._failures.get(peer, 0) + 1
+        delay = min(MAX_BACKOFF, self.config.poll_interval * 2 ** (n - 1))
+        delay *= random.uniform(0.5, 1.0)
+        self._not_before[peer] = time.monotonic() + delay
+        self.metrics.apply_errors.labels(peer, self.config.region).inc()
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        if link.health is not None:
+            link.health.failed(f"{type(exc).__name__}: {first_line}", unreachable)
+        log.warning("peer %s: batch failed (%s: %s); retry %d in %.1fs", peer,
+                    type(exc).__name__, first_line, n, delay,
+                    extra={"peer": peer, "attempt": n})
+        link.close()
 
     def _on_skipped(self, event: JobExecutionEvent) -> None:
-        self.metrics.skipped_polls.labels(event.job_id.removeprefix("poll-")).inc()
+        if event.job_id.startswith("poll-"):
+            self.metrics.skipped_polls.labels(event.job_id.removeprefix("poll-")).inc()
 
-    # -- policy and readiness ------------------------------------------------------------
+    # -- policy, readiness and status -----------------------------------------------------
     def _policy_loaded(self, policy: Policy) -> None:
         self.metrics.set_policy(policy.sha)
         try:
-            with connect(self.config.database.conninfo(where="database.url"),
-                         application_name=f"regionsync-{self.config.region}") as conn:
-                conn.execute("INSERT INTO sync.policy_audit (sha, files) VALUES (%s, %s)",
-                             (policy.sha, policy_fingerprint(policy)))
-                log.debug("policy %s recorded in sync.policy_audit", policy.sha)
+            with connect(self._local, application_name=f"regionsync-{self.config.region}") as c:
+                c.execute("INSERT INTO sync.policy_audit (sha, files) VALUES (%s, %s)",
+                          (policy.sha, policy_fingerprint(policy)))
         except psycopg.Error as exc:
             log.warning("could not record policy %s in sync.policy_audit: %s", policy.sha, exc)
 
@@ -179,9 +216,27 @@ class Daemon:
         if self.policy is None:
             return False, "starting"
         try:
-            with connect(self.config.database.conninfo(where="database.url"),
+            with connect(self._local,
                          application_name=f"regionsync-{self.config.region}-ready") as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error as exc:
             return False, f"local database unreachable: {type(exc).__name__}"
-        return True, f"ready; policy {self.policy.current().sha}"
+        role = "leader" if self.is_leader else "standby"
+        return True, f"ready; {role}; policy {self.policy.current().sha}"
+
+    def status(self) -> dict[str, Any]:
+        """What /status serves: the daemon's view plus the local database's records."""
+        cfg = self.config
+        try:
+            with connect(self._local, application_name=f"regionsync-{cfg.region}-status") as c:
+                stored = local_status(c)
+        except psycopg.Error as exc:
+            stored = {"error": f"local database unreachable: {type(exc).__name__}"}
+        peers = {}
+        for name in self._links:
+            h = self.metrics.peer(name, cfg.region, cfg.poll_interval)
+            record = stored.get("peers", {}).get(name, {}) if isinstance(stored, dict) else {}
+            peers[name] = {**record, "lag_seconds": round(h.lag(), 3), "backlog": h.backlog,
+                           "reachable": h.reachable, "last_error": h.last_error}
+        return {"region": cfg.region, "role": "leader" if self.is_leader else "standby",
+                "policy": self.policy.current().sha if self.policy else None, "peers": peers}

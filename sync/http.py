@@ -1,12 +1,14 @@
-"""One HTTP port for operators: ``/metrics``, ``/healthz`` (process alive) and ``/readyz``
-(local database reachable and a policy loaded)."""
+"""One HTTP port for operators: ``/metrics``, ``/healthz`` (process alive), ``/readyz``
+(local database reachable, policy loaded; says leader or standby) and ``/status`` (JSON)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -17,8 +19,10 @@ class StatusServer:
     """Lifecycle: ``start()`` binds and serves in a named thread; ``stop()`` shuts down."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 ready: Callable[[], tuple[bool, str]]) -> None:
+                 ready: Callable[[], tuple[bool, str]],
+                 status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.host = host
+        self.status = status
         self.port = port
         self.registry = registry
         self.ready = ready
@@ -38,6 +42,9 @@ class StatusServer:
                 elif path == "/readyz":
                     ok, why = outer.ready()
                     self._send(200 if ok else 503, (why + "\n").encode())
+                elif path == "/status" and outer.status is not None:
+                    body = json.dumps(outer.status(), indent=2, default=str) + "\n"
+                    self._send(200, body.encode(), "application/json")
                 else:
                     self._send(404, b"not found\n")
 

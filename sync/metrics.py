@@ -3,42 +3,114 @@ names only — never keys or row values.
 
 Each daemon owns a ``CollectorRegistry`` so that several daemons can live in one process
 (the test suite) without sharing counters.
+
+Lag is measured without comparing clocks across machines: at each contact with a peer the
+age of its oldest unapplied change is computed *on the peer's clock* (its
+``clock_timestamp()`` minus the change's ``changed_at``), and between contacts it grows
+by local monotonic time. So a skewed peer clock does not distort it, and a peer that
+becomes unreachable shows a rising lag rather than the last value or 0.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import dataclass, field
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PAIR = ["source", "target"]
+ROW_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000)
+TIME_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+@dataclass
+class PeerHealth:
+    """What the daemon knows about one source, for lag, /status and readiness."""
+
+    poll_interval: float
+    started: float = field(default_factory=time.monotonic)
+    contact: float | None = None          # monotonic time of the last successful read
+    lag_at_contact: float = 0.0           # oldest unapplied change's age then (peer clock)
+    caught_up: bool = False
+    backlog: int = 0
+    reachable: bool | None = None
+    last_success: float | None = None     # wall time of the last complete batch
+    last_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def read(self, lag: float, pending: int) -> None:
+        with self._lock:
+            self.contact, self.lag_at_contact = time.monotonic(), lag
+            self.backlog, self.caught_up, self.reachable = pending, pending == 0, True
+            self.last_error = None
+
+    def applied(self) -> None:
+        """The batch read at the last contact is applied: caught up to that snapshot."""
+        with self._lock:
+            self.contact, self.lag_at_contact = time.monotonic(), 0.0
+            self.caught_up, self.backlog, self.last_success = True, 0, time.time()
+
+    def failed(self, error: str, unreachable: bool) -> None:
+        with self._lock:
+            self.last_error = error
+            if unreachable:
+                self.reachable = False
+
+    def lag(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            if self.contact is None:                 # never reached: as old as our start
+                return now - self.started
+            elapsed = now - self.contact
+            if self.caught_up:                       # 0 until a poll is overdue
+                grace = 2 * self.poll_interval + 2.0
+                return 0.0 if elapsed <= grace else elapsed
+            return self.lag_at_contact + elapsed
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        self.health: dict[tuple[str, str], PeerHealth] = {}
         self.lag = Gauge("regionsync_lag_seconds",
                          "Age of the oldest change at the source not yet applied at the target, "
-                         "on the source's clock (0 when caught up)", PAIR, registry=r)
+                         "on the source's clock (0 when caught up; rises while unreachable)",
+                         PAIR, registry=r)
+        self.backlog = Gauge("regionsync_backlog_changes",
+                             "Changed rows in the source's journal not yet applied", PAIR,
+                             registry=r)
         self.applied = Counter("regionsync_changes_applied_total",
                                "Rows written into the target region", [*PAIR, "table", "op"],
                                registry=r)
         self.filtered = Counter("regionsync_changes_filtered_total",
-                                "Changed rows the policy kept at the source", [*PAIR, "table",
-                                                                               "reason"],
-                                registry=r)
+                                "Changed rows the policy kept at the source",
+                                [*PAIR, "table", "reason"], registry=r)
         self.conflicts = Counter("regionsync_conflicts_total",
-                                 "Incoming versions that lost last-writer-wins", [*PAIR, "table"],
+                                 "Versions that lost last-writer-wins", [*PAIR, "table"],
                                  registry=r)
         self.dead_letters = Gauge("regionsync_dead_letters",
                                   "Rows from this source waiting in sync.dead_letter", PAIR,
                                   registry=r)
         self.poll_duration = Histogram("regionsync_poll_duration_seconds",
                                        "Time to read and apply one batch", PAIR, registry=r,
-                                       buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10,
-                                                30, 60, 120))
+                                       buckets=TIME_BUCKETS)
+        self.apply_duration = Histogram("regionsync_apply_duration_seconds",
+                                        "Time to apply one page in the local transaction", PAIR,
+                                        registry=r, buckets=TIME_BUCKETS)
+        self.pages = Counter("regionsync_pages_total", "Pages applied", PAIR, registry=r)
+        self.page_size = Histogram("regionsync_page_size", "Rows per applied page", PAIR,
+                                   registry=r, buckets=ROW_BUCKETS)
         self.apply_errors = Counter("regionsync_apply_errors_total",
                                     "Batches that failed and will be retried", PAIR, registry=r)
         self.last_success = Gauge("regionsync_last_success_timestamp_seconds",
-                                  "Unix time of the last successful batch", PAIR, registry=r)
+                                  "Unix time of the last complete batch", PAIR, registry=r)
+        self.peer_reachable = Gauge("regionsync_peer_reachable",
+                                    "1 if the last attempt to reach the peer succeeded", ["peer"],
+                                    registry=r)
+        self.leader = Gauge("regionsync_leader",
+                            "1 on the active daemon of a region, 0 on a standby", ["region"],
+                            registry=r)
         self.policy_info = Gauge("regionsync_policy_info", "The policy in force (value 1)",
                                  ["sha"], registry=r)
         self.policy_reload_failures = Counter("regionsync_policy_reload_failures_total",
@@ -46,6 +118,15 @@ class Metrics:
         self.skipped_polls = Counter("regionsync_skipped_polls_total",
                                      "Polls not started because the previous one still ran",
                                      ["source"], registry=r)
+
+    def peer(self, source: str, target: str, poll_interval: float = 1.0) -> PeerHealth:
+        """The health record of a source, registered with the lag and backlog gauges."""
+        key = (source, target)
+        if key not in self.health:
+            h = self.health[key] = PeerHealth(poll_interval)
+            self.lag.labels(source, target).set_function(h.lag)
+            self.backlog.labels(source, target).set_function(lambda: float(h.backlog))
+        return self.health[key]
 
     def set_policy(self, sha: str) -> None:
         self.policy_info.clear()

@@ -67,7 +67,8 @@ class PeerLink:
 
     def __init__(self, *, region: str, peer: str, peer_conninfo: str, local_conninfo: str,
                  policy: Callable[[], Policy], origins: str = "peer", page_size: int = 5000,
-                 metrics: Metrics | None = None, stop: threading.Event | None = None) -> None:
+                 metrics: Metrics | None = None, stop: threading.Event | None = None,
+                 poll_interval: float = 1.0) -> None:
         self.region = region
         self.peer = peer
         self._peer_conninfo = peer_conninfo
@@ -76,6 +77,11 @@ class PeerLink:
         self.origins = origins
         self.page_size = page_size
         self.metrics = metrics
+        self.health = metrics.peer(peer, region, poll_interval) if metrics else None
+        # Called with (kind, rows applied so far) after each page: progress bars, logs.
+        self.progress: Callable[[str, int], None] | None = None
+        self._progress_rows = 0
+        self._progress_logged = 0.0
         self.stop = stop or threading.Event()
         self.source: psycopg.Connection | None = None
         self.target: psycopg.Connection | None = None
@@ -161,20 +167,43 @@ class PeerLink:
             for page in self.reader.pages(ReadPlan(), tables, rules, self.page_size,
                                           deletes=False):
                 if held is not None:
-                    self.applier.apply_page(held, kind="backfill", policy_sha=policy.sha)
+                    self._apply(held, kind="backfill", policy_sha=policy.sha)
                     done += held.rows
                     log.info("backfill from %s: %d rows (%.0f rows/s)", self.peer, done,
                              done / max(time.monotonic() - started, 1e-9))
                 held = page
-            self.applier.apply_page(held or Page(()), kind="backfill", policy_sha=policy.sha,
-                                    view=view)
+            self._apply(held or Page(()), kind="backfill", policy_sha=policy.sha, view=view)
             done += held.rows if held else 0
         log.info("backfill from %s done: %d rows of %s in %.1fs", self.peer, done, names,
                  time.monotonic() - started)
 
+    def _apply(self, page: Page, **kw) -> PageResult:
+        """Apply one page, timing it for the metrics."""
+        assert self.applier is not None
+        started = time.monotonic()
+        result = self.applier.apply_page(page, **kw)
+        self._report_progress(kw.get("kind", "delta"), page.rows)
+        if self.metrics is not None:
+            pair = (self.peer, self.region)
+            self.metrics.apply_duration.labels(*pair).observe(time.monotonic() - started)
+            if page.rows:
+                self.metrics.pages.labels(*pair).inc()
+                self.metrics.page_size.labels(*pair).observe(page.rows)
+        return result
+
+    def _report_progress(self, kind: str, rows: int) -> None:
+        self._progress_rows += rows
+        if self.progress is not None:
+            self.progress(kind, self._progress_rows)
+        elif kind in ("initial", "backfill") and time.monotonic() - self._progress_logged > 5:
+            self._progress_logged = time.monotonic()
+            log.info("%s load from %s: %d rows so far", kind, self.peer, self._progress_rows,
+                     extra={"peer": self.peer, "rows": self._progress_rows, "kind": kind})
+
     def run_once(self) -> BatchResult:
         """Read and apply one batch. Raises ``psycopg.Error`` on connection-level failures."""
         started = time.monotonic()
+        self._progress_rows = 0
         reader, applier = self._connect()
         policy = self._policy()
         rules, tables = self._plan_tables(policy)
@@ -198,15 +227,15 @@ class PeerLink:
             lag = 0.0
             if pending is not None and pending.oldest_change is not None:
                 lag = max(0.0, (snap.source_now - pending.oldest_change).total_seconds())
-            if self.metrics:
-                self.metrics.lag.labels(self.peer, self.region).set(lag)
+            if self.health is not None:
+                self.health.read(lag, pending.total if pending is not None else 1)
             seen = reader.token_for(self.region)
             kind = "initial" if token is None else "delta"
             held: Page | None = None
             for page in reader.pages(plan, tables, rules, self.page_size, only):
                 if held is not None:
-                    result.add(applier.apply_page(held, peer_has_seen=seen, kind=kind,
-                                                  policy_sha=policy.sha))
+                    result.add(self._apply(held, peer_has_seen=seen, kind=kind,
+                                           policy_sha=policy.sha))
                     if self.stop.is_set():  # SIGTERM: the page in flight is committed; stop
                         complete = False
                         break
@@ -215,9 +244,9 @@ class PeerLink:
                 for seg in page.segments:
                     read_rows[seg.table] += seg.rows
             if complete and (held is not None or snap.token != token):
-                result.add(applier.apply_page(held or Page(()), token=snap.token, kind=kind,
-                                              policy_sha=policy.sha, batch_rows=rows,
-                                              peer_has_seen=seen, view=view))
+                result.add(self._apply(held or Page(()), token=snap.token, kind=kind,
+                                       policy_sha=policy.sha, batch_rows=rows,
+                                       peer_has_seen=seen, view=view))
         filtered = {}
         if pending is not None:
             filtered = {t: n - read_rows[t] for t, n in pending.keys.items() if n > read_rows[t]}
@@ -228,12 +257,15 @@ class PeerLink:
             applied=dict(result.applied), conflicts=dict(result.conflicts),
             dead_letters=dict(result.dead_letters), filtered=filtered)
         self._record(batch, time.monotonic() - started)
+        counts = {f"{t}.{op}": n for (t, op), n in sorted(batch.applied.items()) if n}
+        extra = {"peer": self.peer, "rows": rows, "applied": counts,
+                 "conflicts": sum(batch.conflicts.values()),
+                 "dead_letters": sum(batch.dead_letters.values())}
         if batch.initial:
-            log.info("peer %s: initial load applied %d rows", self.peer, rows)
+            log.info("peer %s: initial load applied %d rows", self.peer, rows, extra=extra)
         elif rows:
             log.info("peer %s: applied batch of %d rows (%s)", self.peer, rows,
-                     ", ".join(f"{t}.{op}={n}"
-                               for (t, op), n in sorted(batch.applied.items()) if n))
+                     ", ".join(f"{k}={n}" for k, n in counts.items()), extra=extra)
         return batch
 
     def _record(self, batch: BatchResult, seconds: float) -> None:
@@ -250,7 +282,8 @@ class PeerLink:
         for table, n in batch.filtered.items():
             m.filtered.labels(*pair, table, "row_filter").inc(n)
         if batch.complete:
-            m.lag.labels(*pair).set(0.0)
+            if self.health is not None:
+                self.health.applied()
             m.last_success.labels(*pair).set(time.time())
 
     def retry_dead_letters(self, limit: int = 500) -> tuple[int, int]:
@@ -260,7 +293,7 @@ class PeerLink:
         parent authored elsewhere arrives a moment later), so they heal here; attempts back
         off exponentially (2^attempts seconds, at most 5 minutes). Returns (tried, resolved).
         """
-        reader, applier = self._connect()
+        reader, _ = self._connect()
         assert self.target is not None
         rows = self.target.execute("""
             SELECT id, tablename, pk FROM sync.dead_letter
@@ -279,8 +312,7 @@ class PeerLink:
         with reader.batch():
             seen = reader.token_for(self.region)
             for page in reader.pages(plan, tables, rules, self.page_size):
-                applier.apply_page(page, peer_has_seen=seen, kind="retry",
-                                   policy_sha=policy.sha)
+                self._apply(page, peer_has_seen=seen, kind="retry", policy_sha=policy.sha)
         resolved = self.target.execute(
             "DELETE FROM sync.dead_letter WHERE id = ANY(%s) AND last_failed_at < %s",
             ([r[0] for r in rows], started)).rowcount
@@ -289,6 +321,17 @@ class PeerLink:
                      len(rows))
         self._count_dead_letters()
         return len(rows), resolved
+
+    def initial_size(self) -> int:
+        """Rows an initial load from this peer would send now (for a progress bar's ETA)."""
+        reader, _ = self._connect()
+        policy = self._policy()
+        rules, tables = self._plan_tables(policy)
+        total = 0
+        with reader.batch():
+            for info in tables:
+                total += reader.count(info, rules[info.name], ReadPlan())
+        return total
 
     def _count_dead_letters(self) -> None:
         if self.metrics and self.target is not None:

@@ -30,18 +30,19 @@ def _signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 class PolicyHolder:
-    def __init__(self, directory: Path, schema: Schema, *,
+    def __init__(self, directory: Path, schema: Schema, *, regions: list[str] | None = None,
                  on_loaded: Callable[[Policy], None] | None = None,
                  on_refused: Callable[[PolicyError], None] | None = None,
                  check_every: float = 1.0) -> None:
         self.directory = Path(directory)
         self.schema = schema
+        self.regions = regions
         self._on_loaded = on_loaded
         self._on_refused = on_refused
         self._check_every = check_every
         self._lock = threading.Lock()
         self._sig = _signature(self.directory)
-        self._policy = load_policy(self.directory, schema)  # first load: errors are fatal
+        self._policy = load_policy(self.directory, schema, regions)  # first load: fatal
         self._checked = time.monotonic()
         if on_loaded:
             on_loaded(self._policy)
@@ -60,7 +61,7 @@ class PolicyHolder:
 
     def _reload(self) -> None:
         try:
-            policy = load_policy(self.directory, self.schema)
+            policy = load_policy(self.directory, self.schema, self.regions)
         except PolicyError as exc:
             log.error("policy change refused, keeping policy %s in force: %s",
                       self._policy.sha, exc)

@@ -1,0 +1,266 @@
+"""Operator commands: status, dead letters, conflicts, resync. They read the databases
+directly, so they work whether or not the daemon runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+
+from .errors import ConfigError, SyncError
+
+log = logging.getLogger(__name__)
+
+config_opt = click.option("--config", "config_path", type=click.Path(path_type=Path),
+                          required=True, help="The region's YAML configuration.")
+
+
+def _fail(exc: Exception, code: int = 2) -> None:
+    click.echo(f"regionsync: {exc}", err=True)
+    sys.exit(code)
+
+
+def _open(config_path: Path):
+    from .config import load_config
+    from .pipeline import connect
+    try:
+        cfg = load_config(config_path)
+        conn = connect(cfg.database.conninfo(where="database.url"),
+                       application_name=f"regionsync-{cfg.region}-cli")
+    except ConfigError as exc:
+        _fail(exc, 1)
+    except (SyncError, psycopg.Error) as exc:
+        _fail(exc)
+    return cfg, conn
+
+
+def _table(rows: list[list[Any]], headers: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(*headers, box=None, pad_edge=False)
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r])
+    Console(width=200).print(t)
+
+
+@click.command()
+@config_opt
+@click.option("--json", "as_json", is_flag=True)
+def status(config_path: Path, as_json: bool) -> None:
+    """Per peer: token, lag, backlog, last success, dead letters, conflicts."""
+    from .pipeline import connect
+    from .policy.loader import load_policy
+    from .schema import introspect
+    from .status import local_status, peer_backlog
+    cfg, conn = _open(config_path)
+    with conn:
+        schema = introspect(conn)
+        stored = local_status(conn)["peers"]
+    policy = load_policy(cfg.policy_dir, schema)
+    out: dict[str, Any] = {"region": cfg.region, "policy": policy.sha, "peers": {}}
+    for peer in cfg.peers:
+        record = dict(stored.get(peer.name, {}))
+        try:
+            with connect(peer.conninfo(where=f"peers[{peer.name}].url"),
+                         application_name=f"regionsync-{cfg.region}-cli") as src:
+                record.update(peer_backlog(src, peer=peer.name, region=cfg.region,
+                                           origins=peer.origins, token=record.get("token"),
+                                           policy=policy, schema=schema))
+                record["reachable"] = True
+        except psycopg.OperationalError as exc:
+            record.update(reachable=False, error=str(exc).splitlines()[0])
+        out["peers"][peer.name] = record
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    click.echo(f"region {cfg.region} · policy {policy.sha}")
+    _table([[name, "yes" if r.get("reachable") else "NO", r.get("lag_seconds"),
+             r.get("backlog"), r.get("last_success"), r.get("changes_applied"),
+             r.get("dead_letters", 0), r.get("conflicts", 0)]
+            for name, r in out["peers"].items()],
+           ["peer", "reachable", "lag s", "backlog", "last success", "applied",
+            "dead letters", "conflicts"])
+
+
+@click.group()
+def dlq() -> None:
+    """The dead-letter table: rows that could not be applied."""
+
+
+@dlq.command("list")
+@config_opt
+@click.option("--peer", default=None)
+@click.option("--table", "table", default=None)
+def dlq_list(config_path: Path, peer: str | None, table: str | None) -> None:
+    _, conn = _open(config_path)
+    with conn:
+        rows = conn.execute("""
+            SELECT id, peer, tablename, pk, op, sqlstate, retryable, attempts, last_failed_at,
+                   left(error, 80)
+            FROM sync.dead_letter
+            WHERE (%(peer)s::text IS NULL OR peer = %(peer)s)
+              AND (%(table)s::text IS NULL OR tablename = %(table)s)
+            ORDER BY id""", {"peer": peer, "table": table}).fetchall()
+    if not rows:
+        click.echo("no dead letters")
+        return
+    _table([list(r) for r in rows], ["id", "peer", "table", "key", "op", "sqlstate",
+                                     "retryable", "attempts", "last failed", "error"])
+
+
+@dlq.command("show")
+@config_opt
+@click.argument("ident", type=int)
+def dlq_show(config_path: Path, ident: int) -> None:
+    _, conn = _open(config_path)
+    with conn:
+        cur = conn.execute("SELECT * FROM sync.dead_letter WHERE id = %s", (ident,))
+        row = cur.fetchone()
+        names = [d.name for d in cur.description or []]
+    if row is None:
+        _fail(ConfigError(f"no dead letter {ident}"), 1)
+    click.echo(json.dumps(dict(zip(names, row, strict=True)), indent=2, default=str))
+
+
+def _ids(conn: psycopg.Connection, idents: tuple[int, ...], all_: bool) -> list[int]:
+    if not idents and not all_:
+        _fail(ConfigError("name dead-letter ids, or pass --all"), 1)
+    if all_:
+        return [r[0] for r in conn.execute("SELECT id FROM sync.dead_letter ORDER BY id")]
+    return list(idents)
+
+
+@dlq.command("retry")
+@config_opt
+@click.argument("idents", type=int, nargs=-1)
+@click.option("--all", "all_", is_flag=True)
+def dlq_retry(config_path: Path, idents: tuple[int, ...], all_: bool) -> None:
+    """Re-read the rows from their peers and apply them again, now."""
+    from .pipeline import PeerLink
+    from .policy.loader import load_policy
+    from .schema import introspect
+    cfg, conn = _open(config_path)
+    with conn:
+        ids = _ids(conn, idents, all_)
+        conn.execute("UPDATE sync.dead_letter SET retryable = true, "
+                     "last_failed_at = now() - interval '1 day' WHERE id = ANY(%s)", (ids,))
+        peers = [r[0] for r in conn.execute(
+            "SELECT DISTINCT peer FROM sync.dead_letter WHERE id = ANY(%s)", (ids,))]
+        policy = load_policy(cfg.policy_dir, introspect(conn))
+    by_name = {p.name: p for p in cfg.peers}
+    tried = resolved = 0
+    for name in peers:
+        if name not in by_name:
+            click.echo(f"peer {name} is not in the config; its rows stay", err=True)
+            continue
+        peer = by_name[name]
+        link = PeerLink(region=cfg.region, peer=name,
+                        peer_conninfo=peer.conninfo(where=f"peers[{name}].url"),
+                        local_conninfo=cfg.database.conninfo(where="database.url"),
+                        policy=lambda: policy, origins=peer.origins, page_size=cfg.page_size)
+        try:
+            t, r = link.retry_dead_letters(limit=len(ids))
+        finally:
+            link.close()
+        tried, resolved = tried + t, resolved + r
+    click.echo(f"retried {tried}, resolved {resolved}, still failing {tried - resolved}")
+    sys.exit(0 if tried == resolved else 1)
+
+
+@dlq.command("discard")
+@config_opt
+@click.argument("idents", type=int, nargs=-1)
+@click.option("--all", "all_", is_flag=True)
+def dlq_discard(config_path: Path, idents: tuple[int, ...], all_: bool) -> None:
+    """Delete dead letters (the rows stay unapplied here)."""
+    _, conn = _open(config_path)
+    with conn:
+        ids = _ids(conn, idents, all_)
+        n = conn.execute("DELETE FROM sync.dead_letter WHERE id = ANY(%s)", (ids,)).rowcount
+    log.info("discarded %d dead letter(s)", n, extra={"discarded": n})
+    click.echo(f"discarded {n} dead letter(s)")
+
+
+@click.group()
+def conflicts() -> None:
+    """The conflict log: versions that lost last-writer-wins."""
+
+
+@conflicts.command("list")
+@config_opt
+@click.option("--table", "table", default=None)
+@click.option("--limit", default=50, show_default=True)
+def conflicts_list(config_path: Path, table: str | None, limit: int) -> None:
+    _, conn = _open(config_path)
+    with conn:
+        rows = conn.execute("""
+            SELECT id, logged_at, tablename, pk, peer, loser_origin, loser_modifiedon,
+                   winner_origin, winner_modifiedon,
+                   (SELECT string_agg(k, ', ') FROM jsonb_object_keys(
+                        coalesce(diff->'values_changed', '{}'::jsonb)) k)
+            FROM sync.conflict_log
+            WHERE %(table)s::text IS NULL OR tablename = %(table)s
+            ORDER BY id DESC LIMIT %(limit)s""", {"table": table, "limit": limit}).fetchall()
+    if not rows:
+        click.echo("no conflicts")
+        return
+    _table([list(r) for r in rows], ["id", "logged", "table", "key", "via", "lost", "lost at",
+                                     "won", "won at", "fields"])
+
+
+@click.command()
+@config_opt
+@click.option("--peer", required=True, help="Reload everything this peer sends us.")
+def resync(config_path: Path, peer: str) -> None:
+    """Re-run the initial load from one peer (after a restore, or to repair drift).
+
+    Shows a progress bar with rows/s and ETA on a terminal; logs progress otherwise."""
+    from .pipeline import PeerLink
+    from .policy.loader import load_policy
+    from .schema import introspect
+    cfg, conn = _open(config_path)
+    by_name = {p.name: p for p in cfg.peers}
+    if peer not in by_name:
+        _fail(ConfigError(f"peer {peer!r} is not in {config_path}"), 1)
+    with conn:
+        policy = load_policy(cfg.policy_dir, introspect(conn))
+        conn.execute("DELETE FROM sync.peer_state WHERE peer = %s", (peer,))
+    p = by_name[peer]
+    link = PeerLink(region=cfg.region, peer=peer,
+                    peer_conninfo=p.conninfo(where=f"peers[{peer}].url"),
+                    local_conninfo=cfg.database.conninfo(where="database.url"),
+                    policy=lambda: policy, origins=p.origins, page_size=cfg.page_size)
+    try:
+        total = link.initial_size()
+        if sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+            columns = (TextColumn(f"resync from {peer}"), BarColumn(), MofNCompleteColumn(),
+                       TransferSpeedColumn(), TimeRemainingColumn())
+            with Progress(*columns, transient=False) as bar:
+                task = bar.add_task("rows", total=total)
+                link.progress = lambda _kind, done: bar.update(task, completed=done)
+                batch = link.run_once()
+        else:
+            link.progress = lambda kind, done: log.info(
+                "resync from %s: %d/%d rows (%.0f%%)", peer, done, total,
+                100 * done / max(total, 1), extra={"peer": peer, "rows": done, "total": total})
+            batch = link.run_once()
+        while batch.full:
+            batch = link.run_once()
+    except (SyncError, psycopg.Error) as exc:
+        _fail(exc)
+    finally:
+        link.close()
+    click.echo(f"resync from {peer} done: {total} row(s) loaded")
