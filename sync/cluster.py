@@ -65,7 +65,8 @@ class LocalCluster:
     """
 
     def __init__(self, name: str, *, base_dir: Path | None = None, fast: bool = False,
-                 settings: dict[str, str] | None = None) -> None:
+                 settings: dict[str, str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.bin = find_pg_bin()
         self._as_root = os.geteuid() == 0
@@ -74,6 +75,7 @@ class LocalCluster:
         self.port = 0
         self.fast = fast
         self.settings = dict(settings or {})
+        self.env = dict(env or {})        # e.g. libfaketime for clock-skew tests
         self.user = "postgres"
 
     @property
@@ -95,6 +97,8 @@ class LocalCluster:
     # -- commands -------------------------------------------------------------------------
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = list(args)
+        if self.env:
+            cmd = ["env", *(f"{k}={v}" for k, v in self.env.items()), *cmd]
         if self._as_root:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         return subprocess.run(cmd, check=check, capture_output=True, text=True,

@@ -253,7 +253,7 @@ class PeerLink:
         batch = BatchResult(
             peer=self.peer, rows=rows, token=snap.token, initial=token is None,
             full=rows >= self.page_size, complete=complete,
-            lag_seconds=lag if not complete else 0.0, source_now=snap.source_now,
+            lag_seconds=lag, source_now=snap.source_now,
             applied=dict(result.applied), conflicts=dict(result.conflicts),
             dead_letters=dict(result.dead_letters), filtered=filtered)
         self._record(batch, time.monotonic() - started)
