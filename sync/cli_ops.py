@@ -213,6 +213,27 @@ def conflicts_list(config_path: Path, table: str | None, limit: int) -> None:
                                      "won", "won at", "fields"])
 
 
+def _progress_bar(peer: str):
+    """A rich progress bar on stderr: rows done of total, rows/s, ETA."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RowsPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed or 0:,.0f} rows/s")
+    return Progress(TextColumn(f"resync from {peer}"), BarColumn(), MofNCompleteColumn(),
+                    RowsPerSecond(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=False)
+
+
 @click.command()
 @config_opt
 @click.option("--peer", required=True, help="Reload everything this peer sends us.")
@@ -238,17 +259,7 @@ def resync(config_path: Path, peer: str) -> None:
     try:
         total = link.initial_size()
         if sys.stderr.isatty():
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-            columns = (TextColumn(f"resync from {peer}"), BarColumn(), MofNCompleteColumn(),
-                       TransferSpeedColumn(), TimeRemainingColumn())
-            with Progress(*columns, transient=False) as bar:
+            with _progress_bar(peer) as bar:
                 task = bar.add_task("rows", total=total)
                 link.progress = lambda _kind, done: bar.update(task, completed=done)
                 batch = link.run_once()

@@ -212,3 +212,33 @@ def test_resync_logs_progress_and_json_logs_carry_fields(mesh: Mesh, tmp_path: P
     assert all(entry["peer"] == "eu-west" for entry in progress)
     assert "secret" not in out.stderr
     assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 1200
+
+
+def test_resync_shows_a_progress_bar_on_a_terminal(mesh: Mesh, tmp_path: Path) -> None:
+    import os
+    import pty
+    mesh.conn("eu-west").execute("INSERT INTO contact (lastname) "
+                                 "SELECT 'T' || g FROM generate_series(1, 3000) g")
+    cfg = write_config(tmp_path, mesh, "eu-north")
+    cfg.write_text(cfg.read_text() + "page_size: 500\n")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "resync", "--peer", "eu-west",
+                             "--config", str(cfg)], stdout=subprocess.PIPE, stderr=slave,
+                            text=True, env={**os.environ, "COLUMNS": "160"})
+    os.close(slave)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0
+    text = screen.decode(errors="replace")
+    assert "resync from eu-west" in text and "3000/3000" in text and "rows/s" in text
+    assert "ETA" in text
+    assert "done: 3000 row(s)" in out
