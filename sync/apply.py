@@ -176,8 +176,6 @@ class Applier:
     def _upsert(self, info: TableInfo, seg: Segment, stage: sql.Identifier,
                 result: PageResult, *, backfill: bool = False) -> None:
         table, pk, cols = sql.Identifier(info.name), sql.Identifier(info.pk), seg.columns
-        if not backfill:
-            self._log_conflicts(info, stage, cols, result)
         updates = sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in cols if c != info.pk)
         stmt = sql.SQL("""
@@ -212,8 +210,13 @@ class Applier:
                            result)
         done = (result.applied[(info.name, "insert")] + result.applied[(info.name, "update")]
                 + result.dead_letters[info.name]) - done_before
-        # rows whose version we already hold (replays) or that lost to a newer local version
-        result.skipped[info.name] += max(0, seg.rows - done)
+        # Rows not written: replays of a version we hold, or versions that lost. Rows that
+        # lost are unchanged by the upsert, so they are found afterwards — and only when
+        # something was skipped (never on the common path).
+        skipped = max(0, seg.rows - done)
+        result.skipped[info.name] += skipped
+        if skipped and not backfill:
+            self._log_conflicts(info, stage, cols, result)
 
     def _log_conflicts(self, info: TableInfo, stage: sql.Identifier, cols: tuple[str, ...],
                        result: PageResult) -> None:
@@ -241,16 +244,22 @@ class Applier:
                           peer_has_seen: str | None, result: PageResult) -> None:
         """Record local versions that an incoming, newer version overwrites although the
         peer never saw them (its token for us does not cover their transaction)."""
-        seen = (sql.SQL("NOT pg_visible_in_snapshot(c.txid, {}::pg_snapshot)").format(
-            sql.Literal(peer_has_seen)) if peer_has_seen else sql.SQL("true"))
+        # Driven from our own journal: the current local version must be a local change the
+        # peer has not applied (all local changes if it never pulls from us). That set is
+        # usually tiny (index on origin, txid), so no staged row is probed on the common path.
+        seen = (sql.SQL(" AND c.txid >= pg_snapshot_xmin({s}::pg_snapshot)"
+                        " AND NOT pg_visible_in_snapshot(c.txid, {s}::pg_snapshot)").format(
+                    s=sql.Literal(peer_has_seen)) if peer_has_seen else sql.SQL(""))
         q = sql.SQL("""
             SELECT t.{pk}, jsonb_build_object({local}), to_jsonb(s), s.modifiedon, s.sync_origin
-            FROM {stage} s JOIN public.{table} t ON t.{pk} = s.{pk}
-            JOIN sync.change_log c ON c.versionnumber = t.versionnumber
-            WHERE (s.modifiedon, s.sync_origin) > (t.modifiedon, t.sync_origin)
-              AND t.sync_origin = {region} AND {seen}""").format(
+            FROM sync.change_log c
+            JOIN public.{table} t ON t.{pk} = c.pk AND t.versionnumber = c.versionnumber
+            JOIN {stage} s ON s.{pk} = c.pk
+            WHERE c.origin = {region} AND c.tablename = {tname}{seen}
+              AND t.sync_origin = {region}
+              AND (s.modifiedon, s.sync_origin) > (t.modifiedon, t.sync_origin)""").format(
             pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
-            region=sql.Literal(self.region), seen=seen,
+            region=sql.Literal(self.region), tname=sql.Literal(info.name), seen=seen,
             local=sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c))
                                      for c in cols))
         for key, local, incoming, win_mod, win_origin in self.conn.execute(q).fetchall():
