@@ -38,7 +38,6 @@ from .status import local_status
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
-LEADER_CHECK = 2.0
 
 
 class Daemon:
@@ -93,8 +92,8 @@ class Daemon:
         self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
         now = datetime.now(UTC)
         self._check_leader()
-        self._scheduler.add_job(self._check_leader, "interval", seconds=LEADER_CHECK,
-                                id="leader")
+        self._scheduler.add_job(self._check_leader, "interval",
+                                seconds=cfg.leader_check_interval, id="leader")
         for name in self._links:
             self._scheduler.add_job(self._poll, "interval", seconds=cfg.poll_interval,
                                     args=[name], id=f"poll-{name}", next_run_time=now)

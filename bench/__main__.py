@@ -1,0 +1,296 @@
+"""python -m bench — regionsync vs native logical replication vs the COPY floor.
+
+Every variant runs in one process, interleaved, several repetitions; the report gives
+medians with min–max and ratios (absolute numbers on shared machines are noise; ratios
+from one run are the figure). Each repetition is verified: a fast wrong run fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import psycopg
+
+from sync.cluster import LocalCluster, free_port
+from sync.migrate import migrate
+
+from . import workload as w
+from .variants import ROOT, Native, Regionsync, copy_floor, fresh_db
+
+TARGETS = {  # workload -> minimum ratio regionsync / native
+    "batch_1000": 1.0, "drain": 1.5, "initial_load": 1.0}
+
+
+def run_workload(kind: str, v, n: int, rep: int) -> tuple[float, float | None]:
+    """(seconds, lag seconds) for one run of ``kind`` on variant ``v``; verified."""
+    marker = f"{kind}-{v.name}-{rep}"
+    last_id = v.ids[-1]
+    if kind == "initial_load":
+        seconds = v.initial_load()
+        w.verify(v.src, v.dst, None, n)
+        return seconds, None
+    if kind == "drain":
+        v.pause()
+        w.update_batches(v.src, v.ids, marker)
+        t0 = v.resume()
+        t1 = w.wait_visible(v.dst, last_id, marker, n)
+        w.verify(v.src, v.dst, marker, n)
+        return t1 - t0, None
+    t0 = time.perf_counter()
+    if kind == "one_txn":
+        committed = w.update_all_one_txn(v.src, marker)
+    else:
+        committed = w.update_batches(v.src, v.ids, marker)
+    t1 = w.wait_visible(v.dst, last_id, marker, n)
+    w.verify(v.src, v.dst, marker, n)
+    return t1 - t0, t1 - committed
+
+
+def paced_lag(v, rate: float, seconds: float) -> list[float]:
+    """Source sustains ``rate`` rows/s in 1,000-row transactions; a marker row tells when
+    each transaction is visible. Returns per-transaction lags."""
+    marker_id = v.ids[0]
+    ids = v.ids[1:]
+    committed: dict[int, float] = {}
+    visible: dict[int, float] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        with psycopg.connect(v.dst_url, autocommit=True) as c:
+            while not done.is_set() or len(visible) < len(committed):
+                row = c.execute("SELECT statecode FROM contact WHERE contactid = %s",
+                                (marker_id,)).fetchone()
+                now = time.perf_counter()
+                seen = row[0] if row else -1
+                for i in list(committed):
+                    if i <= seen and i not in visible:
+                        visible[i] = now
+                if done.is_set() and now - max(committed.values(), default=now) > 30:
+                    return
+                time.sleep(0.005)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    batches = int(rate * seconds / 1000)
+    started = time.perf_counter()
+    for i in range(1, batches + 1):
+        chunk = ids[((i - 1) * 1000) % len(ids):][:1000]
+        with v.src.transaction():
+            v.src.execute("UPDATE contact SET firstname = %s WHERE contactid = ANY(%s)",
+                          (f"lag-{i}", chunk))
+            v.src.execute("UPDATE contact SET statecode = %s WHERE contactid = %s",
+                          (i, marker_id))
+        committed[i] = time.perf_counter()
+        delay = started + i * 1000 / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    done.set()
+    watcher.join(120)
+    return [visible[i] - committed[i] for i in committed if i in visible]
+
+
+def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path) -> tuple[float, int]:
+    """Three regions, inserts/updates/deletes authored in all three, three daemons."""
+    regions = list(clusters)
+    urls = {r: fresh_db(c, "mesh") for r, c in clusters.items()}
+    for r in regions:
+        migrate(urls[r], r)
+    procs = []
+    for r in regions:
+        peers = "".join(f"  - name: {p}\n    url: {urls[p]}\n" for p in regions if p != r)
+        cfg = tmp / f"mesh-{r}.yaml"
+        cfg.write_text(f"region: {r}\ndatabase:\n  url: {urls[r]}\npeers:\n{peers}"
+                       f"policy_dir: {ROOT / 'policies'}\npoll_interval: 0.02\n"
+                       f"metrics:\n  port: {free_port()}\n")
+        procs.append(subprocess.Popen([sys.executable, "-m", "sync.cli", "run", "--config",
+                                       str(cfg)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    conns = {r: psycopg.connect(urls[r], autocommit=True) for r in regions}
+    try:
+        time.sleep(2)
+        per = n // 3
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=w.seed, args=(conns[r], per, 1 + i * per))
+                   for i, r in enumerate(regions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        total = per * 3
+        w.wait_count(conns[regions[0]], total)
+        for i, r in enumerate(regions):   # each region edits and deletes others' rows
+            other = regions[(i + 1) % 3]
+            conns[r].execute("UPDATE contact SET telephone1 = %s WHERE sync_origin = %s AND "
+                             "contactid IN (SELECT contactid FROM contact WHERE sync_origin = %s"
+                             " ORDER BY contactid LIMIT %s)", (f"by-{r}", other, other, per // 10))
+            conns[r].execute("DELETE FROM contact WHERE contactid IN (SELECT contactid FROM "
+                             "contact WHERE sync_origin = %s ORDER BY contactid DESC LIMIT %s)",
+                             (other, per // 100))
+        ops = total + 3 * (per // 10) + 3 * (per // 100)
+
+        def digest(c: psycopg.Connection) -> tuple:
+            return c.execute("SELECT count(*), md5(string_agg(contactid::text || "
+                             "coalesce(telephone1, '') || modifiedon::text, ',' ORDER BY "
+                             "contactid)) FROM contact").fetchone()
+        end = time.perf_counter() + 600
+        while time.perf_counter() < end:
+            ds = {digest(c) for c in conns.values()}
+            if len(ds) == 1:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("mesh did not converge")
+        elapsed = time.perf_counter() - t0
+        for c in conns.values():
+            if c.execute("SELECT count(*) FROM contact WHERE sync_origin <> "
+                         "(SELECT region FROM sync.settings) AND medical_notes IS NOT NULL"
+                         ).fetchone()[0]:
+                raise AssertionError("medical values crossed a border")
+        return elapsed, ops
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(60)
+        for c in conns.values():
+            c.close()
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):>9,.0f} [{min(values):,.0f}–{max(values):,.0f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--page-size", type=int, default=5000)
+    ap.add_argument("--workloads", default="one_txn,batch_1000,drain,initial_load")
+    ap.add_argument("--big", action="store_true",
+                    help="also grow to 1M rows: RSS and per-page time at 1M vs 100k")
+    ap.add_argument("--no-mesh", action="store_true", help="skip the three-region mesh")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    n, kinds = args.rows, args.workloads.split(",")
+    print(f"regionsync benchmark: {n:,} contact rows (~330 B, 2 medical columns excluded), "
+          f"{args.reps} repetitions, page_size {args.page_size}")
+    print(f"machine: {platform.node()} · {platform.processor() or platform.machine()} · "
+          f"{__import__('os').cpu_count()} cores · PostgreSQL 15, fsync on, WAL logical on source")
+    with tempfile.TemporaryDirectory(prefix="regionsync-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        # Fair to native replication: without a short retry interval the launcher naps up
+        # to 5 s before starting an enabled or new subscription's worker.
+        logical = {"wal_level": "logical", "max_wal_senders": "10",
+                   "max_replication_slots": "10", "wal_retrieve_retry_interval": "20ms",
+                   "max_logical_replication_workers": "8", "max_sync_workers_per_subscription": "2"}
+        cl = {"eu-west": LocalCluster("eu-west", settings=logical).start(),
+              "eu-north": LocalCluster("eu-north", settings=logical).start(),
+              "us-east": LocalCluster("us-east", settings=logical).start()}
+        try:
+            src, dst = cl["eu-west"], cl["eu-north"]
+            fresh_db(dst, "floor")
+            print("setting up: seeding sources and the initial syncs …", flush=True)
+            native = Native(src, dst, n)
+            rs = Regionsync(src, dst, n, tmp, args.page_size)
+            rates: dict[tuple[str, str], list[float]] = defaultdict(list)
+            lags: dict[tuple[str, str], list[float]] = defaultdict(list)
+            floor: list[float] = []
+            for rep in range(args.reps):
+                floor.append(n / copy_floor(src, dst, "nat_src"))
+                for kind in kinds:
+                    order = (native, rs) if rep % 2 == 0 else (rs, native)
+                    for v in order:
+                        seconds, lag = run_workload(kind, v, n, rep)
+                        rates[(kind, v.name)].append(n / seconds)
+                        if lag is not None:
+                            lags[(kind, v.name)].append(lag)
+                print(f"  repetition {rep + 1}/{args.reps} done", flush=True)
+            rss_small = rs.rss() if "drain" not in kinds else None
+            if "drain" in kinds:  # a fresh daemon drains one backlog: its peak RSS
+                rs.pause()
+                w.update_batches(rs.src, rs.ids, "rss-small")
+                rs.resume()
+                w.wait_visible(rs.dst, rs.ids[-1], "rss-small", n)
+                rss_small, page_small = rs.rss(), rs.page_seconds()
+            print()
+            print(f"{'workload':14} {'native rows/s':>28} {'regionsync rows/s':>28} "
+                  f"{'ratio':>6}  target")
+            floor_med = statistics.median(floor)
+            print(f"{'COPY floor':14} {fmt(floor):>28} {'':>28} {'':>6}  "
+                  "(binary COPY of 8 columns into an empty table)")
+            verdicts = []
+            for kind in kinds:
+                nat, reg = rates[(kind, "native")], rates[(kind, "regionsync")]
+                ratio = statistics.median(reg) / statistics.median(nat)
+                goal = TARGETS.get(kind)
+                verdict = "" if goal is None else (
+                    f"≥ {goal:.1f}× {'PASS' if ratio >= goal else 'FAIL'}")
+                if goal is not None:
+                    verdicts.append(ratio >= goal)
+                print(f"{kind:14} {fmt(nat):>28} {fmt(reg):>28} {ratio:>5.2f}×  {verdict}"
+                      f"   (regionsync = {statistics.median(reg) / floor_med:.2f}× COPY floor)")
+            for kind in kinds:
+                for name in ("native", "regionsync"):
+                    if lags.get((kind, name)):
+                        print(f"  lag after last commit, {kind:10} {name:10} median "
+                              f"{statistics.median(lags[(kind, name)]) * 1000:7.0f} ms")
+            if "batch_1000" in kinds:
+                pace = 0.5 * statistics.median(rates[("batch_1000", "native")])
+                lat = sorted(paced_lag(rs, pace, seconds=10))
+                p99 = lat[int(0.99 * (len(lat) - 1))] if lat else float("inf")
+                ok = p99 <= 1.0
+                verdicts.append(ok)
+                print(f"lag at a sustained {pace:,.0f} rows/s (50% of native batch_1000): "
+                      f"p50 {statistics.median(lat) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
+                      f"({len(lat)} transactions) — target p99 ≤ 1 s {'PASS' if ok else 'FAIL'}")
+            if not args.no_mesh:
+                seconds, ops = mixed_mesh(cl, n, tmp)
+                print(f"mixed_mesh: {ops:,} inserts/updates/deletes authored in 3 regions "
+                      f"converged in {seconds:.2f}s = {ops / seconds:,.0f} changes/s "
+                      "(native: n/a — PostgreSQL 15 logical replication has no origin filter "
+                      "for a mesh)")
+            if args.big and "drain" in kinds:
+                extra = 1_000_000 - n
+                print(f"growing the source by {extra:,} rows for the 1M checks …", flush=True)
+                w.seed(rs.src, extra, start=n + 1)
+                rs.ids = w.keys(rs.src)
+                w.wait_count(rs.dst, 1_000_000, timeout=1800)
+                rs.pause()
+                w.update_batches(rs.src, rs.ids, "rss-big")
+                t0 = rs.resume()
+                t1 = w.wait_visible(rs.dst, rs.ids[-1], "rss-big", 1_000_000, timeout=1800)
+                w.verify(rs.src, rs.dst, "rss-big", 1_000_000)
+                rss_big, page_big = rs.rss(), rs.page_seconds()
+                grow = rss_big / rss_small - 1
+                pgrow = page_big / page_small - 1
+                verdicts += [grow <= 0.2, pgrow <= 0.2]
+                print(f"drain of 1,000,000 changes: {1_000_000 / (t1 - t0):,.0f} rows/s")
+                print(f"daemon peak RSS: {rss_small / 1024:.0f} MiB at a {n:,} backlog, "
+                      f"{rss_big / 1024:.0f} MiB at 1M ({grow:+.0%}; target ≤ +20% "
+                      f"{'PASS' if grow <= 0.2 else 'FAIL'})")
+                print(f"apply time per page: {page_small * 1000:.1f} ms at {n:,} target rows, "
+                      f"{page_big * 1000:.1f} ms at 1M ({pgrow:+.0%}; target ≤ +20% "
+                      f"{'PASS' if pgrow <= 0.2 else 'FAIL'})")
+            elif "drain" in kinds:
+                print(f"daemon peak RSS draining {n:,} changes: {rss_small / 1024:.0f} MiB; "
+                      f"apply time per page {page_small * 1000:.1f} ms (--big compares with 1M)")
+            native.close()
+            rs.close()
+            print(f"\n{sum(verdicts)}/{len(verdicts)} targets met")
+        finally:
+            for c in cl.values():
+                c.remove()
+
+
+if __name__ == "__main__":
+    main()

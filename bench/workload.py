@@ -1,0 +1,115 @@
+"""The Dataverse-like contact workload shared by every variant."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+# 10 columns of data, ~330 bytes a row; the 2 medical columns are excluded from sync.
+CONTACT_DDL = """
+CREATE TABLE IF NOT EXISTS public.contact (
+    contactid        uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    accountid        uuid,
+    firstname        text,
+    lastname         text NOT NULL,
+    emailaddress1    text,
+    telephone1       text,
+    address1_country text,
+    birthdate        date,
+    medical_notes    text,
+    implant_serial   text,
+    statecode        integer NOT NULL DEFAULT 0,
+    createdon        timestamptz NOT NULL DEFAULT now(),
+    modifiedon       timestamptz NOT NULL DEFAULT now(),
+    versionnumber    bigint NOT NULL DEFAULT 0,
+    sync_origin      text NOT NULL DEFAULT ''
+)"""
+SYNCED = ["contactid", "accountid", "firstname", "lastname", "emailaddress1", "telephone1",
+          "address1_country", "birthdate", "statecode", "createdon", "modifiedon",
+          "sync_origin"]
+COPY_FLOOR_COLUMNS = ["contactid", "firstname", "lastname", "emailaddress1", "telephone1",
+                      "address1_country", "birthdate", "statecode"]   # the 8 synced data columns
+
+
+def seed(conn: psycopg.Connection, n: int, start: int = 1) -> None:
+    conn.execute("""
+        INSERT INTO contact (lastname, firstname, emailaddress1, telephone1, address1_country,
+                             birthdate, medical_notes, implant_serial, statecode)
+        SELECT 'Lastname-' || lpad(g::text, 9, '0'), 'Firstname-' || g,
+               'person.' || g || '@example-company.com', '+353 1 555 ' || lpad(g::text, 7, '0'),
+               'IE', date '1960-01-01' + (g %% 15000),
+               'Confidential clinical notes for patient ' || g || ': ' || repeat('x', 90),
+               'IMPLANT-SN-' || lpad(g::text, 12, '0'), 0
+        FROM generate_series(%s::int, %s::int) g""", (start, start + n - 1))
+
+
+def keys(conn: psycopg.Connection) -> list:
+    return [r[0] for r in conn.execute("SELECT contactid FROM contact ORDER BY contactid")]
+
+
+def update_all_one_txn(conn: psycopg.Connection, marker: str) -> float:
+    """One UPDATE of every row, one commit; returns the commit time."""
+    conn.execute("UPDATE contact SET firstname = %s WHERE lastname <> 'MARKER'", (marker,))
+    return time.perf_counter()
+
+
+def update_batches(conn: psycopg.Connection, ids: list, marker: str, size: int = 1000,
+                   pace: float | None = None, on_commit=None) -> float:
+    """N/size transactions of ``size`` rows; optional pacing in rows/s. Returns last commit."""
+    started = time.perf_counter()
+    last = started
+    for i in range(0, len(ids), size):
+        chunk = ids[i:i + size]
+        conn.execute("UPDATE contact SET firstname = %s WHERE contactid = ANY(%s)",
+                     (marker, chunk))
+        last = time.perf_counter()
+        if on_commit:
+            on_commit(i // size, last)
+        if pace:
+            due = started + (i + len(chunk)) / pace
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+    return last
+
+
+def wait_visible(target: psycopg.Connection, last_id, marker: str, n: int,
+                 timeout: float = 600) -> float:
+    """Poll the target every ~10 ms until all ``n`` rows carry ``marker``; returns that time."""
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        row = target.execute("SELECT firstname FROM contact WHERE contactid = %s",
+                             (last_id,)).fetchone()
+        if row and row[0] == marker and target.execute(
+                "SELECT count(*) FROM contact WHERE firstname = %s", (marker,)).fetchone()[0] >= n:
+            return time.perf_counter()
+        time.sleep(0.01)
+    raise TimeoutError(f"target never showed marker {marker!r} on {n} rows")
+
+
+def wait_count(target: psycopg.Connection, n: int, timeout: float = 600) -> float:
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        if target.execute("SELECT count(*) FROM contact").fetchone()[0] >= n:
+            return time.perf_counter()
+        time.sleep(0.01)
+    raise TimeoutError(f"target never reached {n} rows")
+
+
+def verify(source: psycopg.Connection, target: psycopg.Connection, marker: str | None,
+           n: int) -> None:
+    """A fast wrong run is a failed run: counts, marker values, medical columns NULL."""
+    cnt = target.execute("SELECT count(*) FROM contact").fetchone()[0]
+    src = source.execute("SELECT count(*) FROM contact").fetchone()[0]
+    if cnt != src:
+        raise AssertionError(f"target has {cnt} rows, source {src}")
+    if marker is not None:
+        got = target.execute("SELECT count(*) FROM contact WHERE firstname = %s",
+                             (marker,)).fetchone()[0]
+        if got < n:
+            raise AssertionError(f"only {got} of {n} rows carry {marker!r}")
+    leaked = target.execute("SELECT count(*) FROM contact WHERE medical_notes IS NOT NULL "
+                            "OR implant_serial IS NOT NULL").fetchone()[0]
+    if leaked:
+        raise AssertionError(f"{leaked} rows have medical values at the target")
