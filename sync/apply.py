@@ -67,13 +67,45 @@ class Applier:
     """
 
     def __init__(self, conn: psycopg.Connection, schema: Schema, *, peer: str,
-                 region: str) -> None:
+                 region: str, journal: bool = True) -> None:
         self.conn = conn
+        # Journal applied rows (a hub must: it forwards them); a region that forwards
+        # nothing can skip it, like SymmetricDS's sync_on_incoming_batch=false.
+        self.journal = journal
         self.schema = schema
         self.peer = peer
         self.region = region
         # Test hook: called with a step name between statements (crash-atomicity tests).
         self.fault_hook: Any = None
+        # Tables that were empty (and without tombstones) when an initial load began:
+        # their pages can be COPYed straight in (see begin_initial_load).
+        self._direct: set[str] = set()
+
+    def begin_initial_load(self, tables: list[str]) -> None:
+        """Note which tables are empty: an initial load into them needs no merge."""
+        self._direct = set()
+        for name in tables:
+            empty = self.conn.execute(sql.SQL(
+                "SELECT NOT EXISTS (SELECT 1 FROM public.{}) AND NOT EXISTS "
+                "(SELECT 1 FROM sync.tombstone WHERE tablename = %s)").format(
+                sql.Identifier(name)), (name,)).fetchone()[0]
+            if empty:
+                self._direct.add(name)
+
+    def _copy_direct(self, info: TableInfo, seg: Segment, result: PageResult) -> bool:
+        """COPY a page straight into an empty table; False (nothing changed) on a clash."""
+        try:
+            with self.conn.transaction(), self.conn.cursor().copy(
+                    sql.SQL("COPY public.{} ({}) FROM STDIN").format(
+                        sql.Identifier(info.name), _ident_list(seg.columns))) as copy:
+                copy.write(seg.data)
+        except psycopg.errors.IntegrityError as exc:  # e.g. a local insert of the same key
+            log.info("peer %s: direct load of %s fell back to merging (%s)", self.peer,
+                     info.name, exc.sqlstate)
+            self._direct.discard(info.name)
+            return False
+        result.applied[(info.name, "insert")] += seg.rows
+        return True
 
     # -- token ----------------------------------------------------------------------------
     def read_token(self) -> str | None:
@@ -126,10 +158,15 @@ class Applier:
         result = PageResult()
         backfill = kind == "backfill"
         with self.conn.transaction():
-            self.conn.execute("SELECT set_config('regionsync.origin', %s, true)", (self.peer,))
+            self.conn.execute("SELECT set_config('regionsync.origin', %s, true), "
+                              "set_config('regionsync.journal', %s, true)",
+                              (self.peer, "on" if self.journal else "off"))
             for seg in page.segments:
                 self._step("segment")
                 info = self.schema.tables[seg.table]
+                if kind == "initial" and seg.kind == "upsert" and seg.table in self._direct \
+                        and self._copy_direct(info, seg, result):
+                    continue
                 stage = self._stage(info, seg)
                 if seg.kind == "upsert":
                     if not backfill:

@@ -85,6 +85,10 @@ class RegionConfig(BaseModel):
     page_size: int = Field(5000, ge=1, le=1_000_000,
                            description="rows per local transaction; a full page drains at once")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    forward: bool = Field(
+        True, description="journal rows applied from peers so that regions pulling "
+                          "`origins: any` from us receive them (a hub needs this); a mesh "
+                          "member or spoke may turn it off for faster apply")
     leader_check_interval: float = Field(
         2.0, gt=0, le=60, description="seconds between leader-lock checks (standby takeover)")
     source_file: Path | None = Field(None, exclude=True)

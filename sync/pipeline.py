@@ -68,13 +68,14 @@ class PeerLink:
     def __init__(self, *, region: str, peer: str, peer_conninfo: str, local_conninfo: str,
                  policy: Callable[[], Policy], origins: str = "peer", page_size: int = 5000,
                  metrics: Metrics | None = None, stop: threading.Event | None = None,
-                 poll_interval: float = 1.0) -> None:
+                 poll_interval: float = 1.0, forward: bool = True) -> None:
         self.region = region
         self.peer = peer
         self._peer_conninfo = peer_conninfo
         self._local_conninfo = local_conninfo
         self._policy = policy
         self.origins = origins
+        self.forward = forward
         self.page_size = page_size
         self.metrics = metrics
         self.health = metrics.peer(peer, region, poll_interval) if metrics else None
@@ -100,7 +101,8 @@ class PeerLink:
             self.schema = introspect(self.target)
             self.reader = SourceReader(self.source, peer=self.peer, region=self.region,
                                        origins=self.origins)  # type: ignore[arg-type]
-            self.applier = Applier(self.target, self.schema, peer=self.peer, region=self.region)
+            self.applier = Applier(self.target, self.schema, peer=self.peer, region=self.region,
+                                   journal=self.forward)
         return self.reader, self.applier
 
     def close(self) -> None:
@@ -231,6 +233,8 @@ class PeerLink:
                 self.health.read(lag, pending.total if pending is not None else 1)
             seen = reader.token_for(self.region)
             kind = "initial" if token is None else "delta"
+            if kind == "initial":
+                applier.begin_initial_load([t.name for t in tables])
             held: Page | None = None
             for page in reader.pages(plan, tables, rules, self.page_size, only):
                 if held is not None:

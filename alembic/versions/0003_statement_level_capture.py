@@ -72,6 +72,10 @@ BEGIN
     EXECUTE format($fn$
         CREATE OR REPLACE FUNCTION sync.%1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
         BEGIN
+            -- an apply that forwards nothing (mesh member, spoke) journals nothing
+            IF current_setting('regionsync.journal', true) = 'off' THEN
+                RETURN NULL;
+            END IF;
             IF TG_OP = 'INSERT' THEN
                 INSERT INTO sync.change_log (versionnumber, tablename, pk, op, origin, modifiedon)
                 SELECT n.versionnumber, TG_TABLE_NAME, n.%2$I, 'i', n.sync_origin, n.modifiedon

@@ -193,3 +193,41 @@ def test_token_never_moves_backwards(mesh: Mesh) -> None:
     with pytest.raises(psycopg.Error):
         applier._save_token("1:1:", 0, False, None, None)
     assert mesh.one("eu-north", "SELECT token FROM sync.peer_state") == newer
+
+
+def test_a_region_that_forwards_nothing_journals_no_applied_row(mesh: Mesh) -> None:
+    """forward: false (mesh member or spoke) skips the journal for applied rows only."""
+    link = mesh.link("eu-north", "eu-west", forward=False)
+    contact(mesh.conn("eu-west"), "NotForwarded")
+    link.run_once()
+    assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 1
+    assert mesh.one("eu-north", "SELECT count(*) FROM sync.change_log") == 0
+    contact(mesh.conn("eu-north"), "LocalStillCaptured")
+    assert mesh.one("eu-north", "SELECT count(*) FROM sync.change_log "
+                                "WHERE origin = 'eu-north'") == 1
+    mesh.pull("us-east", "eu-north")          # a mesh peer still gets eu-north's own rows
+    assert mesh.one("us-east", "SELECT count(*) FROM contact") == 1
+
+
+def test_initial_load_into_an_empty_table_falls_back_when_a_key_clashes(mesh: Mesh) -> None:
+    """The direct COPY of an initial load meets a row inserted locally meanwhile: it
+    falls back to merging (last writer wins), nothing fails."""
+    west = mesh.conn("eu-west")
+    shared = contact(west, "FromWest")
+    other = contact(west, "Other")
+    link = mesh.link("eu-north", "eu-west")
+    applier = link._connect()[1]
+    raced = []
+
+    def race(step: str) -> None:
+        if step == "segment" and not raced:
+            raced.append(True)
+            contact(mesh.new_conn("eu-north"), "LocalNewer", contactid=shared)
+    applier.fault_hook = race
+    batch = link.run_once()
+    assert batch.initial and raced
+    north = mesh.conn("eu-north")
+    assert north.execute("SELECT lastname FROM contact WHERE contactid = %s",
+                         (shared,)).fetchone()[0] == "LocalNewer"     # newer local wins
+    assert north.execute("SELECT count(*) FROM contact WHERE contactid = %s",
+                         (other,)).fetchone()[0] == 1
