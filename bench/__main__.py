@@ -109,7 +109,7 @@ def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path) -> tuple[fl
         peers = "".join(f"  - name: {p}\n    url: {urls[p]}\n" for p in regions if p != r)
         cfg = tmp / f"mesh-{r}.yaml"
         cfg.write_text(f"region: {r}\ndatabase:\n  url: {urls[r]}\npeers:\n{peers}"
-                       f"policy_dir: {ROOT / 'policies'}\npoll_interval: 0.02\n"
+                       f"policy_dir: {ROOT / 'policies'}\npoll_interval: 0.02\nforward: false\n"
                        f"metrics:\n  port: {free_port()}\n")
         procs.append(subprocess.Popen([sys.executable, "-m", "sync.cli", "run", "--config",
                                        str(cfg)], stdout=subprocess.DEVNULL,

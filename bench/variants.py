@@ -139,7 +139,7 @@ class Regionsync:
         cfg.write_text(f"region: eu-north\ndatabase:\n  url: {self.dst_url}\npeers:\n"
                        f"  - name: eu-west\n    url: {self.src_url}\n"
                        f"policy_dir: {ROOT / 'policies'}\npoll_interval: 0.02\n"
-                       f"page_size: {self.page_size}\nleader_check_interval: 0.02\n"
+                       f"page_size: {self.page_size}\nleader_check_interval: 0.02\nforward: false\n"
                        f"metrics:\n  port: {self.port}\n")
         self.config = cfg
 

@@ -60,7 +60,9 @@ BEGIN
             NEW.versionnumber := nextval('sync.versionnumber_seq');
             IF applying IS NULL THEN
                 NEW.modifiedon := clock_timestamp();
-                NEW.sync_origin := sync.local_region();
+                NEW.sync_origin := coalesce(
+                    nullif(current_setting('regionsync.region_cache', true), ''),
+                    sync.local_region());
                 IF TG_OP = 'INSERT' THEN
                     NEW.createdon := coalesce(NEW.createdon, NEW.modifiedon);
                 END IF;
