@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Callable
 
 import psycopg
 
@@ -24,3 +29,18 @@ def contact(conn: psycopg.Connection, lastname: str, *, accountid: uuid.UUID | N
                  (cid, accountid, lastname, f"{lastname.lower()}@example.com", country, medical,
                   implant))
     return cid
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `regionsync ARGS` as a user would (a separate process)."""
+    return subprocess.run([sys.executable, "-m", "sync.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")

@@ -16,13 +16,7 @@ import psycopg
 
 from sync.cluster import free_port
 from tests.fix_pg import POLICIES, Mesh
-from tests.integration.helpers import account, contact
-
-
-def regionsync(*args: str, env: dict[str, str] | None = None,
-               **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sync.cli", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=120, **kw)
+from tests.integration.helpers import account, cli, contact, wait_for
 
 
 def write_config(path: Path, region: str, url: str, peers: dict[str, str], port: int,
@@ -51,14 +45,6 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def wait_for(pred, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
 
 def test_migrate_is_idempotent(pg_clusters, tmp_path: Path) -> None:
     cluster = pg_clusters["ap-south"]
@@ -66,13 +52,13 @@ def test_migrate_is_idempotent(pg_clusters, tmp_path: Path) -> None:
     try:
         cfg = write_config(tmp_path / "r.yaml", "ap-south", url, {}, 0)
         for _ in range(2):
-            proc = regionsync("migrate", "--config", str(cfg))
+            proc = cli("migrate", "--config", str(cfg))
             assert proc.returncode == 0, proc.stderr
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
             assert conn.execute("SELECT region FROM sync.settings").fetchone() == ("ap-south",)
         wrong = write_config(tmp_path / "w.yaml", "eu-west", url, {}, 0)
-        proc = regionsync("migrate", "--config", str(wrong))
+        proc = cli("migrate", "--config", str(wrong))
         assert proc.returncode != 0 and "belongs to region 'ap-south'" in proc.stderr
     finally:
         cluster.drop_database("migrate_me")
@@ -144,7 +130,7 @@ def test_run_refuses_a_bad_config_with_file_line_and_key(tmp_path: Path) -> None
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("region: eu-west\ndatabase:\n  url: postgresql://x@127.0.0.1/db\n"
                    "poll_intervall: 3\n")
-    proc = regionsync("run", "--config", str(cfg))
+    proc = cli("run", "--config", str(cfg))
     assert proc.returncode == 2
     assert f"{cfg}:4: poll_intervall: unknown key" in proc.stderr
 
@@ -155,11 +141,11 @@ def test_policy_check_against_live_schema(mesh: Mesh, tmp_path: Path) -> None:
     (pol / "a.yaml").write_text("rules:\n  contact:\n    columns: [lastname, emial]\n")
     cfg = write_config(tmp_path / "r.yaml", "eu-west", mesh.urls["eu-west"], {}, 0)
     cfg.write_text(cfg.read_text().replace(f"policy_dir: {POLICIES}", f"policy_dir: {pol}"))
-    proc = regionsync("policy", "check", "--config", str(cfg))
+    proc = cli("policy", "check", "--config", str(cfg))
     assert proc.returncode == 1
     assert f"{pol / 'a.yaml'}:3: rules.contact.columns[1]: column contact.emial does not exist" \
         in proc.stderr
-    ok = regionsync("policy", "check", "--config", str(cfg.with_name("r.yaml")),
+    ok = cli("policy", "check", "--config", str(cfg.with_name("r.yaml")),
                     "--policy-dir", str(POLICIES))
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout

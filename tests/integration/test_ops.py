@@ -21,21 +21,7 @@ from sync.migrate import migrate
 from sync.pipeline import PeerLink
 from sync.policy import load_policy
 from tests.fix_pg import POLICIES, Mesh
-from tests.integration.helpers import account, contact
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sync.cli", *args], capture_output=True,
-                          text=True, timeout=120)
-
-
-def wait_for(pred, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
+from tests.integration.helpers import account, cli, contact, wait_for
 
 
 def region_config(mesh: Mesh, region: str, port: int = 0, **kw) -> RegionConfig:

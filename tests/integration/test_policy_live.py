@@ -17,7 +17,7 @@ from sync.daemon import Daemon
 from sync.policy import load_policy
 from sync.retract import find_drift, retract
 from tests.fix_pg import POLICIES, Mesh
-from tests.integration.helpers import contact
+from tests.integration.helpers import cli, contact, wait_for
 
 BASE = """
 classification:
@@ -37,18 +37,6 @@ def policy_dir(tmp_path: Path, rule: str, name: str = "policies") -> Path:
     return d
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sync.cli", *args], capture_output=True,
-                          text=True, timeout=120)
-
-
-def wait_for(pred, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def test_diff_shows_exactly_what_starts_and_stops_crossing(tmp_path: Path) -> None:
