@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from deepdiff import DeepDiff
 from psycopg import sql
 
 from .capture import DELETE_COLUMNS, Page, Segment
+from .conflicts import ConflictRecorder
 from .schema import Schema, TableInfo
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class Applier:
         self.schema = schema
         self.peer = peer
         self.region = region
+        self.conflicts = ConflictRecorder(conn, peer=peer, region=region)
         # Test hook: called with a step name between statements (crash-atomicity tests).
         self.fault_hook: Any = None
         # Tables that were empty (and without tombstones) when an initial load began:
@@ -170,7 +171,8 @@ class Applier:
                 stage = self._stage(info, seg)
                 if seg.kind == "upsert":
                     if not backfill:
-                        self._log_local_losers(info, stage, seg.columns, peer_has_seen, result)
+                        result.conflicts[info.name] += self.conflicts.local_losers(
+                            info, stage, seg.columns, peer_has_seen)
                     self._upsert(info, seg, stage, result, backfill=backfill)
                 else:
                     self._delete(info, stage, result)
@@ -253,82 +255,14 @@ class Applier:
         skipped = max(0, seg.rows - done)
         result.skipped[info.name] += skipped
         if skipped and not backfill:
-            self._log_conflicts(info, stage, cols, result)
-
-    def _log_conflicts(self, info: TableInfo, stage: sql.Identifier, cols: tuple[str, ...],
-                       result: PageResult) -> None:
-        """Record every incoming version that loses to a newer local row or tombstone."""
-        q = sql.SQL("""
-            SELECT s.{pk}, to_jsonb(s), jsonb_build_object({local}), t.modifiedon, t.sync_origin
-            FROM {stage} s JOIN public.{table} t ON t.{pk} = s.{pk}
-            WHERE (s.modifiedon, s.sync_origin) < (t.modifiedon, t.sync_origin)
-            UNION ALL
-            SELECT s.{pk}, to_jsonb(s), jsonb_build_object('deleted', true), tb.modifiedon,
-                   tb.origin
-            FROM {stage} s JOIN sync.tombstone tb ON tb.tablename = {tname} AND tb.pk = s.{pk}
-            WHERE (s.modifiedon, s.sync_origin) < (tb.modifiedon, tb.origin)
-              AND NOT EXISTS (SELECT 1 FROM public.{table} x WHERE x.{pk} = s.{pk})""").format(
-            pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
-            tname=sql.Literal(info.name),
-            local=sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c))
-                                     for c in cols))
-        losers = self.conn.execute(q).fetchall()
-        for key, incoming, local, win_mod, win_origin in losers:
-            self._record_conflict(info.name, key, incoming, local, win_mod, win_origin)
-            result.conflicts[info.name] += 1
-
-    def _log_local_losers(self, info: TableInfo, stage: sql.Identifier, cols: tuple[str, ...],
-                          peer_has_seen: str | None, result: PageResult) -> None:
-        """Record local versions that an incoming, newer version overwrites although the
-        peer never saw them (its token for us does not cover their transaction)."""
-        # Driven from our own journal: the current local version must be a local change the
-        # peer has not applied (all local changes if it never pulls from us). That set is
-        # usually tiny (index on origin, txid), so no staged row is probed on the common path.
-        seen = (sql.SQL(" AND c.txid >= pg_snapshot_xmin({s}::pg_snapshot)"
-                        " AND NOT pg_visible_in_snapshot(c.txid, {s}::pg_snapshot)").format(
-                    s=sql.Literal(peer_has_seen)) if peer_has_seen else sql.SQL(""))
-        q = sql.SQL("""
-            SELECT t.{pk}, jsonb_build_object({local}), to_jsonb(s), s.modifiedon, s.sync_origin
-            FROM sync.change_log c
-            JOIN public.{table} t ON t.{pk} = c.pk AND t.versionnumber = c.versionnumber
-            JOIN {stage} s ON s.{pk} = c.pk
-            WHERE c.origin = {region} AND c.tablename = {tname}{seen}
-              AND t.sync_origin = {region}
-              AND (s.modifiedon, s.sync_origin) > (t.modifiedon, t.sync_origin)""").format(
-            pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
-            region=sql.Literal(self.region), tname=sql.Literal(info.name), seen=seen,
-            local=sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c))
-                                     for c in cols))
-        for key, local, incoming, win_mod, win_origin in self.conn.execute(q).fetchall():
-            self._record_conflict(info.name, key, local, incoming, win_mod, win_origin)
-            result.conflicts[info.name] += 1
-
-    def _record_conflict(self, table: str, key: Any, loser: dict[str, Any],
-                         winner: dict[str, Any], win_mod: Any, win_origin: str) -> None:
-        """``loser`` is the version that did not survive; ``diff`` goes winner -> loser."""
-        diff = DeepDiff(winner, loser, verbose_level=2)
-        self.conn.execute("""
-            INSERT INTO sync.conflict_log (tablename, pk, peer, winner_origin, winner_modifiedon,
-                                           loser_origin, loser_modifiedon, loser_row, diff)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-            (table, key, self.peer, win_origin, win_mod, loser.get("sync_origin") or
-             loser.get("origin"), loser.get("modifiedon"), json.dumps(loser), diff.to_json()))
+            result.conflicts[info.name] += self.conflicts.incoming_losers(info, stage, cols)
 
     # -- deletes --------------------------------------------------------------------------
     def _delete(self, info: TableInfo, stage: sql.Identifier, result: PageResult) -> None:
         pk, table = sql.Identifier(info.pk), sql.Identifier(info.name)
         tname = sql.Literal(info.name)
         # A delete that loses to a newer local version is a conflict too.
-        losers = self.conn.execute(sql.SQL("""
-            SELECT d.pk, to_jsonb(d), to_jsonb(t), t.modifiedon, t.sync_origin
-            FROM {stage} d JOIN public.{table} t ON t.{pk} = d.pk
-            WHERE (d.modifiedon, d.origin) < (t.modifiedon, t.sync_origin)""").format(
-            stage=stage, table=table, pk=pk)).fetchall()
-        for key, incoming, local, win_mod, win_origin in losers:
-            local = {k: v for k, v in local.items() if k != "versionnumber"}
-            self._record_conflict(info.name, key, {**incoming, "deleted": True}, local,
-                                  win_mod, win_origin)
-            result.conflicts[info.name] += 1
+        result.conflicts[info.name] += self.conflicts.losing_deletes(info, stage)
         # Tombstones first: the capture trigger reads the deletion time from them, and they
         # keep an older version arriving later from another peer from resurrecting the row.
         stmt = sql.SQL("""

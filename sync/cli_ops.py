@@ -39,6 +39,17 @@ def _open(config_path: Path):
     return cfg, conn
 
 
+def _peer_link(cfg, name: str, policy):
+    """A one-off link from peer ``name`` into this region, outside the daemon."""
+    from .pipeline import PeerLink
+    peer = next(p for p in cfg.peers if p.name == name)
+    return PeerLink(region=cfg.region, peer=name,
+                    peer_conninfo=peer.conninfo(where=f"peers[{name}].url"),
+                    local_conninfo=cfg.database.conninfo(where="database.url"),
+                    policy=lambda: policy, origins=peer.origins, page_size=cfg.page_size,
+                    forward=cfg.forward)
+
+
 def _table(rows: list[list[Any]], headers: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -141,7 +152,6 @@ def _ids(conn: psycopg.Connection, idents: tuple[int, ...], all_: bool) -> list[
 @click.option("--all", "all_", is_flag=True)
 def dlq_retry(config_path: Path, idents: tuple[int, ...], all_: bool) -> None:
     """Re-read the rows from their peers and apply them again, now."""
-    from .pipeline import PeerLink
     from .policy.loader import load_policy
     from .schema import introspect
     cfg, conn = _open(config_path)
@@ -158,11 +168,7 @@ def dlq_retry(config_path: Path, idents: tuple[int, ...], all_: bool) -> None:
         if name not in by_name:
             click.echo(f"peer {name} is not in the config; its rows stay", err=True)
             continue
-        peer = by_name[name]
-        link = PeerLink(region=cfg.region, peer=name,
-                        peer_conninfo=peer.conninfo(where=f"peers[{name}].url"),
-                        local_conninfo=cfg.database.conninfo(where="database.url"),
-                        policy=lambda: policy, origins=peer.origins, page_size=cfg.page_size)
+        link = _peer_link(cfg, name, policy)
         try:
             t, r = link.retry_dead_letters(limit=len(ids))
         finally:
@@ -241,7 +247,6 @@ def resync(config_path: Path, peer: str) -> None:
     """Re-run the initial load from one peer (after a restore, or to repair drift).
 
     Shows a progress bar with rows/s and ETA on a terminal; logs progress otherwise."""
-    from .pipeline import PeerLink
     from .policy.loader import load_policy
     from .schema import introspect
     cfg, conn = _open(config_path)
@@ -251,11 +256,7 @@ def resync(config_path: Path, peer: str) -> None:
     with conn:
         policy = load_policy(cfg.policy_dir, introspect(conn))
         conn.execute("DELETE FROM sync.peer_state WHERE peer = %s", (peer,))
-    p = by_name[peer]
-    link = PeerLink(region=cfg.region, peer=peer,
-                    peer_conninfo=p.conninfo(where=f"peers[{peer}].url"),
-                    local_conninfo=cfg.database.conninfo(where="database.url"),
-                    policy=lambda: policy, origins=p.origins, page_size=cfg.page_size)
+    link = _peer_link(cfg, peer, policy)
     try:
         total = link.initial_size()
         if sys.stderr.isatty():
