@@ -18,6 +18,12 @@ from psycopg import sql
 from .schema import TableInfo
 
 
+def _row_object(cols: tuple[str, ...]) -> sql.Composable:
+    """Arguments of jsonb_build_object for the local row's synced columns (alias t)."""
+    return sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c))
+                              for c in cols)
+
+
 class ConflictRecorder:
     """Finds losing versions for one staged segment and records them; returns counts."""
 
@@ -41,8 +47,7 @@ class ConflictRecorder:
               AND NOT EXISTS (SELECT 1 FROM public.{table} x WHERE x.{pk} = s.{pk})""").format(
             pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
             tname=sql.Literal(info.name),
-            local=sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c))
-                                     for c in cols))
+            local=_row_object(cols))
         losers = self.conn.execute(q).fetchall()
         for key, incoming, local, win_mod, win_origin in losers:
             self.record(info.name, key, incoming, local, win_mod, win_origin)
@@ -68,8 +73,7 @@ class ConflictRecorder:
               AND (s.modifiedon, s.sync_origin) > (t.modifiedon, t.sync_origin)""").format(
             pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
             region=sql.Literal(self.region), tname=sql.Literal(info.name), seen=seen,
-            local=sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c))
-                                     for c in cols))
+            local=_row_object(cols))
         losers = self.conn.execute(q).fetchall()
         for key, local, incoming, win_mod, win_origin in losers:
             self.record(info.name, key, local, incoming, win_mod, win_origin)
