@@ -159,9 +159,13 @@ class Applier:
         result = PageResult()
         backfill = kind == "backfill"
         with self.conn.transaction():
+            # stamped: our upserts draw versionnumber themselves, so the capture trigger's
+            # plpgsql is skipped (migration 0004); a backfill keeps it for its no-op check.
             self.conn.execute("SELECT set_config('regionsync.origin', %s, true), "
-                              "set_config('regionsync.journal', %s, true)",
-                              (self.peer, "on" if self.journal else "off"))
+                              "set_config('regionsync.journal', %s, true), "
+                              "set_config('regionsync.stamped', %s, true)",
+                              (self.peer, "on" if self.journal else "off",
+                               "off" if backfill else "on"))
             for seg in page.segments:
                 self._step("segment")
                 info = self.schema.tables[seg.table]
@@ -215,8 +219,12 @@ class Applier:
     def _upsert(self, info: TableInfo, seg: Segment, stage: sql.Identifier,
                 result: PageResult, *, backfill: bool = False) -> None:
         table, pk, cols = sql.Identifier(info.name), sql.Identifier(info.pk), seg.columns
+        # EXCLUDED.versionnumber is the proposed row's default: the sequence's next value.
+        # (A backfill runs the trigger instead, which keeps the version of a no-op update.)
+        stamped = () if backfill else ("versionnumber",)
         updates = sql.SQL(", ").join(
-            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in cols if c != info.pk)
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+            for c in (*cols, *stamped) if c != info.pk)
         stmt = sql.SQL("""
             WITH r AS (
                 INSERT INTO public.{table} AS t ({cols})

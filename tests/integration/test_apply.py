@@ -159,3 +159,32 @@ def test_one_way_region_receives_but_never_sends(mesh: Mesh) -> None:
     mesh.sync()
     assert mesh.one("ap-south", "SELECT count(*) FROM contact") == 2
     assert mesh.one("eu-west", "SELECT count(*) FROM contact") == 1
+
+
+def test_applied_rows_get_fresh_local_versions_without_the_row_trigger(mesh: Mesh) -> None:
+    """Apply stamps versionnumber from the local sequence itself (the capture trigger is
+    skipped for its writes); local writes keep using the trigger, no-op updates included."""
+    west, north = mesh.conn("eu-west"), mesh.conn("eu-north")
+    cid = contact(west, "Versioned")
+    mesh.link("eu-north", "eu-west").run_once()
+    first = north.execute("SELECT versionnumber FROM contact WHERE contactid = %s",
+                          (cid,)).fetchone()[0]
+    west.execute("UPDATE contact SET firstname = 'v2' WHERE contactid = %s", (cid,))
+    before = north.execute("SELECT last_value FROM sync.versionnumber_seq").fetchone()[0]
+    mesh.link("eu-north", "eu-west").run_once()
+    second, name = north.execute("SELECT versionnumber, firstname FROM contact "
+                                 "WHERE contactid = %s", (cid,)).fetchone()
+    assert name == "v2"
+    # drawn from north's sequence, on update
+    assert 0 < first <= before < second, (first, before, second)
+    # the trigger still versions local writes, and a local no-op update keeps the version
+    north.execute("UPDATE contact SET firstname = firstname WHERE contactid = %s", (cid,))
+    assert north.execute("SELECT versionnumber FROM contact WHERE contactid = %s",
+                         (cid,)).fetchone()[0] == second
+    north.execute("UPDATE contact SET firstname = 'local' WHERE contactid = %s", (cid,))
+    third, origin = north.execute("SELECT versionnumber, sync_origin FROM contact "
+                                  "WHERE contactid = %s", (cid,)).fetchone()
+    assert third > second and origin == "eu-north"
+    # the flag does not outlive apply's transaction
+    assert north.execute("SELECT coalesce(current_setting('regionsync.stamped', true), '')"
+                         ).fetchone()[0] != "on"
