@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .capture import DELETE_COLUMNS, Page, Segment
+from .capture import BINARY_HEADER, BINARY_TRAILER, DELETE_COLUMNS, Page, Segment
 from .conflicts import ConflictRecorder
 from .schema import Schema, TableInfo
 
@@ -58,6 +58,18 @@ def _ident_list(cols: tuple[str, ...], alias: str | None = None) -> sql.Composab
                               for c in cols)
 
 
+def _copy_in(conn: psycopg.Connection, table: sql.Composable, seg: Segment) -> None:
+    """COPY a segment's rows into ``table``, in the format the peer sent them."""
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
+        table, _ident_list(seg.columns), sql.SQL(" (FORMAT binary)" if seg.binary else ""))
+    with conn.cursor().copy(stmt) as copy:
+        if seg.binary:
+            copy.write(BINARY_HEADER)
+        copy.write(seg.data)
+        if seg.binary:
+            copy.write(BINARY_TRAILER)
+
+
 class Applier:
     """Writes pages from one peer into the local database over one connection.
 
@@ -81,6 +93,8 @@ class Applier:
         # Tables that were empty (and without tombstones) when an initial load began:
         # their pages can be COPYed straight in (see begin_initial_load).
         self._direct: set[str] = set()
+        self._stages: set[str] = set()    # stage tables that exist on this connection
+        self._staged: set[str] = set()    # ... and hold rows of the current transaction
 
     def begin_initial_load(self, tables: list[str]) -> None:
         """Note which tables are empty: an initial load into them needs no merge."""
@@ -96,10 +110,8 @@ class Applier:
     def _copy_direct(self, info: TableInfo, seg: Segment, result: PageResult) -> bool:
         """COPY a page straight into an empty table; False (nothing changed) on a clash."""
         try:
-            with self.conn.transaction(), self.conn.cursor().copy(
-                    sql.SQL("COPY public.{} ({}) FROM STDIN").format(
-                        sql.Identifier(info.name), _ident_list(seg.columns))) as copy:
-                copy.write(seg.data)
+            with self.conn.transaction():
+                _copy_in(self.conn, sql.SQL("public.{}").format(sql.Identifier(info.name)), seg)
         except psycopg.errors.IntegrityError as exc:  # e.g. a local insert of the same key
             log.info("peer %s: direct load of %s fell back to merging (%s)", self.peer,
                      info.name, exc.sqlstate)
@@ -156,6 +168,18 @@ class Applier:
         database): a local version whose transaction it does not cover was never seen by
         the peer, so an incoming version that overwrites it is a concurrent edit.
         """
+        self._staged.clear()
+        try:
+            return self._apply_page(page, policy_sha=policy_sha, kind=kind, token=token,
+                                    batch_rows=batch_rows, peer_has_seen=peer_has_seen,
+                                    view=view)
+        except BaseException:
+            self._stages.clear()   # a rolled-back transaction takes the stages it created
+            raise
+
+    def _apply_page(self, page: Page, *, policy_sha: str, kind: str, token: str | None,
+                    batch_rows: int, peer_has_seen: str | None,
+                    view: dict[str, Any] | None) -> PageResult:
         result = PageResult()
         backfill = kind == "backfill"
         with self.conn.transaction():
@@ -198,8 +222,17 @@ class Applier:
 
     def _stage(self, info: TableInfo, seg: Segment) -> sql.Identifier:
         digest = hashlib.sha1(",".join(seg.columns).encode()).hexdigest()[:10]
-        name = sql.Identifier(f"rs_{seg.kind}_{info.name}_{digest}")
-        if seg.kind == "upsert":
+        key = f"rs_{seg.kind}_{info.name}_{digest}"
+        name = sql.Identifier(key)
+        # Stage tables live as long as the connection and empty themselves at commit (ON
+        # COMMIT DELETE ROWS), so an existing one needs neither CREATE nor TRUNCATE — a
+        # TRUNCATE would give it a new file every page. Only reuse within one transaction
+        # (never on the normal path: one segment per table and kind in a page) truncates.
+        if key in self._staged:
+            self.conn.execute(sql.SQL("TRUNCATE {}").format(name))
+        elif key in self._stages:
+            pass
+        elif seg.kind == "upsert":
             self.conn.execute(sql.SQL(
                 "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
                 "SELECT {} FROM public.{} WITH NO DATA").format(
@@ -208,10 +241,9 @@ class Applier:
             self.conn.execute(sql.SQL(
                 "CREATE TEMP TABLE IF NOT EXISTS {} (pk uuid, modifiedon timestamptz, origin text)"
                 " ON COMMIT DELETE ROWS").format(name))
-        self.conn.execute(sql.SQL("TRUNCATE {}").format(name))
-        with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
-                name, _ident_list(seg.columns))) as copy:
-            copy.write(seg.data)
+        self._stages.add(key)
+        self._staged.add(key)
+        _copy_in(self.conn, name, seg)
         self._step("staged")
         return name
 

@@ -16,16 +16,18 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import psycopg
 
 from .apply import Applier, PageResult
-from .capture import Page, ReadPlan, SourceReader
+from .capture import Page, ReadPlan, SourceReader, binary_tables
 from .metrics import Metrics
 from .policy.model import Policy, TableRule
+from .readahead import ReadAhead
 from .schema import Schema, introspect
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,17 @@ class BatchResult:
     conflicts: dict[str, int] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)
     filtered: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """Pages applied by ``PeerLink._apply_stream``, and the last one, held back."""
+
+    result: PageResult
+    read: Counter[str]          # rows read per table
+    rows: int
+    last: Page | None
+    complete: bool
 
 
 class PeerLink:
@@ -100,7 +113,8 @@ class PeerLink:
                                   application_name=f"regionsync-{self.region}-poll")
             self.schema = introspect(self.target)
             self.reader = SourceReader(self.source, peer=self.peer, region=self.region,
-                                       origins=self.origins)  # type: ignore[arg-type]
+                                       origins=self.origins,  # type: ignore[arg-type]
+                                       binary=binary_tables(self.schema, introspect(self.source)))
             self.applier = Applier(self.target, self.schema, peer=self.peer, region=self.region,
                                    journal=self.forward)
         return self.reader, self.applier
@@ -163,21 +177,33 @@ class PeerLink:
         names = ", ".join(t.name for t in tables)
         log.info("policy %s widens what %s sends us (%s): backfilling", policy.sha,
                  self.peer, names)
-        started, done = time.monotonic(), 0
+        started = time.monotonic()
         with self.reader.batch():
-            held = None
-            for page in self.reader.pages(ReadPlan(), tables, rules, self.page_size,
-                                          deletes=False):
+            pages = self.reader.pages(ReadPlan(), tables, rules, self.page_size, deletes=False)
+            streamed = self._apply_stream(pages, kind="backfill", policy_sha=policy.sha)
+            if streamed.complete:
+                self._apply(streamed.last or Page(()), kind="backfill", policy_sha=policy.sha,
+                            view=view)
+        log.info("backfill from %s done: %d rows of %s in %.1fs", self.peer, streamed.rows,
+                 names, time.monotonic() - started)
+
+    def _apply_stream(self, pages: Iterator[Page], **kw: Any) -> Streamed:
+        """Apply ``pages`` while the next one is read (``ReadAhead``), all but the last:
+        the caller applies that one with the batch's token, so the token commits with the
+        batch's last rows. Stops early, leaving ``last`` unapplied, when asked to stop."""
+        result, read, rows = PageResult(), Counter[str](), 0
+        held: Page | None = None
+        with ReadAhead(pages) as ahead:
+            for page in ahead:
                 if held is not None:
-                    self._apply(held, kind="backfill", policy_sha=policy.sha)
-                    done += held.rows
-                    log.info("backfill from %s: %d rows (%.0f rows/s)", self.peer, done,
-                             done / max(time.monotonic() - started, 1e-9))
+                    result.add(self._apply(held, **kw))
+                    if self.stop.is_set():  # SIGTERM: the page in flight is committed; stop
+                        return Streamed(result, read, rows, None, complete=False)
                 held = page
-            self._apply(held or Page(()), kind="backfill", policy_sha=policy.sha, view=view)
-            done += held.rows if held else 0
-        log.info("backfill from %s done: %d rows of %s in %.1fs", self.peer, done, names,
-                 time.monotonic() - started)
+                rows += page.rows
+                for seg in page.segments:
+                    read[seg.table] += seg.rows
+        return Streamed(result, read, rows, held, complete=True)
 
     def _apply(self, page: Page, **kw) -> PageResult:
         """Apply one page, timing it for the metrics."""
@@ -215,10 +241,6 @@ class PeerLink:
             stored = applier.read_view()
             if stored is not None and stored != view:
                 self._policy_changed(stored, view, policy, rules, tables)
-        result = PageResult()
-        read_rows: Counter[str] = Counter()
-        rows = 0
-        complete = True
         with reader.batch() as snap:
             plan = ReadPlan(token=token)
             pending = None
@@ -235,20 +257,13 @@ class PeerLink:
             kind = "initial" if token is None else "delta"
             if kind == "initial":
                 applier.begin_initial_load([t.name for t in tables])
-            held: Page | None = None
-            for page in reader.pages(plan, tables, rules, self.page_size, only):
-                if held is not None:
-                    result.add(self._apply(held, peer_has_seen=seen, kind=kind,
-                                           policy_sha=policy.sha))
-                    if self.stop.is_set():  # SIGTERM: the page in flight is committed; stop
-                        complete = False
-                        break
-                held = page
-                rows += page.rows
-                for seg in page.segments:
-                    read_rows[seg.table] += seg.rows
-            if complete and (held is not None or snap.token != token):
-                result.add(self._apply(held or Page(()), token=snap.token, kind=kind,
+            streamed = self._apply_stream(
+                reader.pages(plan, tables, rules, self.page_size, only),
+                peer_has_seen=seen, kind=kind, policy_sha=policy.sha)
+            result, read_rows, rows = streamed.result, streamed.read, streamed.rows
+            complete = streamed.complete
+            if complete and (streamed.last is not None or snap.token != token):
+                result.add(self._apply(streamed.last or Page(()), token=snap.token, kind=kind,
                                        policy_sha=policy.sha, batch_rows=rows,
                                        peer_has_seen=seen, view=view))
         filtered = {}

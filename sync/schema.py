@@ -33,6 +33,7 @@ class TableInfo:
     types: dict[str, str] = field(hash=False, compare=False)
     foreign_keys: tuple[ForeignKey, ...] = ()
     not_null: frozenset[str] = frozenset()
+    builtin: frozenset[str] = frozenset()   # columns of built-in types (same OIDs everywhere)
 
     @property
     def parents(self) -> frozenset[str]:
@@ -65,7 +66,8 @@ def introspect(conn: psycopg.Connection) -> Schema:
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             conn.rollback()
     cols = conn.execute("""
-        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               a.atttypid < 16384  -- FirstNormalObjectId: built in
         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'public' AND a.attnum > 0 AND NOT a.attisdropped
@@ -83,12 +85,13 @@ def introspect(conn: psycopg.Connection) -> Schema:
         ([t for t, _ in tracked],)).fetchall()
     tables: dict[str, TableInfo] = {}
     for name, pk in tracked:
-        names = tuple(c for t, c, _, _ in cols if t == name)
+        names = tuple(c for t, c, *_ in cols if t == name)
         if not names:
             raise SchemaError(f"tracked table {name!r} does not exist in schema public")
         tables[name] = TableInfo(
             name=name, pk=pk, columns=names,
-            types={c: ty for t, c, ty, _ in cols if t == name},
+            types={c: ty for t, c, ty, *_ in cols if t == name},
             foreign_keys=tuple(ForeignKey(tuple(k), p) for t, p, k in fks if t == name),
-            not_null=frozenset(c for t, c, _, nn in cols if t == name and nn))
+            not_null=frozenset(c for t, c, _, nn, _ in cols if t == name and nn),
+            builtin=frozenset(c for t, c, *_, b in cols if t == name and b))
     return Schema(tables)

@@ -188,3 +188,31 @@ def test_applied_rows_get_fresh_local_versions_without_the_row_trigger(mesh: Mes
     # the flag does not outlive apply's transaction
     assert north.execute("SELECT coalesce(current_setting('regionsync.stamped', true), '')"
                          ).fetchone()[0] != "on"
+
+
+def test_binary_copy_where_types_match_and_text_where_they_differ(mesh: Mesh) -> None:
+    """Tables whose columns have the same built-in types on both sides move as binary
+    COPY; a table whose types differ (here a widened column at the peer) falls back to
+    text, which converts, and both arrive intact."""
+    west = mesh.conn("eu-west")
+    west.execute("ALTER TABLE account ALTER COLUMN statecode TYPE bigint")
+    with west.transaction():
+        aid = account(west, "BIN-1", "Widened Ltd")
+        west.execute("UPDATE account SET statecode = 2 WHERE accountid = %s", (aid,))
+        contact(west, "Binary", accountid=aid)
+        west.execute("UPDATE contact SET birthdate = '1999-12-31', statecode = 1")
+    link = mesh.link("eu-north", "eu-west")
+    link.run_once()
+    assert link.reader is not None
+    assert "contact" in link.reader.binary and "account" not in link.reader.binary
+    for table in ("account", "contact"):
+        assert mesh.rows("eu-north", table) == mesh.rows("eu-west", table, "eu-north"), table
+    north = mesh.conn("eu-north")
+    assert north.execute("SELECT statecode FROM account WHERE accountid = %s",
+                         (aid,)).fetchone()[0] == 2
+    # deltas take the same paths
+    west.execute("UPDATE contact SET firstname = 'again'")
+    west.execute("UPDATE account SET name = 'Widened Again'")
+    link.run_once()
+    assert north.execute("SELECT firstname FROM contact").fetchone()[0] == "again"
+    assert north.execute("SELECT name FROM account").fetchone()[0] == "Widened Again"
