@@ -24,7 +24,10 @@ CREATE TABLE IF NOT EXISTS public.contact (
     modifiedon       timestamptz NOT NULL DEFAULT now(),
     versionnumber    bigint NOT NULL DEFAULT 0,
     sync_origin      text NOT NULL DEFAULT ''
-)"""
+);
+-- the business schema's index on the foreign key (alembic 0001): same indexes as
+-- regionsync's target, so both maintain the same structures per update
+CREATE INDEX IF NOT EXISTS contact_accountid ON public.contact (accountid)"""
 SYNCED = ["contactid", "accountid", "firstname", "lastname", "emailaddress1", "telephone1",
           "address1_country", "birthdate", "statecode", "createdon", "modifiedon",
           "sync_origin"]

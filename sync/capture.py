@@ -134,8 +134,8 @@ class SourceReader:
     # -- SQL builders (only identifiers and literals; never a policy's raw text) ----------
     def _origin_journal(self) -> sql.Composable:
         if self.origins == "peer":   # mesh: only what the peer itself authored
-            return sql.SQL("origin = {}").format(sql.Literal(self.peer))
-        return sql.SQL("origin <> {}").format(sql.Literal(self.region))  # hub: all but ours
+            return sql.SQL("c.origin = {}").format(sql.Literal(self.peer))
+        return sql.SQL("c.origin <> {}").format(sql.Literal(self.region))  # hub: all but ours
 
     def _origin_row(self) -> sql.Composable:
         if self.origins == "peer":
@@ -143,18 +143,19 @@ class SourceReader:
         return sql.SQL("t.sync_origin <> {}").format(sql.Literal(self.region))
 
     def _journal_range(self, token: str) -> sql.Composable:
+        """Journal entries (``sync.change_set c``) of transactions the token did not see."""
         return sql.SQL(
-            "{origin} AND txid >= pg_snapshot_xmin({tok}::pg_snapshot)"
-            " AND NOT pg_visible_in_snapshot(txid, {tok}::pg_snapshot)").format(
+            "{origin} AND c.txid >= pg_snapshot_xmin({tok}::pg_snapshot)"
+            " AND NOT pg_visible_in_snapshot(c.txid, {tok}::pg_snapshot)").format(
             origin=self._origin_journal(), tok=sql.Literal(token))
 
     def _keys(self, info: TableInfo, plan: ReadPlan, column: sql.Composable) -> sql.Composable:
         if plan.keys is not None:
             return sql.SQL("{} = ANY({}::uuid[])").format(column, sql.Literal(list(plan.keys)))
         assert plan.token is not None
-        return sql.SQL("{col} IN (SELECT pk FROM sync.change_log WHERE tablename = {t}"
-                       " AND {range})").format(col=column, t=sql.Literal(info.name),
-                                               range=self._journal_range(plan.token))
+        return sql.SQL("{col} IN (SELECT k.pk FROM sync.change_set c, unnest(c.pks) AS k(pk)"
+                       " WHERE c.tablename = {t} AND {range})").format(
+            col=column, t=sql.Literal(info.name), range=self._journal_range(plan.token))
 
     def upsert_query(self, info: TableInfo, rule: TableRule,
                      plan: ReadPlan) -> tuple[sql.Composed, list[tuple[str, str]]]:
@@ -207,8 +208,9 @@ class SourceReader:
         """Distinct changed keys per table beyond ``token``, and the oldest change time."""
         if not tables:
             return Pending({}, None)
-        q = sql.SQL("SELECT tablename, count(DISTINCT pk), min(changed_at) FROM sync.change_log"
-                    " WHERE tablename = ANY({tables}) AND {range} GROUP BY tablename").format(
+        q = sql.SQL("SELECT c.tablename, count(DISTINCT k.pk), min(c.changed_at)"
+                    " FROM sync.change_set c, unnest(c.pks) AS k(pk)"
+                    " WHERE c.tablename = ANY({tables}) AND {range} GROUP BY c.tablename").format(
             tables=sql.Literal(list(tables)), range=self._journal_range(token))
         rows = self.conn.execute(q).fetchall()
         oldest = min((r[2] for r in rows), default=None)

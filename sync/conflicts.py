@@ -65,9 +65,10 @@ class ConflictRecorder:
                     s=sql.Literal(peer_has_seen)) if peer_has_seen else sql.SQL(""))
         q = sql.SQL("""
             SELECT t.{pk}, jsonb_build_object({local}), to_jsonb(s), s.modifiedon, s.sync_origin
-            FROM sync.change_log c
-            JOIN public.{table} t ON t.{pk} = c.pk AND t.versionnumber = c.versionnumber
-            JOIN {stage} s ON s.{pk} = c.pk
+            FROM sync.change_set c
+            CROSS JOIN LATERAL unnest(c.pks, c.versions) AS k(pk, versionnumber)
+            JOIN public.{table} t ON t.{pk} = k.pk AND t.versionnumber = k.versionnumber
+            JOIN {stage} s ON s.{pk} = k.pk
             WHERE c.origin = {region} AND c.tablename = {tname}{seen}
               AND t.sync_origin = {region}
               AND (s.modifiedon, s.sync_origin) > (t.modifiedon, t.sync_origin)""").format(

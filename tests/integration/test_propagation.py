@@ -93,8 +93,27 @@ def test_poll_sql_never_names_an_excluded_column(mesh: Mesh) -> None:
     polls = [e for e in _log_entries(text) if " regionsync-" in e and "statement:" in e]
     copies = [e for e in polls if "COPY (SELECT" in e and '"contact"' in e]
     assert len(copies) >= 3, polls                # initial + delta + second region
-    assert any("change_log" in e for e in copies)  # a delta read, not only initial loads
+    assert any("change_set" in e for e in copies)  # a delta read, not only initial loads
     for entry in polls:
         for name in EXCLUDED:
             assert name not in entry, entry
     assert mesh.one("eu-north", "SELECT lastname FROM contact") == "Logged2"
+
+
+def test_journal_holds_one_entry_per_statement_and_every_changed_key(mesh: Mesh) -> None:
+    """Capture writes one sync.change_set entry per statement (and origin) with the keys
+    and versions as arrays; sync.change_log lists them per key, versions as in the rows."""
+    west = mesh.conn("eu-west")
+    west.execute("INSERT INTO contact (lastname) SELECT 'Bulk-' || g FROM generate_series(1, 50) g")
+    west.execute("UPDATE contact SET firstname = 'x' WHERE lastname <= 'Bulk-3'")   # 23 rows
+    west.execute("UPDATE contact SET firstname = 'x' WHERE lastname <= 'Bulk-3'")   # no-op
+    west.execute("DELETE FROM contact WHERE lastname = 'Bulk-7'")
+    sets = west.execute("SELECT op, origin, cardinality(pks) FROM sync.change_set "
+                        "ORDER BY id").fetchall()
+    assert sets == [("i", "eu-west", 50), ("u", "eu-west", 23), ("d", "eu-west", 1)]
+    per_key = west.execute("SELECT l.pk, l.versionnumber, c.versionnumber FROM sync.change_log l "
+                           "JOIN contact c ON c.contactid = l.pk WHERE l.op = 'u'").fetchall()
+    assert len(per_key) == 23 and all(v == row_v for _, v, row_v in per_key)
+    mesh.pull("eu-north", "eu-west")
+    assert mesh.rows("eu-north", "contact") == mesh.rows("eu-west", "contact", "eu-north")
+    assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 49
