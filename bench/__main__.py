@@ -34,7 +34,6 @@ TARGETS = {  # workload -> minimum ratio regionsync / native
 def run_workload(kind: str, v, n: int, rep: int) -> tuple[float, float | None]:
     """(seconds, lag seconds) for one run of ``kind`` on variant ``v``; verified."""
     marker = f"{kind}-{v.name}-{rep}"
-    last_id = v.ids[-1]
     if kind == "initial_load":
         seconds = v.initial_load()
         w.verify(v.src, v.dst, None, n)
@@ -43,7 +42,7 @@ def run_workload(kind: str, v, n: int, rep: int) -> tuple[float, float | None]:
         v.pause()
         w.update_batches(v.src, v.ids, marker)
         t0 = v.resume()
-        t1 = w.wait_visible(v.dst, last_id, marker, n)
+        t1 = w.wait_visible(v.dst, v.ids, marker, n)
         w.verify(v.src, v.dst, marker, n)
         return t1 - t0, None
     t0 = time.perf_counter()
@@ -51,7 +50,7 @@ def run_workload(kind: str, v, n: int, rep: int) -> tuple[float, float | None]:
         committed = w.update_all_one_txn(v.src, marker)
     else:
         committed = w.update_batches(v.src, v.ids, marker)
-    t1 = w.wait_visible(v.dst, last_id, marker, n)
+    t1 = w.wait_visible(v.dst, v.ids, marker, n)
     w.verify(v.src, v.dst, marker, n)
     return t1 - t0, t1 - committed
 
@@ -224,7 +223,7 @@ def main() -> None:
                 rs.pause()
                 w.update_batches(rs.src, rs.ids, "rss-small")
                 rs.resume()
-                w.wait_visible(rs.dst, rs.ids[-1], "rss-small", n)
+                w.wait_visible(rs.dst, rs.ids, "rss-small", n)
                 rss_small, page_small = rs.rss(), rs.page_seconds()
             print()
             print(f"{'workload':14} {'native rows/s':>28} {'regionsync rows/s':>28} "
@@ -272,7 +271,7 @@ def main() -> None:
                 rs.pause()
                 w.update_batches(rs.src, rs.ids, "rss-big")
                 t0 = rs.resume()
-                t1 = w.wait_visible(rs.dst, rs.ids[-1], "rss-big", 1_000_000, timeout=1800)
+                t1 = w.wait_visible(rs.dst, rs.ids, "rss-big", 1_000_000, timeout=1800)
                 w.verify(rs.src, rs.dst, "rss-big", 1_000_000)
                 rss_big, page_big = rs.rss(), rs.page_seconds()
                 grow = rss_big / rss_small - 1

@@ -84,6 +84,10 @@ class RegionConfig(BaseModel):
     poll_interval: float = Field(1.0, gt=0, le=3600, description="seconds between polls")
     page_size: int = Field(5000, ge=1, le=1_000_000,
                            description="rows per local transaction; a full page drains at once")
+    apply_connections: int = Field(
+        2, ge=1, le=16, description="local connections per peer that apply the pages of a "
+                                    "large batch concurrently (pages of one table; tables "
+                                    "stay in foreign-key order)")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     forward: bool = Field(
         True, description="journal rows applied from peers so that regions pulling "

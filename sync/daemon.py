@@ -79,7 +79,8 @@ class Daemon:
                 peer_conninfo=peer.conninfo(where=f"peers[{peer.name}].url"),
                 local_conninfo=self._local, policy=self.policy.current, origins=peer.origins,
                 page_size=cfg.page_size, metrics=self.metrics, stop=self._stop,
-                poll_interval=cfg.poll_interval, forward=cfg.forward)
+                poll_interval=cfg.poll_interval, forward=cfg.forward,
+                apply_connections=cfg.apply_connections)
         self.metrics.leader.labels(cfg.region).set(0)
         if cfg.metrics.port:
             self._http = StatusServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry,

@@ -25,6 +25,7 @@ import psycopg
 
 from .apply import Applier, PageResult
 from .capture import Page, ReadPlan, SourceReader, binary_tables
+from .lanes import ApplyLanes
 from .metrics import Metrics
 from .policy.model import Policy, TableRule
 from .readahead import ReadAhead
@@ -81,7 +82,8 @@ class PeerLink:
     def __init__(self, *, region: str, peer: str, peer_conninfo: str, local_conninfo: str,
                  policy: Callable[[], Policy], origins: str = "peer", page_size: int = 5000,
                  metrics: Metrics | None = None, stop: threading.Event | None = None,
-                 poll_interval: float = 1.0, forward: bool = True) -> None:
+                 poll_interval: float = 1.0, forward: bool = True,
+                 apply_connections: int = 2) -> None:
         self.region = region
         self.peer = peer
         self._peer_conninfo = peer_conninfo
@@ -90,6 +92,7 @@ class PeerLink:
         self.origins = origins
         self.forward = forward
         self.page_size = page_size
+        self.apply_connections = apply_connections
         self.metrics = metrics
         self.health = metrics.peer(peer, region, poll_interval) if metrics else None
         # Called with (kind, rows applied so far) after each page: progress bars, logs.
@@ -102,6 +105,9 @@ class PeerLink:
         self.schema: Schema | None = None
         self.reader: SourceReader | None = None
         self.applier: Applier | None = None
+        self._lanes: list[Applier] = []     # the applier, then one per extra connection
+        self._lane_conns: list[psycopg.Connection] = []
+        self._progress_lock = threading.Lock()
 
     def _connect(self) -> tuple[SourceReader, Applier]:
         if self.reader is None or self.applier is None or self.source is None \
@@ -119,12 +125,27 @@ class PeerLink:
                                    journal=self.forward)
         return self.reader, self.applier
 
+    def _appliers(self) -> list[Applier]:
+        """The applier and, for parallel apply, one more per extra local connection."""
+        assert self.applier is not None and self.schema is not None
+        while len(self._lanes) < self.apply_connections:
+            if not self._lanes:
+                self._lanes.append(self.applier)
+                continue
+            conn = connect(self._local_conninfo, application_name=(
+                f"regionsync-{self.region}-apply-{self.peer}-{len(self._lanes) + 1}"))
+            self._lane_conns.append(conn)
+            self._lanes.append(Applier(conn, self.schema, peer=self.peer, region=self.region,
+                                       journal=self.forward))
+        return self._lanes
+
     def close(self) -> None:
-        for conn in (self.source, self.target):
+        for conn in (self.source, self.target, *self._lane_conns):
             if conn is not None and not conn.closed:
                 conn.close()
         self.source = self.target = None
         self.reader = self.applier = None
+        self._lanes, self._lane_conns = [], []
 
     def _plan_tables(self, policy: Policy):
         assert self.schema is not None
@@ -188,28 +209,35 @@ class PeerLink:
                  names, time.monotonic() - started)
 
     def _apply_stream(self, pages: Iterator[Page], **kw: Any) -> Streamed:
-        """Apply ``pages`` while the next one is read (``ReadAhead``), all but the last:
-        the caller applies that one with the batch's token, so the token commits with the
-        batch's last rows. Stops early, leaving ``last`` unapplied, when asked to stop."""
-        result, read, rows = PageResult(), Counter[str](), 0
+        """Apply ``pages`` while the next one is read (``ReadAhead``), on ``apply_connections``
+        local connections (``ApplyLanes``), all but the last: the caller applies that one,
+        after every other page has committed, with the batch's token. Stops early, leaving
+        ``last`` unapplied, when asked to stop."""
+        read, rows = Counter[str](), 0
         held: Page | None = None
-        with ReadAhead(pages) as ahead:
-            for page in ahead:
-                if held is not None:
-                    result.add(self._apply(held, **kw))
-                    if self.stop.is_set():  # SIGTERM: the page in flight is committed; stop
-                        return Streamed(result, read, rows, None, complete=False)
-                held = page
-                rows += page.rows
-                for seg in page.segments:
-                    read[seg.table] += seg.rows
-        return Streamed(result, read, rows, held, complete=True)
+        assert self.schema is not None
+        lanes = ApplyLanes(self._appliers(), self._apply_on, self.schema)
+        try:
+            with ReadAhead(pages) as ahead:
+                for page in ahead:
+                    if held is not None:
+                        lanes.submit(held, **kw)
+                        if self.stop.is_set():  # SIGTERM: pages in flight commit; then stop
+                            lanes.barrier()
+                            return Streamed(lanes.result, read, rows, None, complete=False)
+                    held = page
+                    rows += page.rows
+                    for seg in page.segments:
+                        read[seg.table] += seg.rows
+            lanes.barrier()
+        finally:
+            lanes.close()
+        return Streamed(lanes.result, read, rows, held, complete=True)
 
-    def _apply(self, page: Page, **kw) -> PageResult:
-        """Apply one page, timing it for the metrics."""
-        assert self.applier is not None
+    def _apply_on(self, applier: Applier, page: Page, **kw: Any) -> PageResult:
+        """Apply one page with ``applier``, timing it for the metrics."""
         started = time.monotonic()
-        result = self.applier.apply_page(page, **kw)
+        result = applier.apply_page(page, **kw)
         self._report_progress(kw.get("kind", "delta"), page.rows)
         if self.metrics is not None:
             pair = (self.peer, self.region)
@@ -219,10 +247,17 @@ class PeerLink:
                 self.metrics.page_size.labels(*pair).observe(page.rows)
         return result
 
+    def _apply(self, page: Page, **kw: Any) -> PageResult:
+        """Apply one page on the main local connection."""
+        assert self.applier is not None
+        return self._apply_on(self.applier, page, **kw)
+
     def _report_progress(self, kind: str, rows: int) -> None:
-        self._progress_rows += rows
+        with self._progress_lock:   # lanes report from their own threads
+            self._progress_rows += rows
+            done = self._progress_rows
         if self.progress is not None:
-            self.progress(kind, self._progress_rows)
+            self.progress(kind, done)
         elif kind in ("initial", "backfill") and time.monotonic() - self._progress_logged > 5:
             self._progress_logged = time.monotonic()
             log.info("%s load from %s: %d rows so far", kind, self.peer, self._progress_rows,
@@ -256,7 +291,8 @@ class PeerLink:
             seen = reader.token_for(self.region)
             kind = "initial" if token is None else "delta"
             if kind == "initial":
-                applier.begin_initial_load([t.name for t in tables])
+                for lane in self._appliers():
+                    lane.begin_initial_load([t.name for t in tables])
             streamed = self._apply_stream(
                 reader.pages(plan, tables, rules, self.page_size, only),
                 peer_has_seen=seen, kind=kind, policy_sha=policy.sha)
