@@ -117,8 +117,9 @@ class Regionsync:
     name = "regionsync"
 
     def __init__(self, src: LocalCluster, dst: LocalCluster, n: int, tmp: Path,
-                 page_size: int) -> None:
+                 page_size: int, poll_interval: float = 0.02) -> None:
         self.src_c, self.dst_c, self.n, self.tmp, self.page_size = src, dst, n, tmp, page_size
+        self.poll_interval = poll_interval
         self.src_url = fresh_db(src, "rs_src")
         migrate(self.src_url, "eu-west")
         self.src = psycopg.connect(self.src_url, autocommit=True)
@@ -138,7 +139,7 @@ class Regionsync:
         cfg = self.tmp / "eu-north.yaml"
         cfg.write_text(f"region: eu-north\ndatabase:\n  url: {self.dst_url}\npeers:\n"
                        f"  - name: eu-west\n    url: {self.src_url}\n"
-                       f"policy_dir: {ROOT / 'policies'}\npoll_interval: 0.02\n"
+                       f"policy_dir: {ROOT / 'policies'}\npoll_interval: {self.poll_interval}\n"
                        f"page_size: {self.page_size}\nleader_check_interval: 0.02\nforward: false\n"
                        f"metrics:\n  port: {self.port}\n")
         self.config = cfg
