@@ -123,3 +123,25 @@ def verify(source: psycopg.Connection, target: psycopg.Connection, marker: str |
                             "OR implant_serial IS NOT NULL").fetchone()[0]
     if leaked:
         raise AssertionError(f"{leaked} rows have medical values at the target")
+
+
+def engine_page_seconds(conn: psycopg.Connection, page: int = 5000, pages: int = 20) -> float:
+    """PostgreSQL's own cost for a page of changes at the target's current size: the median
+    of plain UPDATEs of ``page`` random keys on a trigger-less copy of the target's table
+    (same indexes). The reference for how much of a per-page time's growth with table size
+    is the engine's (random keys in a larger B-tree and heap), not regionsync's."""
+    conn.execute("DROP TABLE IF EXISTS bench_engine_ref")
+    conn.execute("CREATE TABLE bench_engine_ref (LIKE contact INCLUDING DEFAULTS "
+                 "INCLUDING INDEXES)")
+    conn.execute("INSERT INTO bench_engine_ref SELECT * FROM contact")
+    conn.execute("VACUUM ANALYZE bench_engine_ref")
+    keys = [r[0] for r in conn.execute(
+        "SELECT contactid FROM bench_engine_ref ORDER BY random() LIMIT %s", (page * pages,))]
+    times = []
+    for i in range(pages):
+        started = time.perf_counter()
+        conn.execute("UPDATE bench_engine_ref SET firstname = %s, modifiedon = clock_timestamp()"
+                     " WHERE contactid = ANY(%s)", (f"ref-{i}", keys[i * page:(i + 1) * page]))
+        times.append(time.perf_counter() - started)
+    conn.execute("DROP TABLE bench_engine_ref")
+    return sorted(times)[len(times) // 2]

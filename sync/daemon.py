@@ -10,6 +10,7 @@ holds the region's leader lock polls; a second one waits as a standby. ``stop()`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import signal
@@ -21,6 +22,7 @@ from typing import Any
 import psycopg
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from .config import RegionConfig
@@ -153,16 +155,21 @@ class Daemon:
         if not self.is_leader and not self._stop.is_set() and self._lock.try_acquire():
             self.is_leader = True
             log.info("region %s: this daemon is the leader", region)
+            for name in self._links:   # take over at once, not at the next poll tick
+                with contextlib.suppress(JobLookupError):
+                    self._scheduler.modify_job(f"poll-{name}", next_run_time=datetime.now(UTC))
         elif not self.is_leader:
             log.debug("region %s: standby; another daemon holds the leader lock", region)
         self.metrics.leader.labels(region).set(1 if self.is_leader else 0)
 
     # -- jobs -----------------------------------------------------------------------------
     def _poll(self, peer: str) -> None:
+        link = self._links[peer]
+        if not self.is_leader and not self._stop.is_set():
+            self._warm(peer, link)
         if not self.is_leader or self._stop.is_set() \
                 or time.monotonic() < self._not_before.get(peer, 0.0):
             return
-        link = self._links[peer]
         try:
             while not self._stop.is_set() and self.is_leader:
                 batch = link.run_once()
@@ -180,6 +187,14 @@ class Daemon:
         except Exception as exc:
             log.exception("peer %s: unexpected error; will retry", peer)
             self._back_off(peer, link, exc, False)
+
+    def _warm(self, peer: str, link: PeerLink) -> None:
+        """A standby keeps its connections open and schemas read, so that taking over
+        starts applying at once (a hot standby); failures only matter once it leads."""
+        try:
+            link.warm()
+        except (psycopg.Error, SyncError) as exc:
+            log.debug("standby: peer %s not reachable yet (%s)", peer, exc)
 
     def _back_off(self, peer: str, link: PeerLink, exc: Exception, unreachable: bool) -> None:
         n = self._failures[peer] = self._failures.get(peer, 0) + 1

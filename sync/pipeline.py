@@ -125,6 +125,11 @@ class PeerLink:
                                    journal=self.forward)
         return self.reader, self.applier
 
+    def warm(self) -> None:
+        """Open every connection and read both schemas now, ahead of the first batch."""
+        self._connect()
+        self._appliers()
+
     def _appliers(self) -> list[Applier]:
         """The applier and, for parallel apply, one more per extra local connection."""
         assert self.applier is not None and self.schema is not None

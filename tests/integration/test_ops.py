@@ -107,6 +107,10 @@ def test_one_leader_per_region_and_the_standby_takes_over(mesh: Mesh) -> None:
             "regionsync_changes_applied_total",
             {"source": "eu-west", "target": "eu-north", "table": "contact", "op": "insert"}) \
             is None
+        # a hot standby: connections open and schemas read, ready to apply at once
+        standby = second._links["eu-west"]
+        wait_for(lambda: standby.target is not None and standby.schema is not None)
+        assert len(standby._appliers()) == 2 and not standby.target.closed
         first.stop()
         wait_for(lambda: second.is_leader, 10)
         contact(mesh.conn("eu-west"), "AfterFailover")

@@ -117,3 +117,41 @@ def test_journal_holds_one_entry_per_statement_and_every_changed_key(mesh: Mesh)
     mesh.pull("eu-north", "eu-west")
     assert mesh.rows("eu-north", "contact") == mesh.rows("eu-west", "contact", "eu-north")
     assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 49
+
+
+def test_local_inserts_get_system_columns_from_defaults_and_cannot_forge_them(mesh: Mesh) -> None:
+    """Inserts have no row trigger (COPY stays bulk): defaults stamp versionnumber,
+    modifiedon and sync_origin; a writer that sets them itself is stamped afterwards, so
+    it cannot attribute a row to another region or win last-writer-wins with a made-up
+    time."""
+    west = mesh.conn("eu-west")
+    plain = west.execute("INSERT INTO contact (lastname) VALUES ('Plain') "
+                         "RETURNING contactid, versionnumber, sync_origin, modifiedon <= now() "
+                         "+ interval '1 second'").fetchone()
+    assert plain[1] > 0 and plain[2] == "eu-west" and plain[3]
+    forged = west.execute(
+        "INSERT INTO contact (lastname, sync_origin, modifiedon, versionnumber) VALUES "
+        "('Forged origin', 'eu-north', now(), 7), ('Future', 'eu-west', '2999-01-01', 8), "
+        "('Past', 'eu-west', '2001-01-01', 9) RETURNING contactid").fetchall()
+    rows = west.execute("SELECT lastname, sync_origin, modifiedon BETWEEN now() - interval "
+                        "'1 minute' AND clock_timestamp(), versionnumber > %s FROM contact "
+                        "WHERE contactid = ANY(%s) ORDER BY lastname",
+                        (plain[1], [r[0] for r in forged])).fetchall()
+    assert rows == [("Forged origin", "eu-west", True, True), ("Future", "eu-west", True, True),
+                    ("Past", "eu-west", True, True)]
+    # journaled once each, as eu-west, with the versions the rows have now
+    assert west.execute("SELECT op, origin, count(*) FROM sync.change_log l JOIN contact c "
+                        "ON c.contactid = l.pk AND c.versionnumber = l.versionnumber "
+                        "GROUP BY 1, 2").fetchall() == [("i", "eu-west", 4)]
+    assert mesh.one("eu-west", "SELECT count(*) FROM sync.change_log") == 4
+    # a made-up version far ahead of the sequence cannot hide the row's later updates
+    big = west.execute("INSERT INTO contact (lastname, versionnumber) VALUES ('Big', 10^12) "
+                       "RETURNING contactid").fetchone()
+    assert mesh.one("eu-west", "SELECT versionnumber FROM contact WHERE contactid = %s",
+                    (big[0],)) < 10**12
+    west.execute("UPDATE contact SET firstname = 'seen' WHERE contactid = %s", (big[0],))
+    assert mesh.one("eu-west", "SELECT count(*) FROM sync.change_log WHERE op = 'u'") == 1
+    mesh.pull("eu-north", "eu-west")
+    assert mesh.rows("eu-north", "contact") == mesh.rows("eu-west", "contact", "eu-north")
+    assert mesh.one("eu-north", "SELECT count(*) FROM contact WHERE sync_origin = 'eu-west'") == 5
+    assert mesh.one("eu-north", "SELECT firstname FROM contact WHERE lastname = 'Big'") == "seen"
