@@ -55,6 +55,15 @@ def run_workload(kind: str, v, n: int, rep: int) -> tuple[float, float | None]:
     return t1 - t0, t1 - committed
 
 
+def settle(variants: list) -> None:
+    """Let the machine go quiet before a timed run: vacuum every table the workloads touch
+    (so autovacuum does not wake up inside the next measurement) and checkpoint."""
+    for v in variants:
+        for conn in (v.src, v.dst):
+            conn.execute("VACUUM contact")
+            conn.execute("CHECKPOINT")
+
+
 def paced_lag(v, rate: float, seconds: float) -> list[float]:
     """Source sustains ``rate`` rows/s in 1,000-row transactions; a marker row tells when
     each transaction is visible. Returns per-transaction lags."""
@@ -223,6 +232,7 @@ def main() -> None:
                 for kind in kinds:
                     order = (native, rs) if rep % 2 == 0 else (rs, native)
                     for v in order:
+                        settle([native, rs])
                         seconds, lag = run_workload(kind, v, n, rep)
                         rates[(kind, v.name)].append(n / seconds)
                         if lag is not None:
