@@ -100,7 +100,7 @@ class Native:
         self.dst.execute("TRUNCATE contact")
         t0 = time.perf_counter()
         self.subscribe(copy_data=True)
-        return w.wait_count(self.dst, self.n) - t0
+        return w.wait_count(self.dst, self.n, ids=self.ids) - t0
 
     def rss(self) -> int | None:
         return None
@@ -185,7 +185,7 @@ class Regionsync:
         self.dst.close()
         self._new_target()
         t0 = self.resume()
-        return w.wait_count(self.dst, self.n) - t0
+        return w.wait_count(self.dst, self.n, ids=self.ids) - t0
 
     def rss(self) -> int | None:
         """Peak resident set of the daemon process (kB)."""

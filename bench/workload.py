@@ -98,10 +98,18 @@ def wait_visible(target: psycopg.Connection, ids: list, marker: str, n: int,
     raise TimeoutError(f"target never showed marker {marker!r} on {n} rows")
 
 
-def wait_count(target: psycopg.Connection, n: int, timeout: float = 600) -> float:
+def wait_count(target: psycopg.Connection, n: int, timeout: float = 600,
+               ids: list | None = None) -> float:
+    """Poll the target every ~10 ms until it holds ``n`` rows; returns that time. With
+    ``ids``, each poll first looks up ~100 sample keys (as ``wait_visible`` does) and
+    counts only once they are all there."""
+    sample = list({*ids[::max(1, len(ids) // 100)], ids[-1]}) if ids else []
     end = time.perf_counter() + timeout
     while time.perf_counter() < end:
-        if target.execute("SELECT count(*) FROM contact").fetchone()[0] >= n:
+        if (not sample or target.execute(
+                "SELECT count(*) FROM contact WHERE contactid = ANY(%s)",
+                (sample,)).fetchone()[0] == len(sample)) and target.execute(
+                "SELECT count(*) FROM contact").fetchone()[0] >= n:
             return time.perf_counter()
         time.sleep(0.01)
     raise TimeoutError(f"target never reached {n} rows")

@@ -215,10 +215,15 @@ class PeerLink:
 
     def _apply_stream(self, pages: Iterator[Page], **kw: Any) -> Streamed:
         """Apply ``pages`` while the next one is read (``ReadAhead``), on ``apply_connections``
-        local connections (``ApplyLanes``), all but the last: the caller applies that one,
-        after every other page has committed, with the batch's token. Stops early, leaving
-        ``last`` unapplied, when asked to stop."""
-        read, rows = Counter[str](), 0
+        local connections (``ApplyLanes``).
+
+        A batch of one page comes back as ``last``, unapplied: the caller applies it with the
+        batch's token, data and token in one transaction. In a batch of several pages every
+        page is applied here (the last one beside the others) and ``last`` is None: the
+        caller commits the token alone, after all of them — the same guarantee (the token
+        never covers a row that is not committed; a replay after a crash is a no-op) one
+        page-time sooner. Stops early, with ``complete`` False, when asked to stop."""
+        read, rows, several = Counter[str](), 0, False
         held: Page | None = None
         assert self.schema is not None
         lanes = ApplyLanes(self._appliers(), self._apply_on, self.schema)
@@ -234,6 +239,10 @@ class PeerLink:
                     rows += page.rows
                     for seg in page.segments:
                         read[seg.table] += seg.rows
+                    several = several or rows > page.rows
+            if several and held is not None:
+                lanes.submit(held, **kw)
+                held = None
             lanes.barrier()
         finally:
             lanes.close()
@@ -303,7 +312,7 @@ class PeerLink:
                 peer_has_seen=seen, kind=kind, policy_sha=policy.sha)
             result, read_rows, rows = streamed.result, streamed.read, streamed.rows
             complete = streamed.complete
-            if complete and (streamed.last is not None or snap.token != token):
+            if complete and (streamed.last is not None or rows or snap.token != token):
                 result.add(self._apply(streamed.last or Page(()), token=snap.token, kind=kind,
                                        policy_sha=policy.sha, batch_rows=rows,
                                        peer_has_seen=seen, view=view))

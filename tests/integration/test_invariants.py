@@ -137,6 +137,45 @@ def test_failure_mid_page_moves_neither_data_nor_token(mesh: Mesh, step: str) ->
     assert link.run_once().rows == 0
 
 
+def test_a_batch_of_several_pages_commits_its_token_after_every_page(mesh: Mesh) -> None:
+    """One page: data and token in one transaction. Several pages (applied in parallel):
+    the token commits alone after all of them; if that fails, the rows stay, the token
+    does not move, and the replay changes nothing."""
+    west = mesh.conn("eu-west")
+    contact(west, "Single")
+    link = mesh.link("eu-north", "eu-west", page_size=3)
+    link.run_once()
+    log = "SELECT rows, token IS NOT NULL FROM sync.integration_log ORDER BY id"
+    assert mesh.conn("eu-north").execute(log).fetchall() == [(1, True)]
+    for i in range(7):
+        contact(west, f"Multi{i}")
+    token_before = mesh.one("eu-north", "SELECT token FROM sync.peer_state")
+
+    def fail(name: str) -> None:
+        if name == "token":
+            raise Boom(name)
+    main = link._connect()[1]
+    original = main.apply_page
+
+    def token_fails(page, **kw):   # only the token's own transaction fails
+        main.fault_hook = fail if kw.get("token") else None
+        return original(page, **kw)
+    main.apply_page = token_fails  # type: ignore[method-assign]
+    with pytest.raises(Boom):
+        link.run_once()
+    assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 8   # pages committed
+    assert mesh.one("eu-north", "SELECT token FROM sync.peer_state") == token_before
+    main.apply_page = original  # type: ignore[method-assign]
+    main.fault_hook = None
+    journal = mesh.one("eu-north", "SELECT count(*) FROM sync.change_log")
+    replay = link.run_once()
+    assert replay.rows == 7 and sum(replay.applied.values()) == 0
+    assert mesh.one("eu-north", "SELECT count(*) FROM sync.change_log") == journal
+    rows = mesh.conn("eu-north").execute(log).fetchall()
+    assert rows[-1] == (0, True) and sum(r[0] for r in rows[1:-1]) == 7 + 7
+    assert mesh.rows("eu-north", "contact") == mesh.rows("eu-west", "contact")
+
+
 def test_replayed_batch_has_no_effect(mesh: Mesh) -> None:
     """A batch read again from an old token (crash after some pages) changes nothing."""
     west = mesh.conn("eu-west")
