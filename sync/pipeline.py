@@ -11,7 +11,6 @@ last-writer-wins makes a replay a no-op (no row changes, no journal entry, no ec
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from .capture import Page, ReadPlan, SourceReader, binary_tables
 from .lanes import ApplyLanes
 from .metrics import Metrics
 from .policy.model import Policy, TableRule
+from .policy_view import policy_view, record_view_change
 from .readahead import ReadAhead
 from .schema import Schema, introspect
 
@@ -157,42 +157,11 @@ class PeerLink:
         rules = {t: r for t, r in policy.rules_to(self.region).items() if t in self.schema.tables}
         return rules, [self.schema.tables[t] for t in self.schema.topo_order(list(rules))]
 
-    def _view(self, rules: dict[str, TableRule]) -> dict[str, dict]:
-        """What the policy lets this peer send us: per table, columns and row filter."""
-        assert self.schema is not None
-        return {t: {"columns": list(r.wire_columns(self.schema.tables[t])),
-                    "rows": r.rows.text if r.rows else None} for t, r in sorted(rules.items())}
-
     def _policy_changed(self, stored: dict, view: dict, policy: Policy,
                         rules: dict[str, TableRule], tables: list) -> None:
         """Record what narrowed (for `policy drift`), backfill what widened."""
-        assert self.target is not None and self.reader is not None and self.applier is not None
-        widened = []
-        with self.target.transaction():
-            for table, new in view.items():
-                old = stored.get(table)
-                added = set(new["columns"]) - set(old["columns"]) if old else set(new["columns"])
-                if old is None or added or old["rows"] != new["rows"]:
-                    widened.append(table)
-                if added:
-                    self.target.execute(
-                        "DELETE FROM sync.narrowed_column WHERE peer = %s AND tablename = %s "
-                        "AND column_name = ANY(%s)", (self.peer, table, sorted(added)))
-                removed = set(old["columns"]) - set(new["columns"]) if old else set()
-                for column in sorted(removed):
-                    self.target.execute(
-                        "INSERT INTO sync.narrowed_column (peer, tablename, column_name, "
-                        "policy_sha) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                        (self.peer, table, column, policy.sha))
-                    log.warning("policy %s: %s.%s no longer comes from %s; copies already "
-                                "here are listed by `regionsync policy drift`", policy.sha,
-                                table, column, self.peer)
-            for table in sorted(set(stored) - set(view)):
-                log.warning("policy %s: table %s no longer comes from %s; see `regionsync "
-                            "policy drift`", policy.sha, table, self.peer)
-            if not widened:
-                self.target.execute("UPDATE sync.peer_state SET policy_view = %s WHERE peer = %s",
-                                    (json.dumps(view), self.peer))
+        assert self.target is not None
+        widened = record_view_change(self.target, self.peer, stored, view, policy)
         if widened:
             self._backfill(policy, rules, [t for t in tables if t.name in widened], view)
 
@@ -284,7 +253,8 @@ class PeerLink:
         reader, applier = self._connect()
         policy = self._policy()
         rules, tables = self._plan_tables(policy)
-        view = self._view(rules)
+        assert self.schema is not None
+        view = policy_view(self.schema, rules)
         token = applier.read_token()
         if token is not None:
             stored = applier.read_view()
