@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 from uuid import UUID
@@ -85,14 +85,15 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Pending:
-    """What the journal holds for us beyond the token (per table: distinct keys)."""
+    """What the journal holds for us beyond the token."""
 
-    keys: dict[str, int]
+    changes: dict[str, int]               # per table: journaled changes (a key may repeat)
     oldest_change: datetime | None
+    keys: dict[str, int] = field(default_factory=dict)   # distinct keys, where asked
 
     @property
     def total(self) -> int:
-        return sum(self.keys.values())
+        return sum(self.changes.values())
 
 
 @dataclass(frozen=True)
@@ -204,17 +205,29 @@ class SourceReader:
                                 (region,)).fetchone()
         return row[0] if row else None
 
-    def pending(self, token: str, tables: Sequence[str]) -> Pending:
-        """Distinct changed keys per table beyond ``token``, and the oldest change time."""
+    def pending(self, token: str, tables: Sequence[str],
+                distinct: Sequence[str] = ()) -> Pending:
+        """Changes per table beyond ``token`` and the oldest change time; for the tables in
+        ``distinct``, also the distinct changed keys (an unnest and a sort: worth it only
+        where a row filter makes reads differ from keys)."""
         if not tables:
             return Pending({}, None)
-        q = sql.SQL("SELECT c.tablename, count(DISTINCT k.pk), min(c.changed_at)"
-                    " FROM sync.change_set c, unnest(c.pks) AS k(pk)"
+        q = sql.SQL("SELECT c.tablename, sum(cardinality(c.pks)), min(c.changed_at)"
+                    " FROM sync.change_set c"
                     " WHERE c.tablename = ANY({tables}) AND {range} GROUP BY c.tablename").format(
             tables=sql.Literal(list(tables)), range=self._journal_range(token))
         rows = self.conn.execute(q).fetchall()
         oldest = min((r[2] for r in rows), default=None)
-        return Pending({r[0]: r[1] for r in rows}, oldest)
+        keys: dict[str, int] = {}
+        wanted = [t for t in distinct if any(r[0] == t for r in rows)]
+        if wanted:
+            q = sql.SQL("SELECT c.tablename, count(DISTINCT k.pk)"
+                        " FROM sync.change_set c, unnest(c.pks) AS k(pk)"
+                        " WHERE c.tablename = ANY({tables}) AND {range}"
+                        " GROUP BY c.tablename").format(
+                tables=sql.Literal(wanted), range=self._journal_range(token))
+            keys = {t: n for t, n in self.conn.execute(q).fetchall()}
+        return Pending({r[0]: int(r[1]) for r in rows}, oldest, keys)
 
     def pages(self, plan: ReadPlan, tables: Sequence[TableInfo], rules: dict[str, TableRule],
               page_size: int, only: set[str] | None = None,

@@ -78,7 +78,8 @@ class Metrics:
                          "on the source's clock (0 when caught up; rises while unreachable)",
                          PAIR, registry=r)
         self.backlog = Gauge("regionsync_backlog_changes",
-                             "Changed rows in the source's journal not yet applied", PAIR,
+                             "Changes in the source's journal not yet applied (a row "
+                             "changed twice counts twice)", PAIR,
                              registry=r)
         self.applied = Counter("regionsync_changes_applied_total",
                                "Rows written into the target region", [*PAIR, "table", "op"],

@@ -265,8 +265,9 @@ class PeerLink:
             pending = None
             only = None
             if token is not None:
-                pending = reader.pending(token, [t.name for t in tables])
-                only = set(pending.keys)
+                filtered_tables = [t for t, r in rules.items() if r.rows is not None]
+                pending = reader.pending(token, [t.name for t in tables], filtered_tables)
+                only = set(pending.changes)
             lag = 0.0
             if pending is not None and pending.oldest_change is not None:
                 lag = max(0.0, (snap.source_now - pending.oldest_change).total_seconds())

@@ -114,7 +114,13 @@ rules:
     # a later change that fails the filter is counted as filtered, not sent
     west.execute("UPDATE contact SET statecode = 1, lastname = 'Gone' WHERE contactid = %s",
                  (keep,))
-    batch = mesh.link("eu-north", "eu-west").run_once()
+    west.execute("UPDATE contact SET lastname = 'Gone again' WHERE contactid = %s", (keep,))
+    link = mesh.link("eu-north", "eu-west")
+    reader, applier = link._connect()
+    with reader.batch():   # two changes of one row: the backlog counts changes, keys once
+        pending = reader.pending(applier.read_token(), ["account", "contact"], ["contact"])
+    assert (pending.changes, pending.keys, pending.total) == ({"contact": 2}, {"contact": 1}, 2)
+    batch = link.run_once()
     assert batch.filtered == {"contact": 1}
     assert mesh.one("eu-north", "SELECT lastname FROM contact") == "Keep"
 
