@@ -77,6 +77,11 @@ def update_batches(conn: psycopg.Connection, ids: list, marker: str, size: int =
     return last
 
 
+def _sample(ids: list) -> list:
+    """~100 keys spread over the key space, and the last one: what a poll looks up."""
+    return list({*ids[::max(1, len(ids) // 100)], ids[-1]})
+
+
 def wait_visible(target: psycopg.Connection, ids: list, marker: str, n: int,
                  timeout: float = 600) -> float:
     """Poll the target every ~10 ms until all ``n`` rows carry ``marker``; returns that time.
@@ -86,7 +91,7 @@ def wait_visible(target: psycopg.Connection, ids: list, marker: str, n: int,
     every poll would run a sequential scan of the target 100 times a second, which steals
     a core from whichever variant happens to apply rows in key order last.
     """
-    sample = list({*ids[::max(1, len(ids) // 100)], ids[-1]})
+    sample = _sample(ids)
     end = time.perf_counter() + timeout
     while time.perf_counter() < end:
         seen = target.execute("SELECT count(*) FROM contact WHERE contactid = ANY(%s) "
@@ -103,7 +108,7 @@ def wait_count(target: psycopg.Connection, n: int, timeout: float = 600,
     """Poll the target every ~10 ms until it holds ``n`` rows; returns that time. With
     ``ids``, each poll first looks up ~100 sample keys (as ``wait_visible`` does) and
     counts only once they are all there."""
-    sample = list({*ids[::max(1, len(ids) // 100)], ids[-1]}) if ids else []
+    sample = _sample(ids) if ids else []
     end = time.perf_counter() + timeout
     while time.perf_counter() < end:
         if (not sample or target.execute(

@@ -228,11 +228,18 @@ class Applier:
         # COMMIT DELETE ROWS), so an existing one needs neither CREATE nor TRUNCATE — a
         # TRUNCATE would give it a new file every page. Only reuse within one transaction
         # (never on the normal path: one segment per table and kind in a page) truncates.
-        if key in self._staged:
+        if key not in self._stages:
+            self._create_stage(name, info, seg)
+            self._stages.add(key)
+        elif key in self._staged:   # a second segment of this kind in one transaction
             self.conn.execute(sql.SQL("TRUNCATE {}").format(name))
-        elif key in self._stages:
-            pass
-        elif seg.kind == "upsert":
+        self._staged.add(key)
+        _copy_in(self.conn, name, seg)
+        self._step("staged")
+        return name
+
+    def _create_stage(self, name: sql.Identifier, info: TableInfo, seg: Segment) -> None:
+        if seg.kind == "upsert":
             self.conn.execute(sql.SQL(
                 "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
                 "SELECT {} FROM public.{} WITH NO DATA").format(
@@ -241,11 +248,6 @@ class Applier:
             self.conn.execute(sql.SQL(
                 "CREATE TEMP TABLE IF NOT EXISTS {} (pk uuid, modifiedon timestamptz, origin text)"
                 " ON COMMIT DELETE ROWS").format(name))
-        self._stages.add(key)
-        self._staged.add(key)
-        _copy_in(self.conn, name, seg)
-        self._step("staged")
-        return name
 
     # -- upserts --------------------------------------------------------------------------
     def _upsert(self, info: TableInfo, seg: Segment, stage: sql.Identifier,

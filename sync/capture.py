@@ -133,22 +133,19 @@ class SourceReader:
             yield Snapshot(token, now)
 
     # -- SQL builders (only identifiers and literals; never a policy's raw text) ----------
-    def _origin_journal(self) -> sql.Composable:
-        if self.origins == "peer":   # mesh: only what the peer itself authored
-            return sql.SQL("c.origin = {}").format(sql.Literal(self.peer))
-        return sql.SQL("c.origin <> {}").format(sql.Literal(self.region))  # hub: all but ours
-
-    def _origin_row(self) -> sql.Composable:
+    def _origin_is_ours_to_read(self, column: sql.Composable) -> sql.Composable:
+        """``column`` (an origin) is one this reader pulls: in a mesh only what the peer
+        itself authored; from a hub everything but our own (loop prevention)."""
         if self.origins == "peer":
-            return sql.SQL("t.sync_origin = {}").format(sql.Literal(self.peer))
-        return sql.SQL("t.sync_origin <> {}").format(sql.Literal(self.region))
+            return sql.SQL("{} = {}").format(column, sql.Literal(self.peer))
+        return sql.SQL("{} <> {}").format(column, sql.Literal(self.region))
 
     def _journal_range(self, token: str) -> sql.Composable:
         """Journal entries (``sync.change_set c``) of transactions the token did not see."""
         return sql.SQL(
             "{origin} AND c.txid >= pg_snapshot_xmin({tok}::pg_snapshot)"
             " AND NOT pg_visible_in_snapshot(c.txid, {tok}::pg_snapshot)").format(
-            origin=self._origin_journal(), tok=sql.Literal(token))
+            origin=self._origin_is_ours_to_read(sql.SQL("c.origin")), tok=sql.Literal(token))
 
     def _keys(self, info: TableInfo, plan: ReadPlan, column: sql.Composable) -> sql.Composable:
         if plan.keys is not None:
@@ -163,7 +160,7 @@ class SourceReader:
         """The COPY of allowed columns of matching rows, and the filter values to bind
         (with ``set_config``) before running it."""
         cols = rule.wire_columns(info)
-        where = (self._origin_row() if plan.initial
+        where = (self._origin_is_ours_to_read(sql.SQL("t.sync_origin")) if plan.initial
                  else self._keys(info, plan, sql.Identifier("t", info.pk)))
         params: list[tuple[str, str]] = []
         if rule.rows is not None:
@@ -178,9 +175,7 @@ class SourceReader:
         joining region may hold the row already (from another peer that has not seen the
         delete yet), and without the tombstone it would keep it forever."""
         if plan.initial:
-            keys = (sql.SQL("tb.origin = {}").format(sql.Literal(self.peer))
-                    if self.origins == "peer"
-                    else sql.SQL("tb.origin <> {}").format(sql.Literal(self.region)))
+            keys = self._origin_is_ours_to_read(sql.SQL("tb.origin"))
         else:
             keys = self._keys(info, plan, sql.SQL("tb.pk"))
         return sql.SQL(
