@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,16 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_SQLSTATES = {"23503", "23505"}  # foreign_key_violation, unique_violation
 
+# Apply waits at most this long for any one lock, then rolls its page back and tries again:
+# shorter than PostgreSQL's default deadlock_timeout (1 s), so when apply and an application
+# transaction wait for each other, apply is the one that gives way.
+LOCK_TIMEOUT = "500ms"
+# Lock waits that roll a page back whole; the page is applied again (idempotent).
+CONTENTION = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+              psycopg.errors.LockNotAvailable)
+PAGE_ATTEMPTS = 6
+KEY_STRIPES = 256   # as in migration 0005 (uuid_hash(pk) & 255)
+
 
 class TokenRegression(psycopg.Error):
     """The stored token is newer than the one we would write: another daemon is applying."""
@@ -45,8 +57,10 @@ class PageResult:
     conflicts: Counter[str] = field(default_factory=Counter)             # table -> rows
     dead_letters: Counter[str] = field(default_factory=Counter)          # table -> rows
     skipped: Counter[str] = field(default_factory=Counter)               # table -> stale rows
+    retries: int = 0          # page attempts rolled back by a deadlock or lock timeout
 
     def add(self, other: PageResult) -> None:
+        self.retries += other.retries
         self.applied.update(other.applied)
         self.conflicts.update(other.conflicts)
         self.dead_letters.update(other.dead_letters)
@@ -106,6 +120,10 @@ class Applier:
                 sql.Identifier(name)), (name,)).fetchone()[0]
             if empty:
                 self._direct.add(name)
+
+    def _no_tombstones(self, info: TableInfo) -> bool:
+        return self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM sync.tombstone "
+                                 "WHERE tablename = %s)", (info.name,)).fetchone()[0]
 
     def _copy_direct(self, info: TableInfo, seg: Segment, result: PageResult) -> bool:
         """COPY a page straight into an empty table; False (nothing changed) on a clash."""
@@ -168,14 +186,26 @@ class Applier:
         database): a local version whose transaction it does not cover was never seen by
         the peer, so an incoming version that overwrites it is a concurrent edit.
         """
-        self._staged.clear()
-        try:
-            return self._apply_page(page, policy_sha=policy_sha, kind=kind, token=token,
-                                    batch_rows=batch_rows, peer_has_seen=peer_has_seen,
-                                    view=view)
-        except BaseException:
-            self._stages.clear()   # a rolled-back transaction takes the stages it created
-            raise
+        for attempt in range(1, PAGE_ATTEMPTS + 1):
+            self._staged.clear()
+            try:
+                result = self._apply_page(page, policy_sha=policy_sha, kind=kind, token=token,
+                                          batch_rows=batch_rows, peer_has_seen=peer_has_seen,
+                                          view=view)
+                result.retries = attempt - 1
+                return result
+            except CONTENTION as exc:
+                self._stages.clear()
+                if attempt == PAGE_ATTEMPTS:
+                    raise
+                delay = random.uniform(0, 0.05 * 2 ** attempt)   # full jitter
+                log.info("peer %s: page of %d rows gave way (%s); attempt %d in %.2fs",
+                         self.peer, page.rows, exc.sqlstate, attempt + 1, delay)
+                time.sleep(delay)
+            except BaseException:
+                self._stages.clear()   # a rolled-back transaction takes the stages it created
+                raise
+        raise AssertionError("unreachable")
 
     def _apply_page(self, page: Page, *, policy_sha: str, kind: str, token: str | None,
                     batch_rows: int, peer_has_seen: str | None,
@@ -187,16 +217,25 @@ class Applier:
             # plpgsql is skipped (migration 0004); a backfill keeps it for its no-op check.
             self.conn.execute("SELECT set_config('regionsync.origin', %s, true), "
                               "set_config('regionsync.journal', %s, true), "
-                              "set_config('regionsync.stamped', %s, true)",
+                              "set_config('regionsync.stamped', %s, true), "
+                              "set_config('lock_timeout', %s, true)",
                               (self.peer, "on" if self.journal else "off",
-                               "off" if backfill else "on"))
+                               "off" if backfill else "on", LOCK_TIMEOUT))
+            staged: list[tuple[TableInfo, Segment, sql.Identifier | None]] = []
             for seg in page.segments:
-                self._step("segment")
                 info = self.schema.tables[seg.table]
-                if kind == "initial" and seg.kind == "upsert" and seg.table in self._direct \
-                        and self._copy_direct(info, seg, result):
-                    continue
-                stage = self._stage(info, seg)
+                direct = kind == "initial" and seg.kind == "upsert" and seg.table in self._direct
+                staged.append((info, seg, None if direct else self._stage(info, seg)))
+            self._lock_keys(staged)
+            for info, seg, stage in staged:
+                self._step("segment")
+                if stage is None:
+                    # decided before the locks: a delete (from another peer) committed
+                    # since then leaves a tombstone that a straight COPY would ignore
+                    if self._no_tombstones(info) and self._copy_direct(info, seg, result):
+                        continue
+                    self._direct.discard(info.name)
+                    stage = self._stage(info, seg)
                 if seg.kind == "upsert":
                     if not backfill:
                         result.conflicts[info.name] += self.conflicts.local_losers(
@@ -216,23 +255,56 @@ class Applier:
                     "VALUES (%s, %s, %s, %s, %s)", (self.peer, kind, page.rows, policy_sha, token))
         return result
 
+    def _lock_keys(self, staged: list[tuple[TableInfo, Segment, sql.Identifier | None]]
+                   ) -> None:
+        """Take the page's key-stripe locks, all at once in one global order (migration 0005).
+
+        Deletes take their stripes exclusively, upserts share theirs (as the application's
+        inserts do): a delete and an insert of one key are never decided at once, and every
+        decision after this sees whatever the other committed. A segment COPYed straight
+        into an empty table shares every stripe of its table (its keys are not known yet).
+        """
+        parts: list[sql.Composable] = []
+        for info, seg, stage in staged:
+            space = sql.SQL("sync.key_lock_space({})").format(sql.Literal(info.name))
+            if stage is None:
+                parts.append(sql.SQL("SELECT {}, g, false FROM generate_series(0, {}) g").format(
+                    space, sql.Literal(KEY_STRIPES - 1)))
+                continue
+            key = "pk" if seg.kind == "delete" else info.pk
+            parts.append(sql.SQL("SELECT {}, uuid_hash({}) & {}, {} FROM {}").format(
+                space, sql.Identifier(key), sql.Literal(KEY_STRIPES - 1),
+                sql.Literal(seg.kind == "delete"), stage))
+        if not parts:
+            return
+        self.conn.execute(sql.SQL("""
+            SELECT sync.lock_key_stripes(array_agg(sp ORDER BY sp, st),
+                                         array_agg(st ORDER BY sp, st),
+                                         array_agg(x ORDER BY sp, st))
+            FROM (SELECT sp, st, bool_or(x) AS x FROM ({}) u(sp, st, x) GROUP BY 1, 2) g""").format(
+            sql.SQL(" UNION ALL ").join(parts)))
+        self._step("locked")
+
     def _step(self, name: str) -> None:
         if self.fault_hook is not None:
             self.fault_hook(name)
 
     def _stage(self, info: TableInfo, seg: Segment) -> sql.Identifier:
         digest = hashlib.sha1(",".join(seg.columns).encode()).hexdigest()[:10]
-        key = f"rs_{seg.kind}_{info.name}_{digest}"
-        name = sql.Identifier(key)
+        base = key = f"rs_{seg.kind}_{info.name}_{digest}"
         # Stage tables live as long as the connection and empty themselves at commit (ON
         # COMMIT DELETE ROWS), so an existing one needs neither CREATE nor TRUNCATE — a
-        # TRUNCATE would give it a new file every page. Only reuse within one transaction
-        # (never on the normal path: one segment per table and kind in a page) truncates.
+        # TRUNCATE would give it a new file every page. A page stages every segment before
+        # applying any, so a second segment of one table and kind (never on the normal
+        # path) gets a stage of its own.
+        n = 1
+        while key in self._staged:
+            n += 1
+            key = f"{base}_{n}"
+        name = sql.Identifier(key)
         if key not in self._stages:
             self._create_stage(name, info, seg)
             self._stages.add(key)
-        elif key in self._staged:   # a second segment of this kind in one transaction
-            self.conn.execute(sql.SQL("TRUNCATE {}").format(name))
         self._staged.add(key)
         _copy_in(self.conn, name, seg)
         self._step("staged")
@@ -267,17 +339,30 @@ class Applier:
                   AND NOT EXISTS (SELECT 1 FROM sync.tombstone tb
                                   WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
                                     AND (tb.modifiedon, tb.origin) >= (s.modifiedon, s.sync_origin))
+                ORDER BY s.{pk}     -- row locks in key order: no deadlock between appliers
                 ON CONFLICT ({pk}) DO UPDATE SET {updates}
                 WHERE (EXCLUDED.modifiedon, EXCLUDED.sync_origin) {wins}
                       (t.modifiedon, t.sync_origin)
                 RETURNING (xmax = 0) AS inserted)
             SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM r""")
 
+        # A row the application deleted while ON CONFLICT waited for it is re-inserted by
+        # the upsert (the conflict is gone) although its tombstone, committed meanwhile, is
+        # newer: this later statement sees that tombstone and takes the row out again.
+        recheck = sql.SQL("""
+            DELETE FROM public.{table} t USING {stage} s, sync.tombstone tb
+            WHERE {one} AND t.{pk} = s.{pk} AND tb.tablename = {tname} AND tb.pk = s.{pk}
+              AND (tb.modifiedon, tb.origin) >= (t.modifiedon, t.sync_origin)""")
+
         def run(one: sql.Composable, params: tuple[Any, ...] = ()) -> tuple[int, int]:
             q = stmt.format(table=table, cols=_ident_list(cols), scols=_ident_list(cols, "s"),
                             stage=stage, one=one, tname=sql.Literal(info.name), pk=pk,
                             updates=updates, wins=sql.SQL(">=" if backfill else ">"))
             ins, upd = self.conn.execute(q, params).fetchone()
+            if ins:
+                ins -= self.conn.execute(recheck.format(
+                    table=table, stage=stage, one=one, pk=pk, tname=sql.Literal(info.name)),
+                    params).rowcount
             return ins, upd
 
         def count(ins: int, upd: int) -> None:
@@ -322,7 +407,14 @@ class Applier:
                        RETURNING 1)
             SELECT count(*) FROM r""")
 
+        lock_rows = sql.SQL("""
+            SELECT count(*) FROM (SELECT 1 FROM public.{table} t
+                                  WHERE t.{pk} IN (SELECT d.pk FROM {stage} d WHERE {one})
+                                  ORDER BY t.{pk} FOR UPDATE) l""")
+
         def run(one: sql.Composable, params: tuple[Any, ...] = ()) -> None:
+            # row locks in key order first, as the upserts take them
+            self.conn.execute(lock_rows.format(table=table, pk=pk, stage=stage, one=one), params)
             self.conn.execute(stmt.format(tname=tname, stage=stage, one=one), params)
             n = self.conn.execute(delete.format(table=table, stage=stage, pk=pk, one=one),
                                   params).fetchone()[0]

@@ -1,0 +1,225 @@
+"""Convergence under concurrency (invariant 4), end to end.
+
+Three real `regionsync run` daemons, one per region, while an application connection in
+every region inserts, updates (several rows per statement), deletes and re-inserts the
+same small set of contact keys, sometimes several statements in one transaction. Every
+version the writers commit is recorded as it commits (read back inside the writing
+transaction, after the capture triggers ran). After the writers stop and the mesh goes
+quiet, every key in every region must hold the last-writer-wins maximum of those versions
+— its values, time and origin — or be absent if that maximum is a delete.
+
+The default run is short (a fixed seed, ~20 s of writes). Longer runs with other seeds:
+
+    REGIONSYNC_STRESS_SECONDS=120 REGIONSYNC_STRESS_SEEDS=1,2,3 pytest -m stress
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.fix_daemons import mesh_daemons
+from tests.fix_pg import Mesh
+
+REGIONS = ["eu-west", "eu-north", "us-east"]
+COLUMNS = "contactid, firstname, lastname, telephone1, address1_country, modifiedon, sync_origin"
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    """One committed version of a key; ordered as last-writer-wins orders them."""
+
+    modifiedon: datetime
+    origin: str
+    deleted: bool = field(compare=False)
+    firstname: str | None = field(compare=False)
+
+
+@dataclass
+class Tally:
+    statements: int = 0
+    transactions: int = 0
+    rolled_back: dict[str, int] = field(default_factory=dict)
+
+
+class Writer(threading.Thread):
+    """The application in one region: random writes on shared keys until told to stop."""
+
+    def __init__(self, region: str, url: str, keys: list[uuid.UUID], seed: int,
+                 stop: threading.Event, record: dict[uuid.UUID, list[Version]],
+                 lock: threading.Lock) -> None:
+        super().__init__(name=f"writer-{region}", daemon=True)
+        self.region, self.url, self.keys = region, url, keys
+        self.rng = random.Random(f"{seed}-{region}")
+        self.stop, self.record, self.lock = stop, record, lock
+        self.tally = Tally()
+        self.error: BaseException | None = None
+        self._n = 0
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.url, autocommit=False) as conn:
+                while not self.stop.is_set():
+                    self._transaction(conn)
+        except BaseException as exc:  # reported by the test, not lost in a thread
+            self.error = exc
+
+    def _next_label(self) -> str:
+        self._n += 1
+        return f"{self.region}-{self._n}"
+
+    def _transaction(self, conn: psycopg.Connection) -> None:
+        seen: list[Version | tuple[uuid.UUID, Version]] = []
+        statements = 1 if self.rng.random() < 0.8 else self.rng.randint(2, 3)
+        try:
+            for _ in range(statements):
+                seen += self._statement(conn)
+                self.tally.statements += 1
+            conn.commit()
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected,
+                psycopg.errors.LockNotAvailable, psycopg.errors.SerializationFailure) as exc:
+            conn.rollback()
+            name = type(exc).__name__
+            self.tally.rolled_back[name] = self.tally.rolled_back.get(name, 0) + 1
+            return
+        self.tally.transactions += 1
+        with self.lock:
+            for key, version in seen:
+                self.record.setdefault(key, []).append(version)
+
+    def _statement(self, conn: psycopg.Connection) -> list[tuple[uuid.UUID, Version]]:
+        op = self.rng.choices(["insert", "update", "delete"], weights=[3, 5, 2])[0]
+        keys = self.rng.sample(self.keys, self.rng.randint(1, 4))
+        name = self._next_label()
+        if op == "insert":
+            key = keys[0]
+            conn.execute("SAVEPOINT ins")
+            try:
+                conn.execute("INSERT INTO contact (contactid, firstname, lastname, telephone1, "
+                             "address1_country) VALUES (%s, %s, 'Stress', %s, 'IE')",
+                             (key, name, name))
+            except psycopg.errors.UniqueViolation:
+                conn.execute("ROLLBACK TO SAVEPOINT ins")
+                return []
+            conn.execute("RELEASE SAVEPOINT ins")
+            return self._rows(conn, [key])
+        if op == "update":
+            done = [r[0] for r in conn.execute(
+                "UPDATE contact SET firstname = %s, telephone1 = %s WHERE contactid = ANY(%s) "
+                "RETURNING contactid", (name, name, keys)).fetchall()]
+            return self._rows(conn, done)
+        done = [r[0] for r in conn.execute(
+            "DELETE FROM contact WHERE contactid = ANY(%s) RETURNING contactid",
+            (keys,)).fetchall()]
+        return [(k, Version(m, o, True, None)) for k, m, o in conn.execute(
+            "SELECT pk, modifiedon, origin FROM sync.tombstone "
+            "WHERE tablename = 'contact' AND pk = ANY(%s)", (done,)).fetchall()]
+
+    @staticmethod
+    def _rows(conn: psycopg.Connection, keys: list[uuid.UUID]) -> list[tuple[uuid.UUID, Version]]:
+        """The versions as committed: read back after the capture triggers ran."""
+        if not keys:
+            return []
+        return [(k, Version(m, o, False, f)) for k, f, m, o in conn.execute(
+            "SELECT contactid, firstname, modifiedon, sync_origin FROM contact "
+            "WHERE contactid = ANY(%s)", (keys,)).fetchall()]
+
+
+def _snapshot(mesh: Mesh) -> dict[str, dict[uuid.UUID, tuple]]:
+    return {r: {row[0]: row for row in mesh.conn(r).execute(
+        f"SELECT {COLUMNS} FROM contact ORDER BY contactid").fetchall()} for r in REGIONS}
+
+
+def _quiet(mesh: Mesh, timeout: float) -> dict[str, dict[uuid.UUID, tuple]]:
+    """Wait until every region holds the same rows for three checks in a row."""
+    end = time.monotonic() + timeout
+    same_for = 0
+    snap = _snapshot(mesh)
+    while time.monotonic() < end and same_for < 3:
+        time.sleep(0.5)
+        now = _snapshot(mesh)
+        equal = all(now[r] == now[REGIONS[0]] for r in REGIONS)
+        same_for = same_for + 1 if equal and now == snap else 0
+        snap = now
+    return snap
+
+
+def check_against_oracle(snap: dict[str, dict[uuid.UUID, tuple]],
+                         record: dict[uuid.UUID, list[Version]]) -> list[str]:
+    """Every key in every region against the last-writer-wins maximum of its versions."""
+    problems = []
+    for key, versions in sorted(record.items()):
+        winner = max(versions)
+        for region in REGIONS:
+            row = snap[region].get(key)
+            if winner.deleted:
+                if row is not None:
+                    problems.append(f"{region}: {key} resurrected as {row[5]}/{row[6]} "
+                                    f"over delete {winner.modifiedon}/{winner.origin}")
+            elif row is None:
+                problems.append(f"{region}: {key} missing; newest is "
+                                f"{winner.modifiedon}/{winner.origin}")
+            elif (row[5], row[6], row[1]) != (winner.modifiedon, winner.origin,
+                                              winner.firstname):
+                problems.append(f"{region}: {key} holds {row[5]}/{row[6]} ({row[1]}); newest "
+                                f"is {winner.modifiedon}/{winner.origin} ({winner.firstname})")
+    unknown = {k for r in REGIONS for k in snap[r]} - set(record)
+    problems += [f"row {k} that no writer committed" for k in sorted(unknown)]
+    return problems
+
+
+def run_stress(mesh: Mesh, tmp_path: Path, seed: int, seconds: float) -> dict[str, object]:
+    rng = random.Random(seed)
+    keys = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(60)]
+    record: dict[uuid.UUID, list[Version]] = {}
+    lock, stop = threading.Lock(), threading.Event()
+    writers = [Writer(r, mesh.urls[r], keys, seed, stop, record, lock) for r in REGIONS]
+    with mesh_daemons(tmp_path, {r: mesh.urls[r] for r in REGIONS}, poll_interval=0.3,
+                      page_size=20) as daemons:
+        for w in writers:
+            w.start()
+        time.sleep(seconds)     # the workload's length, not a wait for a condition
+        stop.set()
+        for w in writers:
+            w.join(30)
+        snap = _quiet(mesh, timeout=90)
+        alive = {r: p.poll() is None for r, p in daemons.items()}
+    for w in writers:
+        assert w.error is None, f"{w.name}: {w.error!r}"
+    assert all(alive.values()), f"a daemon died: {alive}"
+    problems = check_against_oracle(snap, record)
+    stats = {"seed": seed, "keys": len(record),
+             "statements": sum(w.tally.statements for w in writers),
+             "transactions": sum(w.tally.transactions for w in writers),
+             "rolled_back": [w.tally.rolled_back for w in writers],
+             "versions": sum(len(v) for v in record.values()),
+             "problems": len(problems)}
+    print("stress:", stats)
+    assert not problems, "\n".join(problems[:30])
+    assert stats["versions"] > 100, "the writers committed too little to prove anything"
+    return stats
+
+
+def test_three_daemons_and_three_writers_converge_to_last_writer_wins(
+        mesh: Mesh, tmp_path: Path) -> None:
+    run_stress(mesh, tmp_path, seed=20261128, seconds=20)
+
+
+SEEDS = [int(s) for s in os.environ.get("REGIONSYNC_STRESS_SEEDS", "1,2,3,4,5").split(",")]
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_stress_longer_runs(mesh: Mesh, tmp_path: Path, seed: int) -> None:
+    run_stress(mesh, tmp_path, seed=seed,
+               seconds=float(os.environ.get("REGIONSYNC_STRESS_SECONDS", "60")))
