@@ -30,6 +30,7 @@ from psycopg import sql
 
 from .capture import BINARY_HEADER, BINARY_TRAILER, DELETE_COLUMNS, Page, Segment
 from .conflicts import ConflictRecorder
+from .errors import TokenRegression, describe
 from .schema import Schema, TableInfo
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,6 @@ CONTENTION = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailu
               psycopg.errors.LockNotAvailable)
 PAGE_ATTEMPTS = 6
 KEY_STRIPES = 256   # as in migration 0005 (uuid_hash(pk) & 255)
-
-
-class TokenRegression(psycopg.Error):
-    """The stored token is newer than the one we would write: another daemon is applying."""
 
 
 @dataclass
@@ -130,7 +127,8 @@ class Applier:
         try:
             with self.conn.transaction():
                 _copy_in(self.conn, sql.SQL("public.{}").format(sql.Identifier(info.name)), seg)
-        except psycopg.errors.IntegrityError as exc:  # e.g. a local insert of the same key
+        except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
+            # a local insert of the same key, a value our types cannot hold: merge instead
             log.info("peer %s: direct load of %s fell back to merging (%s)", self.peer,
                      info.name, exc.sqlstate)
             self._direct.discard(info.name)
@@ -170,8 +168,8 @@ class Applier:
                              "rows": rows, "sha": policy_sha,
                              "view": json.dumps(view) if view is not None else None})
         if cur.fetchone() is None:
-            raise TokenRegression(f"token for peer {self.peer} would move backwards; is another "
-                                  "regionsync daemon applying to this region?")
+            raise TokenRegression("token would move backwards; is another regionsync daemon "
+                                  "applying to this region?", peer=self.peer)
 
     # -- pages ----------------------------------------------------------------------------
     def apply_page(self, page: Page, *, policy_sha: str, kind: str = "delta",
@@ -225,7 +223,7 @@ class Applier:
             for seg in page.segments:
                 info = self.schema.tables[seg.table]
                 direct = kind == "initial" and seg.kind == "upsert" and seg.table in self._direct
-                staged.append((info, seg, None if direct else self._stage(info, seg)))
+                staged.append((info, seg, None if direct else self._stage(info, seg, result)))
             self._lock_keys(staged)
             for info, seg, stage in staged:
                 self._step("segment")
@@ -235,7 +233,7 @@ class Applier:
                     if self._no_tombstones(info) and self._copy_direct(info, seg, result):
                         continue
                     self._direct.discard(info.name)
-                    stage = self._stage(info, seg)
+                    stage = self._stage(info, seg, result)
                 if seg.kind == "upsert":
                     if not backfill:
                         result.conflicts[info.name] += self.conflicts.local_losers(
@@ -289,7 +287,7 @@ class Applier:
         if self.fault_hook is not None:
             self.fault_hook(name)
 
-    def _stage(self, info: TableInfo, seg: Segment) -> sql.Identifier:
+    def _stage(self, info: TableInfo, seg: Segment, result: PageResult) -> sql.Identifier:
         digest = hashlib.sha1(",".join(seg.columns).encode()).hexdigest()[:10]
         base = key = f"rs_{seg.kind}_{info.name}_{digest}"
         # Stage tables live as long as the connection and empty themselves at commit (ON
@@ -306,9 +304,35 @@ class Applier:
             self._create_stage(name, info, seg)
             self._stages.add(key)
         self._staged.add(key)
-        _copy_in(self.conn, name, seg)
+        try:
+            with self.conn.transaction():
+                _copy_in(self.conn, name, seg)
+        except psycopg.errors.DataError as exc:
+            if seg.binary:   # same built-in types on both sides: cannot be a value's fault
+                raise
+            log.info("peer %s: staging %s of %s failed (%s); staging row by row", self.peer,
+                     seg.kind, info.name, exc.sqlstate)
+            self._stage_rows_alone(name, info, seg, result)
         self._step("staged")
         return name
+
+    def _stage_rows_alone(self, name: sql.Identifier, info: TableInfo, seg: Segment,
+                          result: PageResult) -> None:
+        """Stage a text segment row by row; a row our types cannot hold (a value out of
+        range, say) is dead-lettered by key and the rest go on."""
+        key_col = "pk" if seg.kind == "delete" else info.pk
+        at = seg.columns.index(key_col)
+        for line in seg.data.split(b"\n"):   # COPY text: one row a line, newlines escaped
+            if not line:
+                continue
+            one = Segment(seg.table, seg.kind, seg.columns, line + b"\n", 1, False)
+            try:
+                with self.conn.transaction():
+                    _copy_in(self.conn, name, one)
+            except psycopg.errors.DataError as exc:
+                key = line.split(b"\t")[at].decode()
+                self._dead_letter(info, None, key_col, key, seg.kind, exc)
+                result.dead_letters[info.name] += 1
 
     def _create_stage(self, name: sql.Identifier, info: TableInfo, seg: Segment) -> None:
         if seg.kind == "upsert":
@@ -445,14 +469,18 @@ class Applier:
                 self._dead_letter(info, stage, key_col, key, kind, exc)
                 result.dead_letters[info.name] += 1
 
-    def _dead_letter(self, info: TableInfo, stage: sql.Identifier, key_col: str, key: Any,
-                     kind: str, exc: psycopg.Error) -> None:
+    def _dead_letter(self, info: TableInfo, stage: sql.Identifier | None, key_col: str,
+                     key: Any, kind: str, exc: psycopg.Error) -> None:
         diag = exc.diag
-        error = diag.message_primary or str(exc)
-        if diag.message_detail:
-            error += f" — {diag.message_detail}"
-        row = self.conn.execute(sql.SQL("SELECT to_jsonb(s) FROM {} s WHERE {} = %s").format(
-            stage, sql.Identifier(key_col)), (key,)).fetchone()
+        # the server's DETAIL and a data error's message quote values: never in error text
+        error = describe(exc)
+        if diag.constraint_name:
+            error += f" on {diag.constraint_name}"
+        if diag.column_name:
+            error += f" in column {diag.column_name}"
+        row = None if stage is None else self.conn.execute(
+            sql.SQL("SELECT to_jsonb(s) FROM {} s WHERE {} = %s").format(
+                stage, sql.Identifier(key_col)), (key,)).fetchone()
         self.conn.execute("""
             INSERT INTO sync.dead_letter AS d (peer, tablename, pk, op, row_data, error, sqlstate,
                                                retryable)

@@ -8,15 +8,11 @@ from pathlib import Path
 
 import click
 
-from .errors import PostgresNotFound, SyncError
+from .cli_errors import Commands, fail
+from .errors import PostgresNotFound
 
 
-def _fail(exc: Exception, code: int = 2) -> None:
-    click.echo(f"regionsync: {exc}", err=True)
-    sys.exit(code)
-
-
-@click.group()
+@click.group(cls=Commands)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object per line, for log shippers.")
@@ -37,10 +33,7 @@ def run(config_path: Path) -> None:
     """Run the daemon for one region (until SIGTERM/SIGINT)."""
     from .config import load_config
     from .daemon import Daemon
-    try:
-        Daemon(load_config(config_path)).run()
-    except (SyncError, OSError) as exc:
-        _fail(exc)
+    Daemon(load_config(config_path)).run()
 
 
 @main.command()
@@ -49,11 +42,8 @@ def migrate(config_path: Path) -> None:
     """Bring the region's database to the current schema (idempotent)."""
     from .config import load_config
     from .migrate import migrate as do_migrate
-    try:
-        cfg = load_config(config_path)
-        do_migrate(cfg.database.conninfo(where="database.url"), cfg.region)
-    except (SyncError, ValueError) as exc:
-        _fail(exc)
+    cfg = load_config(config_path)
+    do_migrate(cfg.database.conninfo(where="database.url"), cfg.region)
     click.echo(f"region {cfg.region}: database at head")
 
 
@@ -66,7 +56,7 @@ def demo(rows: int, keep_running: bool) -> None:
     try:
         run_demo(rows=rows, keep_running=keep_running)
     except PostgresNotFound as exc:
-        _fail(exc, 3)
+        fail(exc, 3)
     except KeyboardInterrupt:
         click.echo("interrupted: everything the demo started has been stopped and removed")
         sys.exit(130)

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import psycopg
 
-from .errors import ConfigError, SyncError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -20,23 +20,21 @@ config_opt = click.option("--config", "config_path", type=click.Path(path_type=P
                           required=True, help="The region's YAML configuration.")
 
 
-def _fail(exc: Exception, code: int = 2) -> None:
-    click.echo(f"regionsync: {exc}", err=True)
-    sys.exit(code)
+def open_local(cfg) -> psycopg.Connection:
+    """The region's own database, or one line naming it and why it cannot be reached."""
+    from .errors import from_db
+    from .pipeline import connect
+    try:
+        return connect(cfg.database.conninfo(where="database.url"),
+                       application_name=f"regionsync-{cfg.region}-cli")
+    except psycopg.Error as exc:
+        raise from_db(exc, what=f"local database {cfg.database.safe_url()}") from exc
 
 
 def _open(config_path: Path):
     from .config import load_config
-    from .pipeline import connect
-    try:
-        cfg = load_config(config_path)
-        conn = connect(cfg.database.conninfo(where="database.url"),
-                       application_name=f"regionsync-{cfg.region}-cli")
-    except ConfigError as exc:
-        _fail(exc, 1)
-    except (SyncError, psycopg.Error) as exc:
-        _fail(exc)
-    return cfg, conn
+    cfg = load_config(config_path)
+    return cfg, open_local(cfg)
 
 
 def _peer_link(cfg, name: str, policy):
@@ -47,7 +45,7 @@ def _peer_link(cfg, name: str, policy):
                     peer_conninfo=peer.conninfo(where=f"peers[{name}].url"),
                     local_conninfo=cfg.database.conninfo(where="database.url"),
                     policy=lambda: policy, origins=peer.origins, page_size=cfg.page_size,
-                    forward=cfg.forward)
+                    forward=cfg.forward, apply_connections=cfg.apply_connections)
 
 
 def _table(rows: list[list[Any]], headers: list[str]) -> None:
@@ -134,13 +132,13 @@ def dlq_show(config_path: Path, ident: int) -> None:
         row = cur.fetchone()
         names = [d.name for d in cur.description or []]
     if row is None:
-        _fail(ConfigError(f"no dead letter {ident}"), 1)
+        raise ConfigError(f"no dead letter {ident} (see `regionsync dlq list`)")
     click.echo(json.dumps(dict(zip(names, row, strict=True)), indent=2, default=str))
 
 
 def _ids(conn: psycopg.Connection, idents: tuple[int, ...], all_: bool) -> list[int]:
     if not idents and not all_:
-        _fail(ConfigError("name dead-letter ids, or pass --all"), 1)
+        raise ConfigError("name dead-letter ids, or pass --all")
     if all_:
         return [r[0] for r in conn.execute("SELECT id FROM sync.dead_letter ORDER BY id")]
     return list(idents)
@@ -157,8 +155,6 @@ def dlq_retry(config_path: Path, idents: tuple[int, ...], all_: bool) -> None:
     cfg, conn = _open(config_path)
     with conn:
         ids = _ids(conn, idents, all_)
-        conn.execute("UPDATE sync.dead_letter SET retryable = true, "
-                     "last_failed_at = now() - interval '1 day' WHERE id = ANY(%s)", (ids,))
         peers = [r[0] for r in conn.execute(
             "SELECT DISTINCT peer FROM sync.dead_letter WHERE id = ANY(%s)", (ids,))]
         policy = load_policy(cfg.policy_dir, introspect(conn))
@@ -170,7 +166,7 @@ def dlq_retry(config_path: Path, idents: tuple[int, ...], all_: bool) -> None:
             continue
         link = _peer_link(cfg, name, policy)
         try:
-            t, r = link.retry_dead_letters(limit=len(ids))
+            t, r = link.retry_dead_letters(ids=ids)
         finally:
             link.close()
         tried, resolved = tried + t, resolved + r
@@ -252,7 +248,8 @@ def resync(config_path: Path, peer: str) -> None:
     cfg, conn = _open(config_path)
     by_name = {p.name: p for p in cfg.peers}
     if peer not in by_name:
-        _fail(ConfigError(f"peer {peer!r} is not in {config_path}"), 1)
+        raise ConfigError(f"peer {peer!r} is not listed under peers", file=str(config_path),
+                          key="peers")
     with conn:
         policy = load_policy(cfg.policy_dir, introspect(conn))
         conn.execute("DELETE FROM sync.peer_state WHERE peer = %s", (peer,))
@@ -271,8 +268,6 @@ def resync(config_path: Path, peer: str) -> None:
             batch = link.run_once()
         while batch.full:
             batch = link.run_once()
-    except (SyncError, psycopg.Error) as exc:
-        _fail(exc)
     finally:
         link.close()
     click.echo(f"resync from {peer} done: {total} row(s) loaded")

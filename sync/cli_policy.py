@@ -4,33 +4,29 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
+from .cli_errors import fail
 from .errors import ConfigError, SyncError
-
-
-def _fail(exc: Exception, code: int = 1) -> None:
-    click.echo(f"regionsync: {exc}", err=True)
-    sys.exit(code)
 
 
 @contextmanager
 def _errors():
+    """Errors end as one line with the documented exit code (see cli_errors)."""
     try:
         yield
-    except ConfigError as exc:
-        _fail(exc, 1)
     except SyncError as exc:
-        _fail(exc, 2)
+        fail(exc)
 
 
 def _context(config_path: Path | None, policy_dir: Path | None, need_db: bool = False):
     """(config, policy, schema, regions) for a command."""
+    from .cli_ops import open_local
     from .config import load_config
-    from .pipeline import connect
     from .policy.loader import load_policy
     from .schema import introspect
     if need_db and config_path is None:
@@ -38,8 +34,7 @@ def _context(config_path: Path | None, policy_dir: Path | None, need_db: bool = 
     cfg = load_config(config_path) if config_path else None
     schema = None
     if cfg is not None:
-        with connect(cfg.database.conninfo(where="database.url"),
-                     application_name="regionsync-cli") as conn:
+        with open_local(cfg) as conn:
             schema = introspect(conn)
     regions = [cfg.region, *(p.name for p in cfg.peers)] if cfg else None
     directory = policy_dir or (cfg.policy_dir if cfg else Path("policies"))
@@ -142,10 +137,17 @@ def why(table: str, key: str, to: str, policy_dir: Path | None,
 
     from .pipeline import connect
     with _errors():
-        cfg, pol, schema, _ = _context(config_path, policy_dir, need_db=True)
+        cfg, pol, schema, regions = _context(config_path, policy_dir, need_db=True)
         info = schema.tables.get(table) if schema else None
         if info is None:
             raise ConfigError(f"unknown table {table!r}")
+        try:
+            uuid.UUID(key)
+        except ValueError:
+            raise ConfigError(f"{key!r} is not a key of {table} ({info.pk} is a UUID)") from None
+        known = sorted(regions or ())
+        if to not in known:
+            raise ConfigError(f"--to {to!r}: no such region (known: {', '.join(known)})")
         rule = pol.rule_for(table, to)
         with connect(cfg.database.conninfo(where="database.url"),
                      application_name="regionsync-cli") as conn:
@@ -155,7 +157,7 @@ def why(table: str, key: str, to: str, policy_dir: Path | None,
                                .format(passes, sql.Identifier(table), sql.Identifier(info.pk)),
                                (key,)).fetchone()
     if row is None:
-        _fail(ConfigError(f"{table} {key} does not exist in region {cfg.region}"))
+        fail(ConfigError(f"{table} {key} does not exist in region {cfg.region}"))
     origin, matched = row
     if rule is None:
         click.echo(f"{table} {key} → {to}: NOT SENT — no rule sends {table} to {to} "

@@ -26,29 +26,37 @@ class Endpoint(BaseModel):
     password_file: Path | None = None
 
     def conninfo(self, *, where: str) -> str:
-        """libpq connection string with the secret filled in (never log it)."""
+        """libpq connection string with the secret filled in (never log it). ``where`` names
+        the URL's key (``database.url``, ``peers[eu-north].url``) in errors."""
         url = yamlfile.expand_env(self.url, where=where)
         extra: dict[str, str] = {}
-        password = self.password()
+        password = self.password(where=where.rsplit(".", 1)[0])
         if password is not None:
             extra["password"] = password.get_secret_value()
         try:
-            return psycopg.conninfo.make_conninfo(url, **extra)
+            params = psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.ProgrammingError as exc:
-            raise ConfigError(f"invalid database URL: {exc}", key=where) from exc
+            # libpq's message quotes the URL's text, which may hold a password: never echo it
+            raise ConfigError("invalid database URL (check its syntax and percent-encoding; "
+                              "put the password in password_env or password_file)",
+                              key=where) from exc
+        for port in str(params.get("port", "5432")).split(","):
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"port {port!r} is not a TCP port (1-65535)", key=where)
+        return psycopg.conninfo.make_conninfo(url, **extra)
 
-    def password(self) -> SecretStr | None:
+    def password(self, *, where: str = "database") -> SecretStr | None:
         if self.password_env:
             if self.password_env not in os.environ:
                 raise ConfigError(f"environment variable {self.password_env} is not set",
-                                  key="password_env")
+                                  key=f"{where}.password_env")
             return SecretStr(os.environ[self.password_env])
         if self.password_file:
             try:
                 return SecretStr(self.password_file.read_text().strip())
             except OSError as exc:
-                raise ConfigError(f"cannot read password file: {exc.strerror}",
-                                  key="password_file") from exc
+                raise ConfigError(f"cannot read password file {self.password_file}: "
+                                  f"{exc.strerror}", key=f"{where}.password_file") from exc
         return None
 
     def safe_url(self) -> str:
@@ -125,4 +133,16 @@ def load_config(path: Path) -> RegionConfig:
     for ep in [cfg.database, *cfg.peers]:
         if ep.password_file is not None and not ep.password_file.is_absolute():
             ep.password_file = base / ep.password_file
+    # Resolve every URL and secret now, so a missing variable or unreadable file is one
+    # error naming file, line and key at start-up, not a failure minutes later.
+    endpoints = [(("database",), "database.url", cfg.database)] + [
+        (("peers", i), f"peers[{p.name}].url", p) for i, p in enumerate(cfg.peers)]
+    for loc, where, ep in endpoints:
+        try:
+            ep.conninfo(where=where)
+        except ConfigError as exc:
+            field = (exc.key or "url").rsplit(".", 1)[-1]
+            raise ConfigError(exc.detail, file=str(path),
+                              line=yamlfile.line_of(doc, (*loc, field)) or
+                              yamlfile.line_of(doc, loc), key=exc.key) from exc
     return cfg

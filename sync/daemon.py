@@ -26,7 +26,16 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from .config import RegionConfig
-from .errors import PolicyError, SyncError
+from .errors import (
+    ConfigError,
+    PeerFatal,
+    PolicyError,
+    SchemaError,
+    SyncError,
+    TransientError,
+    describe,
+    from_db,
+)
 from .http import StatusServer
 from .leader import LeaderLock
 from .metrics import Metrics
@@ -40,6 +49,7 @@ from .status import local_status
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
+STOPPED_RECHECK = 300.0   # a stopped link is tried again this often (the cause may be fixed)
 
 
 class Daemon:
@@ -54,6 +64,7 @@ class Daemon:
         self._http: StatusServer | None = None
         self._links: dict[str, PeerLink] = {}
         self._failures: dict[str, int] = {}
+        self._stopped_links: dict[str, str] = {}     # peer -> why it stopped
         self._not_before: dict[str, float] = {}
         self._local = config.database.conninfo(where="database.url")
         self._lock = LeaderLock(self._local, config.region)
@@ -62,15 +73,58 @@ class Daemon:
         self.http_port: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
+    def _local_schema(self):
+        """Check the local database is this region's and migrated; read its schema."""
+        cfg = self.config
+        try:
+            with connect(self._local, application_name=f"regionsync-{cfg.region}") as conn:
+                try:
+                    region = conn.execute("SELECT region FROM sync.settings").fetchone()
+                except psycopg.errors.UndefinedTable as exc:
+                    raise SchemaError(f"database {cfg.database.safe_url()} has no regionsync "
+                                      "schema; run `regionsync migrate --config "
+                                      f"{cfg.source_file or 'region.yaml'}` first") from exc
+                if region is None or region[0] != cfg.region:
+                    raise ConfigError(
+                        f"database {cfg.database.safe_url()} belongs to region "
+                        f"{region[0] if region else None!r}, not {cfg.region!r}; run "
+                        "`regionsync migrate` with this config", key="region",
+                        file=str(cfg.source_file) if cfg.source_file else None)
+                return introspect(conn)
+        except psycopg.Error as exc:
+            raise from_db(exc, what=f"local database {cfg.database.safe_url()}") from exc
+
+    def _wait_for_local(self):
+        """The schema once the local database answers; until then, not ready (503), one
+        warning per attempt, exponential backoff. Errors that waiting cannot cure raise."""
+        attempt = 0
+        while True:
+            try:
+                return self._local_schema()
+            except TransientError as exc:
+                attempt += 1
+                delay = min(MAX_BACKOFF, 2 ** attempt) * random.uniform(0.5, 1.0)
+                log.warning("region %s: %s; retrying in %.0fs (not ready)", self.config.region,
+                            exc, delay, extra={"region": self.config.region})
+                if self._stop.wait(delay):
+                    return None
+
     def start(self) -> None:
         cfg = self.config
-        with connect(self._local, application_name=f"regionsync-{cfg.region}") as conn:
-            region = conn.execute("SELECT region FROM sync.settings").fetchone()
-            if region is None or region[0] != cfg.region:
-                raise SyncError(f"database {cfg.database.safe_url()} belongs to region "
-                                f"{region[0] if region else None!r}, not {cfg.region!r}; run "
-                                "`regionsync migrate` with this config")
-            schema = introspect(conn)
+        if cfg.metrics.port:
+            self._http = StatusServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry,
+                                      self._ready, self.status)
+            try:
+                self.http_port = self._http.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {exc.strerror} "
+                    "(another daemon on this port? pick another, or 0 to disable)",
+                    key="metrics.port",
+                    file=str(cfg.source_file) if cfg.source_file else None) from exc
+        schema = self._wait_for_local()
+        if schema is None:   # stopped while waiting
+            return
         regions = [cfg.region, *(p.name for p in cfg.peers)]
         self.policy = PolicyHolder(cfg.policy_dir, schema, regions=regions,
                                    on_loaded=self._policy_loaded,
@@ -84,10 +138,6 @@ class Daemon:
                 poll_interval=cfg.poll_interval, forward=cfg.forward,
                 apply_connections=cfg.apply_connections)
         self.metrics.leader.labels(cfg.region).set(0)
-        if cfg.metrics.port:
-            self._http = StatusServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry,
-                                      self._ready, self.status)
-            self.http_port = self._http.start()
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(len(cfg.peers) + 1)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
@@ -101,7 +151,9 @@ class Daemon:
             self._scheduler.add_job(self._poll, "interval", seconds=cfg.poll_interval,
                                     args=[name], id=f"poll-{name}", next_run_time=now)
         self._scheduler.start()
-        log.info("region %s: syncing from %s every %.1fs (policy %s)%s", cfg.region,
+        log.info("region %s (%s): syncing from %s every %.1fs (policy %s)%s", cfg.region,
+                 "leader" if self.is_leader else "standby: another daemon holds the leader "
+                 "lock; taking over when it goes",
                  ", ".join(self._links) or "no peers", cfg.poll_interval,
                  self.policy.current().sha,
                  f"; metrics on http://{cfg.metrics.host}:{self.http_port}/metrics"
@@ -171,22 +223,53 @@ class Daemon:
                 or time.monotonic() < self._not_before.get(peer, 0.0):
             return
         try:
-            while not self._stop.is_set() and self.is_leader:
-                batch = link.run_once()
-                self.metrics.peer_reachable.labels(peer).set(1)
-                if not (batch.full and batch.complete):
-                    break
-            if not self._stop.is_set():
-                link.retry_dead_letters()
+            try:
+                while not self._stop.is_set() and self.is_leader:
+                    batch = link.run_once()
+                    self.metrics.peer_reachable.labels(peer).set(1)
+                    if batch.retries:
+                        self.metrics.apply_retries.labels(peer, self.config.region).inc(
+                            batch.retries)
+                    if not (batch.full and batch.complete):
+                        break
+                if not self._stop.is_set():
+                    link.retry_dead_letters()
+            except psycopg.Error as exc:      # the database edge: classify once, here
+                raise from_db(exc, peer=peer) from exc
             self._failures[peer] = 0
-        except (psycopg.Error, SyncError) as exc:
-            unreachable = isinstance(exc, psycopg.OperationalError)
+            self._resume(peer)
+        except TransientError as exc:
+            unreachable = exc.sqlstate is None or exc.sqlstate.startswith("08")
             if unreachable:
                 self.metrics.peer_reachable.labels(peer).set(0)
             self._back_off(peer, link, exc, unreachable)
-        except Exception as exc:
-            log.exception("peer %s: unexpected error; will retry", peer)
+        except (PeerFatal, ConfigError, SchemaError) as exc:
+            self._stop_link(peer, link, exc)
+        except Exception as exc:   # a bug: one line at ERROR, the traceback at DEBUG
+            log.error("peer %s: unexpected %s: %s; will retry", peer, type(exc).__name__,
+                      describe(exc), extra={"peer": peer})
+            log.debug("traceback", exc_info=True)
             self._back_off(peer, link, exc, False)
+
+    def _stop_link(self, peer: str, link: PeerLink, exc: SyncError) -> None:
+        """Retrying cannot cure this: the link stops (other links go on), says why on
+        /status, in regionsync_link_stopped and in one log line, and is tried again every
+        STOPPED_RECHECK seconds in case the cause was fixed."""
+        reason = describe(exc)
+        if self._stopped_links.get(peer) != reason:
+            log.error("peer %s: link stopped: %s", peer, reason,
+                      extra={"peer": peer, "error": type(exc).__name__})
+        self._stopped_links[peer] = reason
+        self.metrics.link_stopped.labels(peer, self.config.region).set(1)
+        if link.health is not None:
+            link.health.failed(f"stopped: {reason}", False)
+        self._not_before[peer] = time.monotonic() + STOPPED_RECHECK
+        link.close()
+
+    def _resume(self, peer: str) -> None:
+        if self._stopped_links.pop(peer, None) is not None:
+            log.info("peer %s: link running again", peer, extra={"peer": peer})
+            self.metrics.link_stopped.labels(peer, self.config.region).set(0)
 
     def _warm(self, peer: str, link: PeerLink) -> None:
         """A standby keeps its connections open and schemas read, so that taking over
@@ -202,11 +285,10 @@ class Daemon:
         delay *= random.uniform(0.5, 1.0)
         self._not_before[peer] = time.monotonic() + delay
         self.metrics.apply_errors.labels(peer, self.config.region).inc()
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        reason = describe(exc)
         if link.health is not None:
-            link.health.failed(f"{type(exc).__name__}: {first_line}", unreachable)
-        log.warning("peer %s: batch failed (%s: %s); retry %d in %.1fs", peer,
-                    type(exc).__name__, first_line, n, delay,
+            link.health.failed(reason, unreachable)
+        log.warning("peer %s: batch failed (%s); retry %d in %.1fs", peer, reason, n, delay,
                     extra={"peer": peer, "attempt": n})
         link.close()
 
@@ -229,7 +311,7 @@ class Daemon:
 
     def _ready(self) -> tuple[bool, str]:
         if self.policy is None:
-            return False, "starting"
+            return False, "starting: waiting for the local database"
         try:
             with connect(self._local,
                          application_name=f"regionsync-{self.config.region}-ready") as conn:
@@ -252,6 +334,8 @@ class Daemon:
             h = self.metrics.peer(name, cfg.region, cfg.poll_interval)
             record = stored.get("peers", {}).get(name, {}) if isinstance(stored, dict) else {}
             peers[name] = {**record, "lag_seconds": round(h.lag(), 3), "backlog": h.backlog,
-                           "reachable": h.reachable, "last_error": h.last_error}
+                           "reachable": h.reachable, "last_error": h.last_error,
+                           "state": ("stopped: " + self._stopped_links[name])
+                           if name in self._stopped_links else "running"}
         return {"region": cfg.region, "role": "leader" if self.is_leader else "standby",
                 "policy": self.policy.current().sha if self.policy else None, "peers": peers}

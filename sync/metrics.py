@@ -109,6 +109,12 @@ class Metrics:
         self.peer_reachable = Gauge("regionsync_peer_reachable",
                                     "1 if the last attempt to reach the peer succeeded", ["peer"],
                                     registry=r)
+        self.link_stopped = Gauge("regionsync_link_stopped",
+                                  "1 while a peer link is stopped by an error retrying cannot "
+                                  "cure (reason on /status and in the log)", PAIR, registry=r)
+        self.apply_retries = Counter("regionsync_apply_retries_total",
+                                     "Page transactions rolled back by a deadlock or lock "
+                                     "timeout and applied again", PAIR, registry=r)
         self.leader = Gauge("regionsync_leader",
                             "1 on the active daemon of a region, 0 on a standby", ["region"],
                             registry=r)

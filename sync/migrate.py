@@ -8,10 +8,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import psycopg
 from alembic.config import Config
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from alembic import command
+
+from .errors import ConfigError, SchemaError, from_db
 
 log = logging.getLogger(__name__)
 
@@ -22,21 +27,21 @@ def alembic_dir() -> Path:
     for candidate in (here / "_alembic", here.parent / "alembic"):
         if (candidate / "env.py").is_file():
             return candidate
-    raise FileNotFoundError("regionsync's alembic migrations are not installed")
+    raise SchemaError("regionsync's alembic migrations are not installed (reinstall the "
+                      "package)")
 
 
-def sqlalchemy_url(url: str) -> str:
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
+def migrate(conninfo: str, region: str) -> None:
+    """Upgrade to head, then record this database's region name (used by the capture triggers).
 
-
-def migrate(url: str, region: str) -> None:
-    """Upgrade to head, then record this database's region name (used by the capture triggers)."""
+    ``conninfo`` is anything libpq takes (a URL or ``key=value`` pairs, a password filled
+    in from ``password_env``/``password_file``): the engine is handed psycopg connections
+    made from it rather than a SQLAlchemy URL, which could not hold both forms.
+    """
     cfg = Config()
     cfg.set_main_option("script_location", str(alembic_dir()))
-    engine = create_engine(sqlalchemy_url(url))
+    engine = create_engine("postgresql+psycopg://", poolclass=NullPool,
+                           creator=lambda: psycopg.connect(conninfo, connect_timeout=10))
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
@@ -44,11 +49,18 @@ def migrate(url: str, region: str) -> None:
         with engine.begin() as conn:
             current = conn.execute(text("SELECT region FROM sync.settings")).scalar()
             if current is not None and current != region:
-                raise ValueError(
+                raise ConfigError(
                     f"this database belongs to region {current!r}, not {region!r}; refusing to "
-                    "rename a region (its journal and peers' tokens refer to the old name)")
+                    "rename a region (its journal and peers' tokens refer to the old name)",
+                    key="region")
             conn.execute(text("INSERT INTO sync.settings (region) VALUES (:r) "
                               "ON CONFLICT (id) DO NOTHING"), {"r": region})
         log.info("region %s migrated to head", region)
+    except DBAPIError as exc:   # SQLAlchemy's wrapper: classify psycopg's error inside it
+        if isinstance(exc.orig, psycopg.Error):
+            raise from_db(exc.orig, what="migrate") from exc
+        raise
+    except psycopg.Error as exc:
+        raise from_db(exc, what="migrate") from exc
     finally:
         engine.dispose()

@@ -59,6 +59,7 @@ class BatchResult:
     conflicts: dict[str, int] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)
     filtered: dict[str, int] = field(default_factory=dict)
+    retries: int = 0       # page transactions that gave way to a lock and ran again
 
 
 @dataclass(frozen=True)
@@ -295,7 +296,8 @@ class PeerLink:
             full=rows >= self.page_size, complete=complete,
             lag_seconds=lag, source_now=snap.source_now,
             applied=dict(result.applied), conflicts=dict(result.conflicts),
-            dead_letters=dict(result.dead_letters), filtered=filtered)
+            dead_letters=dict(result.dead_letters), filtered=filtered,
+            retries=result.retries)
         self._record(batch, time.monotonic() - started)
         counts = {f"{t}.{op}": n for (t, op), n in sorted(batch.applied.items()) if n}
         extra = {"peer": self.peer, "rows": rows, "applied": counts,
@@ -326,20 +328,29 @@ class PeerLink:
                 self.health.applied()
             m.last_success.labels(*pair).set(time.time())
 
-    def retry_dead_letters(self, limit: int = 500) -> tuple[int, int]:
-        """Re-read retryable dead letters' current rows from the peer and apply them again.
+    def retry_dead_letters(self, limit: int = 500,
+                           ids: list[int] | None = None) -> tuple[int, int]:
+        """Re-read dead letters' current rows from the peer and apply them again.
 
-        Foreign-key and unique violations are usually ordering effects between peers (a
-        parent authored elsewhere arrives a moment later), so they heal here; attempts back
-        off exponentially (2^attempts seconds, at most 5 minutes). Returns (tried, resolved).
+        Without ``ids``: the retryable ones whose back-off has passed. Foreign-key and unique
+        violations are usually ordering effects between peers (a parent authored elsewhere
+        arrives a moment later), so they heal here; attempts back off exponentially
+        (2^attempts seconds, at most 5 minutes). With ``ids`` (an operator's `dlq retry`):
+        exactly those of this peer, now. Returns (tried, resolved).
         """
         reader, _ = self._connect()
         assert self.target is not None
-        rows = self.target.execute("""
-            SELECT id, tablename, pk FROM sync.dead_letter
-            WHERE peer = %s AND retryable
-              AND last_failed_at < now() - make_interval(secs => least(power(2, attempts), 300))
-            ORDER BY id LIMIT %s""", (self.peer, limit)).fetchall()
+        if ids is not None:
+            rows = self.target.execute(
+                "SELECT id, tablename, pk FROM sync.dead_letter WHERE peer = %s AND id = ANY(%s)"
+                " ORDER BY id", (self.peer, ids)).fetchall()
+        else:
+            rows = self.target.execute("""
+                SELECT id, tablename, pk FROM sync.dead_letter
+                WHERE peer = %s AND retryable
+                  AND last_failed_at < now() - make_interval(secs => least(power(2, attempts),
+                                                                           300))
+                ORDER BY id LIMIT %s""", (self.peer, limit)).fetchall()
         if not rows:
             self._count_dead_letters()
             return 0, 0

@@ -71,6 +71,20 @@ def _file_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in names)))
 
 
+def _field_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
+    """Every field name of ``model`` and the models nested in it (for did-you-mean)."""
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return set()
+    seen.add(model)
+    names = set(model.model_fields)
+    for f in model.model_fields.values():
+        for arg in (f.annotation, *getattr(f.annotation, "__args__", ())):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                names |= _field_names(arg, seen)
+    return names
+
+
 def key_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -97,7 +111,8 @@ def validate(model: type[M], doc: Any, path: Path,
         if first["type"] == "extra_forbidden":
             missing = [str(e["loc"][-1]) for e in plain
                        if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
-            guess = difflib.get_close_matches(str(loc[-1]), missing, n=1)
+            guess = difflib.get_close_matches(str(loc[-1]), missing, n=1) or \
+                difflib.get_close_matches(str(loc[-1]), sorted(_field_names(model)), n=1)
             msg = "unknown key" + (f" (did you mean {guess[0]!r}?)" if guess else "")
         if more:
             msg += f" (and {more} more problem{'s' if more > 1 else ''})"

@@ -93,7 +93,7 @@ def check_cli(argv: list[str]) -> None:
     sub.make_context(name, rest, parent=ctx)
 
 
-def test_compose_file_matches_the_cli_the_configs_and_prometheus() -> None:
+def test_compose_file_matches_the_cli_the_configs_and_prometheus(monkeypatch) -> None:
     compose = YAML(typ="safe").load((ROOT / "docker" / "compose.yml").read_text())
     services = compose["services"]
     regions = ["eu-west", "eu-north", "us-east"]
@@ -109,6 +109,8 @@ def test_compose_file_matches_the_cli_the_configs_and_prometheus() -> None:
             cfg_src = (ROOT / "docker" / mounts["/etc/regionsync/region.yaml"]).resolve()
             assert cfg_src.is_file()
             assert (ROOT / "docker" / mounts["/etc/regionsync/policies"]).resolve().is_dir()
+            for name in svc["environment"]:   # the secrets compose gives the container
+                monkeypatch.setenv(name, "from-compose")
             cfg = load_config(cfg_src)
             assert cfg.region == r and cfg.metrics.port == 9187
             assert {p.name for p in cfg.peers} == set(regions) - {r}
