@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psycopg
 
-from sync.cluster import LocalCluster, free_port
-from sync.migrate import migrate
+from sync.db.migrate import migrate
+from sync.testing.cluster import LocalCluster, free_port
 
 from . import workload as w
 from .variants import ROOT, Native, Regionsync, copy_floor, fresh_db

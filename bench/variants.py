@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psycopg
 
-from sync.cluster import LocalCluster, free_port
-from sync.leader import LOCK_CLASS, LOCK_ID
-from sync.migrate import migrate
+from sync.db.migrate import migrate
+from sync.runtime.leader import LOCK_CLASS, LOCK_ID
+from sync.testing.cluster import LocalCluster, free_port
 
 from . import workload as w
 

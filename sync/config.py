@@ -13,8 +13,8 @@ from typing import Literal
 import psycopg.conninfo
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from . import yamlfile
-from .errors import ConfigError
+from sync import yamlfile
+from sync.errors import ConfigError
 
 RegionName = str
 

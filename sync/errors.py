@@ -62,9 +62,9 @@ class SchemaError(SyncError):
     """The region database is not in the shape regionsync expects (not migrated?)."""
 
 
-class TransientError(SyncError):
-    """A failure worth retrying: a peer or the local database is unreachable, a lock wait
-    timed out, a deadlock or serialization failure. ``sqlstate`` when the server sent one."""
+class _LinkError(SyncError):
+    """An error about one peer link (or the local database: ``peer`` None), with the
+    server's SQLSTATE when there was one."""
 
     def __init__(self, message: str, *, peer: str | None = None,
                  sqlstate: str | None = None) -> None:
@@ -77,20 +77,15 @@ class TransientError(SyncError):
         return (_rebuild, (type(self), self.detail, self.peer, self.sqlstate))
 
 
-class PeerFatal(SyncError):
+class TransientError(_LinkError):
+    """A failure worth retrying: a peer or the local database is unreachable, a lock wait
+    timed out, a deadlock or serialization failure."""
+
+
+class PeerFatal(_LinkError):
     """Retrying cannot help this peer link (no privilege, a table or column missing on one
     side, a token from another database): the link stops until the operator acts; the
     other links go on."""
-
-    def __init__(self, message: str, *, peer: str | None = None,
-                 sqlstate: str | None = None) -> None:
-        self.peer = peer
-        self.sqlstate = sqlstate
-        self.detail = message
-        super().__init__(f"peer {peer}: {message}" if peer else message)
-
-    def __reduce__(self):
-        return (_rebuild, (type(self), self.detail, self.peer, self.sqlstate))
 
 
 class TokenRegression(PeerFatal):

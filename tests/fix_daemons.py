@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sync.cluster import free_port
+from sync.testing.cluster import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

@@ -15,13 +15,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sync.cluster import LocalCluster
+from sync.db.catalog import Schema, introspect
+from sync.db.connect import connect
+from sync.db.migrate import migrate
 from sync.errors import SyncError
-from sync.migrate import migrate
-from sync.pipeline import BatchResult, PeerLink, connect
+from sync.link import PeerLink
 from sync.policy import Policy, load_policy
-from sync.schema import Schema, introspect
-from sync.verify import synced_rows
+from sync.records import BatchResult
+from sync.testing.cluster import LocalCluster
+from sync.testing.verify import synced_rows
 
 REGIONS = ["eu-west", "eu-north", "us-east", "ap-south"]
 TEMPLATE = "regionsync_template"

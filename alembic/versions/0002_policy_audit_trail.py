@@ -15,7 +15,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute("""
-    -- One row per applied page: which policy filtered it (DESIGN: integration_log).
+    -- One row per applied page: which policy filtered it (the receiver's record of each transfer).
     CREATE TABLE sync.integration_log (
         id          bigserial PRIMARY KEY,
         peer        text        NOT NULL,

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import PolicyError
-from ..schema import Schema
-from .loader import load_policy
-from .model import Policy
+from sync.db.catalog import Schema
+from sync.errors import PolicyError
+from sync.policy.loader import load_policy
+from sync.policy.model import Policy
 
 log = logging.getLogger(__name__)
 

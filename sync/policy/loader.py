@@ -15,11 +15,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .. import yamlfile
-from ..errors import FilterSyntaxError, PolicyError
-from ..schema import LOCAL_ONLY_COLUMNS, SYSTEM_COLUMNS, Schema
-from .model import Policy, TableRule
-from .rowfilter import RowFilter
+from sync import yamlfile
+from sync.db.catalog import LOCAL_ONLY_COLUMNS, SYSTEM_COLUMNS, Schema
+from sync.errors import FilterSyntaxError, PolicyError
+from sync.policy.model import Policy, TableRule
+from sync.policy.rowfilter import RowFilter
 
 Name = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
 ColumnRef = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*\.([a-z_][a-z0-9_]*|\*)$")]

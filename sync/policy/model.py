@@ -6,9 +6,9 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..errors import PolicyError
-from ..schema import SYSTEM_COLUMNS, Schema, TableInfo
-from .rowfilter import RowFilter
+from sync.db.catalog import SYSTEM_COLUMNS, Schema, TableInfo
+from sync.errors import PolicyError
+from sync.policy.rowfilter import RowFilter
 
 
 @dataclass(frozen=True)

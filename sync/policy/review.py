@@ -10,8 +10,8 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from ..schema import SYSTEM_COLUMNS, Schema
-from .model import Policy
+from sync.db.catalog import SYSTEM_COLUMNS, Schema
+from sync.policy.model import Policy
 
 OTHER = "*"   # stands for "any region not named": matched only by rules sent to "*"
 

@@ -20,13 +20,14 @@ so the two can be checked against each other.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
 
-from ..errors import FilterSyntaxError
+from sync.errors import FilterSyntaxError
 
 Literal = str | int | Decimal | bool
 
@@ -136,18 +137,18 @@ class _Parser:
         return node
 
     def expr(self) -> Node:
-        parts = [self.and_expr()]
-        while self.peek().kind == "or":
-            self.i += 1
-            parts.append(self.and_expr())
-        return parts[0] if len(parts) == 1 else BoolOp("or", tuple(parts))
+        return self._chain("or", self.and_expr)
 
     def and_expr(self) -> Node:
-        parts = [self.not_expr()]
-        while self.peek().kind == "and":
+        return self._chain("and", self.not_expr)
+
+    def _chain(self, op: str, operand: Callable[[], Node]) -> Node:
+        """``operand (op operand)*``, flattened into one BoolOp."""
+        parts = [operand()]
+        while self.peek().kind == op:
             self.i += 1
-            parts.append(self.not_expr())
-        return parts[0] if len(parts) == 1 else BoolOp("and", tuple(parts))
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else BoolOp(op, tuple(parts))
 
     def not_expr(self) -> Node:
         tok = self.peek()

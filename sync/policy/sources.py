@@ -7,9 +7,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..errors import PolicyError
-from .loader import load_policy
-from .model import Policy
+from sync.errors import PolicyError
+from sync.policy.loader import load_policy
+from sync.policy.model import Policy
 
 
 def load_spec(spec: str) -> Policy:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from sync.cluster import free_port
+from sync.testing.cluster import free_port
 from tests.fix_pg import POLICIES, Mesh
 from tests.integration.helpers import account, cli, contact, wait_for
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sync import cluster
+from sync.testing import cluster
 from sync.errors import PostgresNotFound
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sync.cluster import LocalCluster, free_port
+from sync.testing.cluster import LocalCluster, free_port
 from tests.fix_daemons import start_daemon, stop_daemon, write_config
 from tests.fix_pg import Mesh
 from tests.integration.helpers import cli, contact, wait_for

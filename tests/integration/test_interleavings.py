@@ -11,9 +11,11 @@ the versions both committed — and a delete's tombstone must keep any older ver
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 
 import psycopg
@@ -23,6 +25,7 @@ from tests.fix_pg import Mesh
 from tests.integration.helpers import contact
 
 OPS = ["insert", "update", "delete", "reinsert"]
+OP_PAIRS = list(itertools.product(OPS, OPS))
 Version = tuple[datetime, str, bool]   # modifiedon, origin, deleted
 
 
@@ -163,29 +166,34 @@ def _expect(mesh: Mesh, key: uuid.UUID, versions: list[Version | None]) -> None:
             mesh.pull("eu-west", peer)
 
 
+def _apply_first_then(mesh: Mesh, first: ApplyActor,
+                      second: Callable[[], threading.Thread], second_pid: int) -> None:
+    """``first`` applies and pauses before its commit; ``second`` runs until it waits for a
+    lock or is done; then ``first`` commits, and both finish."""
+    t1 = first.run(pause=True)
+    assert first.paused.wait(30)
+    t2 = second()
+    _waiting_or_done(mesh, second_pid, t2)
+    first.release.set()
+    t1.join(30)
+    t2.join(30)
+
+
 @pytest.mark.parametrize("first_commits", ["older", "newer"])
-@pytest.mark.parametrize("op_b", OPS)
-@pytest.mark.parametrize("op_a", OPS)
+@pytest.mark.parametrize(("op_a", "op_b"), OP_PAIRS)
 def test_two_peers_appliers_on_one_key(mesh: Mesh, op_a: str, op_b: str,
                                        first_commits: str) -> None:
     key = uuid.uuid4()
     a, b = ApplyActor(mesh, "eu-north"), ApplyActor(mesh, "us-east")
     older, newer = a.source_write(key, op_a), b.source_write(key, op_b)   # b is newer
     first, second = (a, b) if first_commits == "older" else (b, a)
-    t1 = first.run(pause=True)
-    assert first.paused.wait(30)
-    t2 = second.run(pause=False)
-    _waiting_or_done(mesh, second.pid, t2)
-    first.release.set()
-    t1.join(30)
-    t2.join(30)
+    _apply_first_then(mesh, first, lambda: second.run(pause=False), second.pid)
     assert a.error is None and b.error is None, (a.error, b.error)
     _expect(mesh, key, [older, newer])
 
 
 @pytest.mark.parametrize("first", ["apply", "application"])
-@pytest.mark.parametrize("op_local", OPS)
-@pytest.mark.parametrize("op_peer", OPS)
+@pytest.mark.parametrize(("op_peer", "op_local"), OP_PAIRS)
 def test_applier_and_application_on_one_key(mesh: Mesh, op_peer: str, op_local: str,
                                             first: str) -> None:
     key = uuid.uuid4()
@@ -204,12 +212,7 @@ def test_applier_and_application_on_one_key(mesh: Mesh, op_peer: str, op_local: 
         t_apply.join(30)
     else:
         remote = peer.source_write(key, op_peer)
-        t_apply = peer.run(pause=True)
-        assert peer.paused.wait(30)
-        t_local = local.run(key, op_local, None)   # its statement may wait for apply
-        _waiting_or_done(mesh, local.pid, t_local)
-        peer.release.set()
-        t_apply.join(30)
-        t_local.join(30)
+        # the application's statement may wait for apply's locks
+        _apply_first_then(mesh, peer, lambda: local.run(key, op_local, None), local.pid)
     assert peer.error is None and local.error is None, (peer.error, local.error)
     _expect(mesh, key, [remote, local.version])

@@ -1,4 +1,4 @@
-"""DESIGN.md invariants 2-5 against real PostgreSQL."""
+"""Invariants 2-5 (README, "Invariants and their tests") against real PostgreSQL."""
 
 from __future__ import annotations
 

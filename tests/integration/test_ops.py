@@ -13,13 +13,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sync.cluster import LocalCluster, free_port
 from sync.config import RegionConfig
-from sync.daemon import Daemon
-from sync.metrics import Metrics
-from sync.migrate import migrate
-from sync.pipeline import PeerLink
+from sync.db.migrate import migrate
+from sync.link import PeerLink
 from sync.policy import load_policy
+from sync.runtime.daemon import Daemon
+from sync.runtime.metrics import Metrics
+from sync.testing.cluster import LocalCluster, free_port
 from tests.fix_pg import POLICIES, Mesh
 from tests.integration.helpers import account, cli, contact, wait_for
 

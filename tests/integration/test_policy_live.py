@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync.config import RegionConfig
-from sync.daemon import Daemon
 from sync.policy import load_policy
-from sync.retract import find_drift, retract
+from sync.policy.retract import find_drift, retract
+from sync.runtime.daemon import Daemon
 from tests.fix_pg import POLICIES, Mesh
 from tests.integration.helpers import cli, contact, wait_for
 

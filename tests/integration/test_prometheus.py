@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from sync.cluster import free_port
+from sync.testing.cluster import free_port
 from tests.fix_pg import POLICIES, Mesh
 from tests.integration.helpers import contact
 

@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync.capture import Page, Segment
-from sync.lanes import ApplyLanes
-from sync.schema import ForeignKey, Schema, TableInfo
+from sync.apply.lanes import ApplyLanes
+from sync.db.catalog import ForeignKey, Schema, TableInfo
+from sync.records import Page, Segment
 
 SCHEMA = Schema({
     "account": TableInfo("account", "accountid", ("accountid",), {}),
@@ -45,7 +45,7 @@ class Recorder:
             self.events.append(("end", lane, pg.rows, time.monotonic()))
         if err is not None:
             raise err
-        from sync.apply import PageResult
+        from sync.records import PageResult
         result = PageResult()
         result.applied[(pg.segments[0].table, "insert")] += pg.rows
         return result

@@ -17,7 +17,7 @@ from ruamel.yaml import YAML
 
 from sync.cli import main
 from sync.config import load_config
-from sync.metrics import Metrics
+from sync.runtime.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from sync.db.catalog import Schema, TableInfo
 from sync.errors import PolicyError
 from sync.policy import load_policy
-from sync.schema import Schema, TableInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 

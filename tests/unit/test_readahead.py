@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sync.readahead import ReadAhead
+from sync.source.readahead import ReadAhead
 
 
 def test_items_arrive_in_order_and_at_most_depth_ahead() -> None:

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import psycopg
 from psycopg import sql
 
-from .policy.model import Policy
-from .schema import Schema
+from sync.db.catalog import Schema
+from sync.policy.model import Policy
 
 
 def synced_rows(conn: psycopg.Connection, schema: Schema, policy: Policy, table: str,

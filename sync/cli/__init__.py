@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from .cli_errors import Commands, fail
-from .errors import PostgresNotFound
+from sync.cli.errors import Commands, fail
+from sync.errors import PostgresNotFound
 
 
 @click.group(cls=Commands)
@@ -19,7 +19,7 @@ from .errors import PostgresNotFound
 @click.version_option(package_name="regionsync")
 def main(verbose: bool, log_format: str) -> None:
     """regionsync: multi-region PostgreSQL sync with field-level residency policies."""
-    from .logfmt import configure
+    from sync.runtime.logfmt import configure
     configure(logging.DEBUG if verbose else logging.INFO, log_format)
 
 
@@ -31,8 +31,8 @@ config_option = click.option("--config", "config_path", type=click.Path(path_typ
 @config_option
 def run(config_path: Path) -> None:
     """Run the daemon for one region (until SIGTERM/SIGINT)."""
-    from .config import load_config
-    from .daemon import Daemon
+    from sync.config import load_config
+    from sync.runtime.daemon import Daemon
     Daemon(load_config(config_path)).run()
 
 
@@ -40,8 +40,8 @@ def run(config_path: Path) -> None:
 @config_option
 def migrate(config_path: Path) -> None:
     """Bring the region's database to the current schema (idempotent)."""
-    from .config import load_config
-    from .migrate import migrate as do_migrate
+    from sync.config import load_config
+    from sync.db.migrate import migrate as do_migrate
     cfg = load_config(config_path)
     do_migrate(cfg.database.conninfo(where="database.url"), cfg.region)
     click.echo(f"region {cfg.region}: database at head")
@@ -52,7 +52,7 @@ def migrate(config_path: Path) -> None:
 @click.option("--keep-running", is_flag=True, help="Keep the mesh running until Ctrl-C.")
 def demo(rows: int, keep_running: bool) -> None:
     """Start three local regions, sync them, show what crossed borders, clean up."""
-    from .demo import run_demo
+    from sync.testing.demo import run_demo
     try:
         run_demo(rows=rows, keep_running=keep_running)
     except PostgresNotFound as exc:
@@ -63,8 +63,8 @@ def demo(rows: int, keep_running: bool) -> None:
 
 
 def _register() -> None:
-    from .cli_ops import conflicts, dlq, resync, status
-    from .cli_policy import policy, retract
+    from sync.cli.ops import conflicts, dlq, resync, status
+    from sync.cli.policy import policy, retract
     for command in (policy, retract, status, dlq, conflicts, resync):
         main.add_command(command)
 

@@ -6,24 +6,16 @@ from typing import Any
 
 import psycopg
 
-from .capture import SourceReader
-from .policy.model import Policy
-from .schema import Schema
+from sync.db import state
+from sync.db.catalog import Schema
+from sync.policy.model import Policy
+from sync.source.reader import SourceReader
 
 
 def local_status(conn: psycopg.Connection) -> dict[str, Any]:
     """Per peer: token, last apply, totals, dead letters and conflicts in this region."""
     peers: dict[str, dict[str, Any]] = {}
-    for peer, token, applied_at, batches, changes, sha in conn.execute(
-            "SELECT peer, token, last_applied_at, batches_applied, changes_applied, policy_sha "
-            "FROM sync.peer_state ORDER BY peer"):
-        peers[peer] = {"token": token, "last_success": applied_at.isoformat(),
-                       "batches_applied": batches, "changes_applied": changes,
-                       "policy": sha, "dead_letters": 0, "conflicts": 0}
-    for peer, n in conn.execute("SELECT peer, count(*) FROM sync.dead_letter GROUP BY peer"):
-        peers.setdefault(peer, {})["dead_letters"] = n
-    for peer, n in conn.execute("SELECT peer, count(*) FROM sync.conflict_log GROUP BY peer"):
-        peers.setdefault(peer, {})["conflicts"] = n
+    peers = state.peer_records(conn)
     return {"peers": peers}
 
 

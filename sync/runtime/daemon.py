@@ -25,8 +25,11 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from .config import RegionConfig
-from .errors import (
+from sync.config import RegionConfig
+from sync.db import state
+from sync.db.catalog import introspect
+from sync.db.connect import connect
+from sync.errors import (
     ConfigError,
     PeerFatal,
     PolicyError,
@@ -36,15 +39,14 @@ from .errors import (
     describe,
     from_db,
 )
-from .http import StatusServer
-from .leader import LeaderLock
-from .metrics import Metrics
-from .pipeline import PeerLink, connect
-from .policy.holder import PolicyHolder
-from .policy.loader import policy_fingerprint
-from .policy.model import Policy
-from .schema import introspect
-from .status import local_status
+from sync.link import PeerLink
+from sync.policy.holder import PolicyHolder
+from sync.policy.loader import policy_fingerprint
+from sync.policy.model import Policy
+from sync.runtime.http import StatusServer
+from sync.runtime.leader import LeaderLock
+from sync.runtime.metrics import Metrics
+from sync.runtime.status import local_status
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +81,15 @@ class Daemon:
         try:
             with connect(self._local, application_name=f"regionsync-{cfg.region}") as conn:
                 try:
-                    region = conn.execute("SELECT region FROM sync.settings").fetchone()
+                    region = state.region_of(conn)
                 except psycopg.errors.UndefinedTable as exc:
                     raise SchemaError(f"database {cfg.database.safe_url()} has no regionsync "
                                       "schema; run `regionsync migrate --config "
                                       f"{cfg.source_file or 'region.yaml'}` first") from exc
-                if region is None or region[0] != cfg.region:
+                if region != cfg.region:
                     raise ConfigError(
                         f"database {cfg.database.safe_url()} belongs to region "
-                        f"{region[0] if region else None!r}, not {cfg.region!r}; run "
+                        f"{region!r}, not {cfg.region!r}; run "
                         "`regionsync migrate` with this config", key="region",
                         file=str(cfg.source_file) if cfg.source_file else None)
                 return introspect(conn)
@@ -301,8 +303,7 @@ class Daemon:
         self.metrics.set_policy(policy.sha)
         try:
             with connect(self._local, application_name=f"regionsync-{self.config.region}") as c:
-                c.execute("INSERT INTO sync.policy_audit (sha, files) VALUES (%s, %s)",
-                          (policy.sha, policy_fingerprint(policy)))
+                state.record_policy(c, policy.sha, policy_fingerprint(policy))
         except psycopg.Error as exc:
             log.warning("could not record policy %s in sync.policy_audit: %s", policy.sha, exc)
 

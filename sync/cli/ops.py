@@ -12,7 +12,8 @@ from typing import Any
 import click
 import psycopg
 
-from .errors import ConfigError
+from sync.db import state
+from sync.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,8 @@ config_opt = click.option("--config", "config_path", type=click.Path(path_type=P
 
 def open_local(cfg) -> psycopg.Connection:
     """The region's own database, or one line naming it and why it cannot be reached."""
-    from .errors import from_db
-    from .pipeline import connect
+    from sync.db.connect import connect
+    from sync.errors import from_db
     try:
         return connect(cfg.database.conninfo(where="database.url"),
                        application_name=f"regionsync-{cfg.region}-cli")
@@ -32,14 +33,14 @@ def open_local(cfg) -> psycopg.Connection:
 
 
 def _open(config_path: Path):
-    from .config import load_config
+    from sync.config import load_config
     cfg = load_config(config_path)
     return cfg, open_local(cfg)
 
 
 def _peer_link(cfg, name: str, policy):
     """A one-off link from peer ``name`` into this region, outside the daemon."""
-    from .pipeline import PeerLink
+    from sync.link import PeerLink
     peer = next(p for p in cfg.peers if p.name == name)
     return PeerLink(region=cfg.region, peer=name,
                     peer_conninfo=peer.conninfo(where=f"peers[{name}].url"),
@@ -62,10 +63,10 @@ def _table(rows: list[list[Any]], headers: list[str]) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(config_path: Path, as_json: bool) -> None:
     """Per peer: token, lag, backlog, last success, dead letters, conflicts."""
-    from .pipeline import connect
-    from .policy.loader import load_policy
-    from .schema import introspect
-    from .status import local_status, peer_backlog
+    from sync.db.catalog import introspect
+    from sync.db.connect import connect
+    from sync.policy.loader import load_policy
+    from sync.runtime.status import local_status, peer_backlog
     cfg, conn = _open(config_path)
     with conn:
         schema = introspect(conn)
@@ -108,13 +109,7 @@ def dlq() -> None:
 def dlq_list(config_path: Path, peer: str | None, table: str | None) -> None:
     _, conn = _open(config_path)
     with conn:
-        rows = conn.execute("""
-            SELECT id, peer, tablename, pk, op, sqlstate, retryable, attempts, last_failed_at,
-                   left(error, 80)
-            FROM sync.dead_letter
-            WHERE (%(peer)s::text IS NULL OR peer = %(peer)s)
-              AND (%(table)s::text IS NULL OR tablename = %(table)s)
-            ORDER BY id""", {"peer": peer, "table": table}).fetchall()
+        rows = state.list_dead_letters(conn, peer, table)
     if not rows:
         click.echo("no dead letters")
         return
@@ -128,35 +123,37 @@ def dlq_list(config_path: Path, peer: str | None, table: str | None) -> None:
 def dlq_show(config_path: Path, ident: int) -> None:
     _, conn = _open(config_path)
     with conn:
-        cur = conn.execute("SELECT * FROM sync.dead_letter WHERE id = %s", (ident,))
-        row = cur.fetchone()
-        names = [d.name for d in cur.description or []]
+        row = state.get_dead_letter(conn, ident)
     if row is None:
         raise ConfigError(f"no dead letter {ident} (see `regionsync dlq list`)")
-    click.echo(json.dumps(dict(zip(names, row, strict=True)), indent=2, default=str))
+    click.echo(json.dumps(row, indent=2, default=str))
 
 
 def _ids(conn: psycopg.Connection, idents: tuple[int, ...], all_: bool) -> list[int]:
     if not idents and not all_:
         raise ConfigError("name dead-letter ids, or pass --all")
     if all_:
-        return [r[0] for r in conn.execute("SELECT id FROM sync.dead_letter ORDER BY id")]
+        return state.dead_letter_ids(conn)
     return list(idents)
 
 
+def _dead_letter_args(command):
+    """--config, dead-letter ids, --all: what retry and discard take."""
+    command = click.option("--all", "all_", is_flag=True, help="Every dead letter.")(command)
+    command = click.argument("idents", type=int, nargs=-1)(command)
+    return config_opt(command)
+
+
 @dlq.command("retry")
-@config_opt
-@click.argument("idents", type=int, nargs=-1)
-@click.option("--all", "all_", is_flag=True)
+@_dead_letter_args
 def dlq_retry(config_path: Path, idents: tuple[int, ...], all_: bool) -> None:
     """Re-read the rows from their peers and apply them again, now."""
-    from .policy.loader import load_policy
-    from .schema import introspect
+    from sync.db.catalog import introspect
+    from sync.policy.loader import load_policy
     cfg, conn = _open(config_path)
     with conn:
         ids = _ids(conn, idents, all_)
-        peers = [r[0] for r in conn.execute(
-            "SELECT DISTINCT peer FROM sync.dead_letter WHERE id = ANY(%s)", (ids,))]
+        peers = state.dead_letter_peers(conn, ids)
         policy = load_policy(cfg.policy_dir, introspect(conn))
     by_name = {p.name: p for p in cfg.peers}
     tried = resolved = 0
@@ -175,15 +172,13 @@ def dlq_retry(config_path: Path, idents: tuple[int, ...], all_: bool) -> None:
 
 
 @dlq.command("discard")
-@config_opt
-@click.argument("idents", type=int, nargs=-1)
-@click.option("--all", "all_", is_flag=True)
+@_dead_letter_args
 def dlq_discard(config_path: Path, idents: tuple[int, ...], all_: bool) -> None:
     """Delete dead letters (the rows stay unapplied here)."""
     _, conn = _open(config_path)
     with conn:
         ids = _ids(conn, idents, all_)
-        n = conn.execute("DELETE FROM sync.dead_letter WHERE id = ANY(%s)", (ids,)).rowcount
+        n = state.discard_dead_letters(conn, ids)
     log.info("discarded %d dead letter(s)", n, extra={"discarded": n})
     click.echo(f"discarded {n} dead letter(s)")
 
@@ -200,14 +195,7 @@ def conflicts() -> None:
 def conflicts_list(config_path: Path, table: str | None, limit: int) -> None:
     _, conn = _open(config_path)
     with conn:
-        rows = conn.execute("""
-            SELECT id, logged_at, tablename, pk, peer, loser_origin, loser_modifiedon,
-                   winner_origin, winner_modifiedon,
-                   (SELECT string_agg(k, ', ') FROM jsonb_object_keys(
-                        coalesce(diff->'values_changed', '{}'::jsonb)) k)
-            FROM sync.conflict_log
-            WHERE %(table)s::text IS NULL OR tablename = %(table)s
-            ORDER BY id DESC LIMIT %(limit)s""", {"table": table, "limit": limit}).fetchall()
+        rows = state.list_conflicts(conn, table, limit)
     if not rows:
         click.echo("no conflicts")
         return
@@ -243,8 +231,8 @@ def resync(config_path: Path, peer: str) -> None:
     """Re-run the initial load from one peer (after a restore, or to repair drift).
 
     Shows a progress bar with rows/s and ETA on a terminal; logs progress otherwise."""
-    from .policy.loader import load_policy
-    from .schema import introspect
+    from sync.db.catalog import introspect
+    from sync.policy.loader import load_policy
     cfg, conn = _open(config_path)
     by_name = {p.name: p for p in cfg.peers}
     if peer not in by_name:
@@ -252,7 +240,7 @@ def resync(config_path: Path, peer: str) -> None:
                           key="peers")
     with conn:
         policy = load_policy(cfg.policy_dir, introspect(conn))
-        conn.execute("DELETE FROM sync.peer_state WHERE peer = %s", (peer,))
+        state.forget_peer(conn, peer)
     link = _peer_link(cfg, peer, policy)
     try:
         total = link.initial_size()

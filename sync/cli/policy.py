@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from .cli_errors import fail
-from .errors import ConfigError, SyncError
+from sync.cli.errors import fail
+from sync.errors import ConfigError, SyncError
 
 
 @contextmanager
@@ -25,10 +25,10 @@ def _errors():
 
 def _context(config_path: Path | None, policy_dir: Path | None, need_db: bool = False):
     """(config, policy, schema, regions) for a command."""
-    from .cli_ops import open_local
-    from .config import load_config
-    from .policy.loader import load_policy
-    from .schema import introspect
+    from sync.cli.ops import open_local
+    from sync.config import load_config
+    from sync.db.catalog import introspect
+    from sync.policy.loader import load_policy
     if need_db and config_path is None:
         raise ConfigError("this command reads the region's database: pass --config")
     cfg = load_config(config_path) if config_path else None
@@ -57,7 +57,7 @@ def policy() -> None:
 @config_opt
 def check(policy_dir: Path | None, config_path: Path | None) -> None:
     """Validate policy files (with --config: against the live schema too)."""
-    from .policy.review import parent_warnings
+    from sync.policy.review import parent_warnings
     with _errors():
         _, pol, schema, regions = _context(config_path, policy_dir)
     warnings = []
@@ -80,8 +80,8 @@ def check(policy_dir: Path | None, config_path: Path | None) -> None:
 def explain(table: str, to: tuple[str, ...], policy_dir: Path | None,
             config_path: Path | None) -> None:
     """Each column of TABLE: which regions receive it, under which rule."""
-    from .policy.review import OTHER, universe
-    from .policy.review import explain as do_explain
+    from sync.policy.review import OTHER, universe
+    from sync.policy.review import explain as do_explain
     with _errors():
         cfg, pol, schema, regions = _context(config_path, policy_dir)
         if schema is not None and table not in schema.tables:
@@ -111,8 +111,8 @@ def diff(old: str, new: str, regions: str | None, as_json: bool) -> None:
 
     OLD and NEW are policy directories, single files, or git revisions as REV:path
     (e.g. main:policies)."""
-    from .policy.review import diff as do_diff
-    from .policy.sources import load_spec
+    from sync.policy.review import diff as do_diff
+    from sync.policy.sources import load_spec
     with _errors():
         changes = do_diff(load_spec(old), load_spec(new),
                           regions.split(",") if regions else None)
@@ -135,7 +135,7 @@ def why(table: str, key: str, to: str, policy_dir: Path | None,
     """Whether one row of TABLE goes to a region, which columns, and what decided."""
     from psycopg import sql
 
-    from .pipeline import connect
+    from sync.db.connect import connect
     with _errors():
         cfg, pol, schema, regions = _context(config_path, policy_dir, need_db=True)
         info = schema.tables.get(table) if schema else None
@@ -186,8 +186,8 @@ def why(table: str, key: str, to: str, policy_dir: Path | None,
 @config_opt
 def drift(policy_dir: Path | None, config_path: Path | None) -> None:
     """Copies in this region that the current policy no longer allows (exit 1 if any)."""
-    from .pipeline import connect
-    from .retract import find_drift
+    from sync.db.connect import connect
+    from sync.policy.retract import find_drift
     with _errors():
         cfg, pol, schema, _ = _context(config_path, policy_dir, need_db=True)
         with connect(cfg.database.conninfo(where="database.url"),
@@ -205,7 +205,7 @@ def drift(policy_dir: Path | None, config_path: Path | None) -> None:
 @policy.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of policy files (shipped as policies/policy.schema.json)."""
-    from .policy.loader import policy_json_schema
+    from sync.policy.loader import policy_json_schema
     click.echo(json.dumps(policy_json_schema(), indent=2))
 
 
@@ -217,9 +217,9 @@ def retract(policy_dir: Path | None, config_path: Path | None, dry_run: bool) ->
     """Remove copies the policy no longer allows here (NULL columns / delete rows).
 
     Nothing is sent back: the owning region keeps its data."""
-    from .pipeline import connect
-    from .retract import find_drift
-    from .retract import retract as do_retract
+    from sync.db.connect import connect
+    from sync.policy.retract import find_drift
+    from sync.policy.retract import retract as do_retract
     with _errors():
         cfg, pol, schema, _ = _context(config_path, policy_dir, need_db=True)
         with connect(cfg.database.conninfo(where="database.url"),

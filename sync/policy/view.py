@@ -8,13 +8,13 @@ named, so that the caller can backfill them from the peer.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import psycopg
 
-from .policy.model import Policy, TableRule
-from .schema import Schema
+from sync.db import state
+from sync.db.catalog import Schema
+from sync.policy.model import Policy, TableRule
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,10 @@ def record_view_change(conn: psycopg.Connection, peer: str, stored: View, view: 
             if old is None or added or old["rows"] != new["rows"]:
                 widened.append(table)
             if added:
-                conn.execute(
-                    "DELETE FROM sync.narrowed_column WHERE peer = %s AND tablename = %s "
-                    "AND column_name = ANY(%s)", (peer, table, sorted(added)))
+                state.forget_narrowed(conn, peer, table, sorted(added))
             removed = set(old["columns"]) - set(new["columns"]) if old else set()
             for column in sorted(removed):
-                conn.execute(
-                    "INSERT INTO sync.narrowed_column (peer, tablename, column_name, "
-                    "policy_sha) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    (peer, table, column, policy.sha))
+                state.record_narrowed(conn, peer, table, column, policy.sha)
                 log.warning("policy %s: %s.%s no longer comes from %s; copies already "
                             "here are listed by `regionsync policy drift`", policy.sha,
                             table, column, peer)
@@ -56,6 +51,5 @@ def record_view_change(conn: psycopg.Connection, peer: str, stored: View, view: 
             log.warning("policy %s: table %s no longer comes from %s; see `regionsync "
                         "policy drift`", policy.sha, table, peer)
         if not widened:
-            conn.execute("UPDATE sync.peer_state SET policy_view = %s WHERE peer = %s",
-                         (json.dumps(view), peer))
+            state.save_view(conn, peer, view)
     return widened

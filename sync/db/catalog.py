@@ -11,7 +11,7 @@ from graphlib import CycleError, TopologicalSorter
 
 import psycopg
 
-from .errors import SchemaError
+from sync.errors import SchemaError
 
 # Columns every tracked table has. versionnumber is assigned by each region's own
 # sequence and never travels; the other three travel with every row.

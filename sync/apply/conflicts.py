@@ -8,14 +8,14 @@ The last one matters most: the region whose edit lost is often the only one that
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import psycopg
 from deepdiff import DeepDiff
 from psycopg import sql
 
-from .schema import TableInfo
+from sync.db import state
+from sync.db.catalog import TableInfo
 
 
 def _row_object(cols: tuple[str, ...]) -> sql.Composable:
@@ -84,12 +84,11 @@ class ConflictRecorder:
                          winner: dict[str, Any], win_mod: Any, win_origin: str) -> None:
         """``loser`` is the version that did not survive; ``diff`` goes winner -> loser."""
         diff = DeepDiff(winner, loser, verbose_level=2)
-        self.conn.execute("""
-            INSERT INTO sync.conflict_log (tablename, pk, peer, winner_origin, winner_modifiedon,
-                                           loser_origin, loser_modifiedon, loser_row, diff)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-            (table, key, self.peer, win_origin, win_mod, loser.get("sync_origin") or
-             loser.get("origin"), loser.get("modifiedon"), json.dumps(loser), diff.to_json()))
+        state.record_conflict(
+            self.conn, table=table, key=key, peer=self.peer, winner_origin=win_origin,
+            winner_modifiedon=win_mod,
+            loser_origin=loser.get("sync_origin") or loser.get("origin"),
+            loser_modifiedon=loser.get("modifiedon"), loser_row=loser, diff_json=diff.to_json())
 
     def losing_deletes(self, info: TableInfo, stage: sql.Identifier) -> int:
         """Incoming deletes older than our row: the delete lost."""

@@ -23,19 +23,20 @@ import click
 import psycopg
 from ruamel.yaml import YAML
 
-from .cluster import clusters, find_pg_bin, free_port
-from .migrate import migrate
-from .pipeline import connect
-from .policy import load_policy
-from .schema import introspect
-from .verify import converged
+from sync.db import state
+from sync.db.catalog import introspect
+from sync.db.connect import connect
+from sync.db.migrate import migrate
+from sync.policy import load_policy
+from sync.testing.cluster import clusters, find_pg_bin, free_port
+from sync.testing.verify import converged
 
 REGIONS = ["eu-west", "eu-north", "us-east"]
 
 
 def shipped_policy_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_policies", here.parent / "policies"):
+    package = Path(__file__).resolve().parent.parent      # sync/
+    for candidate in (package / "_policies", package.parent / "policies"):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("the shipped policies/ directory is not installed")
@@ -256,7 +257,7 @@ def report(conns: dict[str, psycopg.Connection], ports: dict[str, int], echo) ->
             ("%-" + r.replace("-", "").upper(),)).fetchone()[0]
         cases = c.execute("SELECT count(*), count(*) FILTER (WHERE sync_origin <> %s) "
                           "FROM medicalcase", (r,)).fetchone()
-        conflicts = c.execute("SELECT count(*) FROM sync.conflict_log").fetchone()[0]
+        conflicts = state.count_conflicts(c)
         echo(f"{r:9} {counts[0]:>8} {counts[1]:>8} {counts[2]:>6} {counts[3]:>9}"
              f"  {arrived:>18}  {foreign_medical:>15}  {cases[0]:>5} ({cases[1]} foreign)"
              f"  {conflicts:>9}")
@@ -264,8 +265,7 @@ def report(conns: dict[str, psycopg.Connection], ports: dict[str, int], echo) ->
                           "WHERE lastname = 'Last2-EUWEST'").fetchone() for r, c in conns.items()}
     echo(f"\nconcurrent edit resolved identically everywhere (last writer wins): {phone}")
     for r, c in conns.items():
-        row = c.execute("SELECT loser_origin, winner_origin, diff FROM sync.conflict_log "
-                        "ORDER BY id LIMIT 1").fetchone()
+        row = state.first_conflict(c)
         if row:
             echo(f"  {r}: conflict_log keeps the losing version from {row[0]} "
                  f"(winner {row[1]})")

@@ -16,62 +16,23 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from .apply import Applier, PageResult
-from .capture import Page, ReadPlan, SourceReader, binary_tables
-from .lanes import ApplyLanes
-from .metrics import Metrics
-from .policy.model import Policy, TableRule
-from .policy_view import policy_view, record_view_change
-from .readahead import ReadAhead
-from .schema import Schema, introspect
+from sync.apply.applier import Applier
+from sync.apply.lanes import ApplyLanes
+from sync.db import state
+from sync.db.catalog import Schema, introspect
+from sync.db.connect import connect
+from sync.policy.model import Policy, TableRule
+from sync.policy.view import policy_view, record_view_change
+from sync.records import BatchResult, Page, PageResult, ReadPlan, Streamed
+from sync.runtime.metrics import Metrics
+from sync.source.readahead import ReadAhead
+from sync.source.reader import SourceReader, binary_tables
 
 log = logging.getLogger(__name__)
-
-SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres"
-
-
-def connect(conninfo: str, *, application_name: str) -> psycopg.Connection:
-    """A connection for regionsync: autocommit (transactions are explicit), no server-side
-    prepared statements (a generic plan made while the journal was empty would scan the
-    whole backlog on every poll), and an unambiguous text format for COPY."""
-    return psycopg.connect(conninfo, autocommit=True, prepare_threshold=None,
-                           application_name=application_name, options=SESSION_OPTIONS,
-                           connect_timeout=10)
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    peer: str
-    rows: int
-    token: str
-    initial: bool
-    full: bool
-    complete: bool
-    lag_seconds: float
-    source_now: datetime | None
-    applied: dict[tuple[str, str], int] = field(default_factory=dict)
-    conflicts: dict[str, int] = field(default_factory=dict)
-    dead_letters: dict[str, int] = field(default_factory=dict)
-    filtered: dict[str, int] = field(default_factory=dict)
-    retries: int = 0       # page transactions that gave way to a lock and ran again
-
-
-@dataclass(frozen=True)
-class Streamed:
-    """Pages applied by ``PeerLink._apply_stream``, and the last one, held back."""
-
-    result: PageResult
-    read: Counter[str]          # rows read per table
-    rows: int
-    last: Page | None
-    complete: bool
-
 
 class PeerLink:
     """Everything needed to sync one peer into the local region.
@@ -340,17 +301,8 @@ class PeerLink:
         """
         reader, _ = self._connect()
         assert self.target is not None
-        if ids is not None:
-            rows = self.target.execute(
-                "SELECT id, tablename, pk FROM sync.dead_letter WHERE peer = %s AND id = ANY(%s)"
-                " ORDER BY id", (self.peer, ids)).fetchall()
-        else:
-            rows = self.target.execute("""
-                SELECT id, tablename, pk FROM sync.dead_letter
-                WHERE peer = %s AND retryable
-                  AND last_failed_at < now() - make_interval(secs => least(power(2, attempts),
-                                                                           300))
-                ORDER BY id LIMIT %s""", (self.peer, limit)).fetchall()
+        rows = (state.dead_letters_by_id(self.target, self.peer, ids) if ids is not None
+                else state.dead_letters_due(self.target, self.peer, limit))
         if not rows:
             self._count_dead_letters()
             return 0, 0
@@ -364,9 +316,7 @@ class PeerLink:
             seen = reader.token_for(self.region)
             for page in reader.pages(plan, tables, rules, self.page_size):
                 self._apply(page, peer_has_seen=seen, kind="retry", policy_sha=policy.sha)
-        resolved = self.target.execute(
-            "DELETE FROM sync.dead_letter WHERE id = ANY(%s) AND last_failed_at < %s",
-            ([r[0] for r in rows], started)).rowcount
+        resolved = state.resolve_dead_letters(self.target, [r[0] for r in rows], started)
         if resolved:
             log.info("peer %s: %d of %d dead letters resolved on retry", self.peer, resolved,
                      len(rows))
@@ -386,6 +336,5 @@ class PeerLink:
 
     def _count_dead_letters(self) -> None:
         if self.metrics and self.target is not None:
-            n = self.target.execute("SELECT count(*) FROM sync.dead_letter WHERE peer = %s",
-                                    (self.peer,)).fetchone()[0]
+            n = state.count_dead_letters(self.target, self.peer)
             self.metrics.dead_letters.labels(self.peer, self.region).set(n)

@@ -15,16 +15,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from alembic import command
-
-from .errors import ConfigError, SchemaError, from_db
+from sync.errors import ConfigError, SchemaError, from_db
 
 log = logging.getLogger(__name__)
 
 
 def alembic_dir() -> Path:
     """The migrations: inside the installed wheel, or the repository's top-level ``alembic/``."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_alembic", here.parent / "alembic"):
+    package = Path(__file__).resolve().parent.parent      # sync/
+    for candidate in (package / "_alembic", package.parent / "alembic"):
         if (candidate / "env.py").is_file():
             return candidate
     raise SchemaError("regionsync's alembic migrations are not installed (reinstall the "

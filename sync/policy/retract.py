@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from .policy.model import Policy
-from .schema import Schema
+from sync.db import state
+from sync.db.catalog import Schema
+from sync.policy.model import Policy
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,7 @@ def find_drift(conn: psycopg.Connection, schema: Schema, policy: Policy,
                region: str) -> list[Drift]:
     """Out-of-policy copies in this region, in the order retract applies them."""
     nulls, deletes = [], []
-    narrowed = conn.execute("SELECT peer, tablename, array_agg(column_name ORDER BY column_name)"
-                            " FROM sync.narrowed_column GROUP BY 1, 2").fetchall()
-    narrowed_map = {(p, t): cols for p, t, cols in narrowed}
+    narrowed_map = state.narrowed_columns(conn)
     for table in schema.topo_order():
         info = schema.tables[table]
         rule = policy.rule_for(table, region)
@@ -116,9 +115,7 @@ def retract(conn: psycopg.Connection, policy: Policy, region: str,
                              (item.table, item.origin, item.action, list(item.columns) or None,
                               n, item.reason, policy.sha))
                 if item.action == "null_columns":
-                    conn.execute("DELETE FROM sync.narrowed_column WHERE peer = %s AND "
-                                 "tablename = %s AND column_name = ANY(%s)",
-                                 (item.origin, item.table, list(item.columns)))
+                    state.forget_narrowed(conn, item.origin, item.table, list(item.columns))
             log.info("retracted %s", item.line())
             done.append((item, n, None))
         except psycopg.errors.IntegrityError as exc:

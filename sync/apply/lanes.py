@@ -24,9 +24,9 @@ from typing import Any
 
 import psycopg
 
-from .apply import Applier, PageResult
-from .capture import Page
-from .schema import Schema
+from sync.apply.applier import Applier
+from sync.db.catalog import Schema
+from sync.records import Page, PageResult
 
 log = logging.getLogger(__name__)
 

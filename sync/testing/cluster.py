@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psycopg
 
-from .errors import PostgresNotFound
+from sync.errors import PostgresNotFound
 
 log = logging.getLogger(__name__)
 

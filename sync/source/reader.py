@@ -2,7 +2,7 @@
 
 Why snapshots and not ``versionnumber > last``: a transaction that took version 10 can
 commit after one that took version 11; a reader that saw 11 and remembered "11" would
-never deliver 10 (DESIGN invariant 2). As in PgQ/Londiste, the token is a transaction
+never deliver 10 (invariant 2: no lost change). As in PgQ/Londiste, the token is a transaction
 snapshot (``pg_current_snapshot()``): a batch is every journal entry whose transaction is
 visible in the reader's snapshot but was not visible in the token's. The batch is read in
 one REPEATABLE READ transaction whose snapshot becomes the next token, so the rows read
@@ -25,87 +25,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Literal
-from uuid import UUID
 
 import psycopg
 from psycopg import sql
 
-from .policy.model import TableRule
-from .schema import LOCAL_ONLY_COLUMNS, Schema, TableInfo
+from sync.db import state
+from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema, TableInfo
+from sync.policy.model import TableRule
+from sync.records import Kind, Origins, Page, Pending, ReadPlan, Segment, Snapshot
+from sync.wire import BINARY_TRAILER, DELETE_COLUMNS, strip_binary_header
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["upsert", "delete"]
-Origins = Literal["peer", "any"]
-DELETE_COLUMNS = ("pk", "modifiedon", "origin")
-BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-BINARY_HEADER = BINARY_SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # flags, no ext.
-BINARY_TRAILER = b"\xff\xff"
-
-
-def _strip_binary_header(message: bytes) -> bytes:
-    """The server sends the binary COPY header in front of the first row's message."""
-    if not message.startswith(BINARY_SIGNATURE):
-        raise ValueError("binary COPY from the peer did not start with the PGCOPY signature")
-    extension = int.from_bytes(message[15:19], "big")
-    return message[19 + extension:]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Rows of one table and kind inside a page, as COPY text."""
-
-    table: str
-    kind: Kind
-    columns: tuple[str, ...]
-    data: bytes                   # the rows' COPY data (binary: without header and trailer)
-    rows: int
-    binary: bool = False
-
-
-@dataclass(frozen=True)
-class Page:
-    """What one local transaction applies."""
-
-    segments: tuple[Segment, ...]
-
-    @property
-    def rows(self) -> int:
-        return sum(s.rows for s in self.segments)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    token: str                    # pg_snapshot text: the next token
-    source_now: datetime          # the peer's clock, for lag without clock skew
-
-
-@dataclass(frozen=True)
-class Pending:
-    """What the journal holds for us beyond the token."""
-
-    changes: dict[str, int]               # per table: journaled changes (a key may repeat)
-    oldest_change: datetime | None
-    keys: dict[str, int] = field(default_factory=dict)   # distinct keys, where asked
-
-    @property
-    def total(self) -> int:
-        return sum(self.changes.values())
-
-
-@dataclass(frozen=True)
-class ReadPlan:
-    """Where the keys of a read come from: the journal since a token, all rows, or a list."""
-
-    token: str | None = None
-    keys: Sequence[UUID] | None = None
-
-    @property
-    def initial(self) -> bool:
-        return self.token is None and self.keys is None
 
 
 class SourceReader:
@@ -196,9 +127,7 @@ class SourceReader:
 
     def token_for(self, region: str) -> str | None:
         """The peer's own token for ``region``: how much of our journal it has applied."""
-        row = self.conn.execute("SELECT token FROM sync.peer_state WHERE peer = %s",
-                                (region,)).fetchone()
-        return row[0] if row else None
+        return state.read_token(self.conn, region)
 
     def pending(self, token: str, tables: Sequence[str],
                 distinct: Sequence[str] = ()) -> Pending:
@@ -258,7 +187,7 @@ class SourceReader:
                     row = bytes(message)
                     if binary:
                         if first:
-                            row, first = _strip_binary_header(row), False
+                            row, first = strip_binary_header(row), False
                         if row == BINARY_TRAILER or not row:
                             continue
                     chunks.append(row)

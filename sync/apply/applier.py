@@ -17,25 +17,24 @@ a moment later.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from .capture import BINARY_HEADER, BINARY_TRAILER, DELETE_COLUMNS, Page, Segment
-from .conflicts import ConflictRecorder
-from .errors import TokenRegression, describe
-from .schema import Schema, TableInfo
+from sync.apply.conflicts import ConflictRecorder
+from sync.apply.rowfallback import RowFallback
+from sync.db import state
+from sync.db.catalog import Schema, TableInfo
+from sync.errors import TokenRegression
+from sync.records import Page, PageResult, Segment
+from sync.wire import copy_in, ident_list
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_SQLSTATES = {"23503", "23505"}  # foreign_key_violation, unique_violation
 
 # Apply waits at most this long for any one lock, then rolls its page back and tries again:
 # shorter than PostgreSQL's default deadlock_timeout (1 s), so when apply and an application
@@ -46,39 +45,6 @@ CONTENTION = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailu
               psycopg.errors.LockNotAvailable)
 PAGE_ATTEMPTS = 6
 KEY_STRIPES = 256   # as in migration 0005 (uuid_hash(pk) & 255)
-
-
-@dataclass
-class PageResult:
-    applied: Counter[tuple[str, str]] = field(default_factory=Counter)   # (table, op) -> rows
-    conflicts: Counter[str] = field(default_factory=Counter)             # table -> rows
-    dead_letters: Counter[str] = field(default_factory=Counter)          # table -> rows
-    skipped: Counter[str] = field(default_factory=Counter)               # table -> stale rows
-    retries: int = 0          # page attempts rolled back by a deadlock or lock timeout
-
-    def add(self, other: PageResult) -> None:
-        self.retries += other.retries
-        self.applied.update(other.applied)
-        self.conflicts.update(other.conflicts)
-        self.dead_letters.update(other.dead_letters)
-        self.skipped.update(other.skipped)
-
-
-def _ident_list(cols: tuple[str, ...], alias: str | None = None) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(alias, c) if alias else sql.Identifier(c)
-                              for c in cols)
-
-
-def _copy_in(conn: psycopg.Connection, table: sql.Composable, seg: Segment) -> None:
-    """COPY a segment's rows into ``table``, in the format the peer sent them."""
-    stmt = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
-        table, _ident_list(seg.columns), sql.SQL(" (FORMAT binary)" if seg.binary else ""))
-    with conn.cursor().copy(stmt) as copy:
-        if seg.binary:
-            copy.write(BINARY_HEADER)
-        copy.write(seg.data)
-        if seg.binary:
-            copy.write(BINARY_TRAILER)
 
 
 class Applier:
@@ -99,6 +65,7 @@ class Applier:
         self.peer = peer
         self.region = region
         self.conflicts = ConflictRecorder(conn, peer=peer, region=region)
+        self.rows = RowFallback(conn, peer=peer)
         # Test hook: called with a step name between statements (crash-atomicity tests).
         self.fault_hook: Any = None
         # Tables that were empty (and without tombstones) when an initial load began:
@@ -126,7 +93,7 @@ class Applier:
         """COPY a page straight into an empty table; False (nothing changed) on a clash."""
         try:
             with self.conn.transaction():
-                _copy_in(self.conn, sql.SQL("public.{}").format(sql.Identifier(info.name)), seg)
+                copy_in(self.conn, sql.SQL("public.{}").format(sql.Identifier(info.name)), seg)
         except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
             # a local insert of the same key, a value our types cannot hold: merge instead
             log.info("peer %s: direct load of %s fell back to merging (%s)", self.peer,
@@ -138,36 +105,16 @@ class Applier:
 
     # -- token ----------------------------------------------------------------------------
     def read_token(self) -> str | None:
-        row = self.conn.execute("SELECT token FROM sync.peer_state WHERE peer = %s",
-                                (self.peer,)).fetchone()
-        return row[0] if row else None
+        return state.read_token(self.conn, self.peer)
 
     def read_view(self) -> dict[str, Any] | None:
         """What the policy let this peer send us when we last applied from it."""
-        row = self.conn.execute("SELECT policy_view FROM sync.peer_state WHERE peer = %s",
-                                (self.peer,)).fetchone()
-        return row[0] if row else None
+        return state.read_view(self.conn, self.peer)
 
     def _save_token(self, token: str, rows: int, initial: bool, policy_sha: str | None,
                     view: dict[str, Any] | None) -> None:
-        cur = self.conn.execute("""
-            INSERT INTO sync.peer_state AS p (peer, token, initial_load_at, last_applied_at,
-                                              batches_applied, changes_applied, policy_sha,
-                                              policy_view)
-            VALUES (%(peer)s, %(token)s, CASE WHEN %(initial)s THEN now() END, now(), 1,
-                    %(rows)s, %(sha)s, %(view)s)
-            ON CONFLICT (peer) DO UPDATE SET
-                token = EXCLUDED.token, last_applied_at = now(),
-                batches_applied = p.batches_applied + 1,
-                changes_applied = p.changes_applied + EXCLUDED.changes_applied,
-                policy_sha = EXCLUDED.policy_sha,
-                policy_view = coalesce(EXCLUDED.policy_view, p.policy_view)
-            WHERE pg_snapshot_xmax(EXCLUDED.token::pg_snapshot)
-                  >= pg_snapshot_xmax(p.token::pg_snapshot)
-            RETURNING 1""", {"peer": self.peer, "token": token, "initial": initial,
-                             "rows": rows, "sha": policy_sha,
-                             "view": json.dumps(view) if view is not None else None})
-        if cur.fetchone() is None:
+        if not state.save_token(self.conn, self.peer, token, rows=rows, initial=initial,
+                                policy_sha=policy_sha, view=view):
             raise TokenRegression("token would move backwards; is another regionsync daemon "
                                   "applying to this region?", peer=self.peer)
 
@@ -245,12 +192,10 @@ class Applier:
             if token is not None:
                 self._save_token(token, batch_rows, kind == "initial", policy_sha, view)
             elif view is not None:
-                self.conn.execute("UPDATE sync.peer_state SET policy_view = %s WHERE peer = %s",
-                                  (json.dumps(view), self.peer))
+                state.save_view(self.conn, self.peer, view)
             if page.rows or token is not None:
-                self.conn.execute(
-                    "INSERT INTO sync.integration_log (peer, kind, rows, policy_sha, token) "
-                    "VALUES (%s, %s, %s, %s, %s)", (self.peer, kind, page.rows, policy_sha, token))
+                state.log_batch(self.conn, self.peer, kind=kind, rows=page.rows,
+                                policy_sha=policy_sha, token=token)
         return result
 
     def _lock_keys(self, staged: list[tuple[TableInfo, Segment, sql.Identifier | None]]
@@ -306,40 +251,22 @@ class Applier:
         self._staged.add(key)
         try:
             with self.conn.transaction():
-                _copy_in(self.conn, name, seg)
+                copy_in(self.conn, name, seg)
         except psycopg.errors.DataError as exc:
             if seg.binary:   # same built-in types on both sides: cannot be a value's fault
                 raise
             log.info("peer %s: staging %s of %s failed (%s); staging row by row", self.peer,
                      seg.kind, info.name, exc.sqlstate)
-            self._stage_rows_alone(name, info, seg, result)
+            self.rows.stage_alone(name, info, seg, result)
         self._step("staged")
         return name
-
-    def _stage_rows_alone(self, name: sql.Identifier, info: TableInfo, seg: Segment,
-                          result: PageResult) -> None:
-        """Stage a text segment row by row; a row our types cannot hold (a value out of
-        range, say) is dead-lettered by key and the rest go on."""
-        key_col = "pk" if seg.kind == "delete" else info.pk
-        at = seg.columns.index(key_col)
-        for line in seg.data.split(b"\n"):   # COPY text: one row a line, newlines escaped
-            if not line:
-                continue
-            one = Segment(seg.table, seg.kind, seg.columns, line + b"\n", 1, False)
-            try:
-                with self.conn.transaction():
-                    _copy_in(self.conn, name, one)
-            except psycopg.errors.DataError as exc:
-                key = line.split(b"\t")[at].decode()
-                self._dead_letter(info, None, key_col, key, seg.kind, exc)
-                result.dead_letters[info.name] += 1
 
     def _create_stage(self, name: sql.Identifier, info: TableInfo, seg: Segment) -> None:
         if seg.kind == "upsert":
             self.conn.execute(sql.SQL(
                 "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
                 "SELECT {} FROM public.{} WITH NO DATA").format(
-                name, _ident_list(seg.columns), sql.Identifier(info.name)))
+                name, ident_list(seg.columns), sql.Identifier(info.name)))
         else:
             self.conn.execute(sql.SQL(
                 "CREATE TEMP TABLE IF NOT EXISTS {} (pk uuid, modifiedon timestamptz, origin text)"
@@ -379,7 +306,7 @@ class Applier:
               AND (tb.modifiedon, tb.origin) >= (t.modifiedon, t.sync_origin)""")
 
         def run(one: sql.Composable, params: tuple[Any, ...] = ()) -> tuple[int, int]:
-            q = stmt.format(table=table, cols=_ident_list(cols), scols=_ident_list(cols, "s"),
+            q = stmt.format(table=table, cols=ident_list(cols), scols=ident_list(cols, "s"),
                             stage=stage, one=one, tname=sql.Literal(info.name), pk=pk,
                             updates=updates, wins=sql.SQL(">=" if backfill else ">"))
             ins, upd = self.conn.execute(q, params).fetchone()
@@ -395,7 +322,7 @@ class Applier:
 
         done_before = (result.applied[(info.name, "insert")] + result.applied[(info.name, "update")]
                        + result.dead_letters[info.name])
-        self._bulk_or_rows(info, stage, seg.kind, lambda: count(*run(sql.SQL("true"))),
+        self.rows.bulk_or_rows(info, stage, seg.kind, lambda: count(*run(sql.SQL("true"))),
                            lambda key: count(*run(sql.SQL("s.{} = %s").format(pk), (key,))),
                            result)
         done = (result.applied[(info.name, "insert")] + result.applied[(info.name, "update")]
@@ -444,56 +371,8 @@ class Applier:
                                   params).fetchone()[0]
             result.applied[(info.name, "delete")] += n
 
-        self._bulk_or_rows(info, stage, "delete", lambda: run(sql.SQL("true")),
+        self.rows.bulk_or_rows(info, stage, "delete", lambda: run(sql.SQL("true")),
                            lambda key: run(sql.SQL("d.pk = %s"), (key,)), result)
 
-    # -- row-level fallback ---------------------------------------------------------------
-    def _bulk_or_rows(self, info: TableInfo, stage: sql.Identifier, kind: str, bulk: Any,
-                      one_row: Any, result: PageResult) -> None:
-        """Try the whole segment; if it fails, apply row by row and dead-letter the failures."""
-        try:
-            with self.conn.transaction():
-                bulk()
-            return
-        except psycopg.errors.IntegrityError as exc:
-            log.info("peer %s: bulk %s of %s failed (%s); applying row by row", self.peer, kind,
-                     info.name, exc.sqlstate)
-        key_col = "pk" if kind == "delete" else info.pk
-        keys = [r[0] for r in self.conn.execute(
-            sql.SQL("SELECT {} FROM {}").format(sql.Identifier(key_col), stage)).fetchall()]
-        for key in keys:
-            try:
-                with self.conn.transaction():
-                    one_row(key)
-            except psycopg.errors.IntegrityError as exc:
-                self._dead_letter(info, stage, key_col, key, kind, exc)
-                result.dead_letters[info.name] += 1
 
-    def _dead_letter(self, info: TableInfo, stage: sql.Identifier | None, key_col: str,
-                     key: Any, kind: str, exc: psycopg.Error) -> None:
-        diag = exc.diag
-        # the server's DETAIL and a data error's message quote values: never in error text
-        error = describe(exc)
-        if diag.constraint_name:
-            error += f" on {diag.constraint_name}"
-        if diag.column_name:
-            error += f" in column {diag.column_name}"
-        row = None if stage is None else self.conn.execute(
-            sql.SQL("SELECT to_jsonb(s) FROM {} s WHERE {} = %s").format(
-                stage, sql.Identifier(key_col)), (key,)).fetchone()
-        self.conn.execute("""
-            INSERT INTO sync.dead_letter AS d (peer, tablename, pk, op, row_data, error, sqlstate,
-                                               retryable)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (peer, tablename, pk) DO UPDATE SET
-                op = EXCLUDED.op, row_data = EXCLUDED.row_data, error = EXCLUDED.error,
-                sqlstate = EXCLUDED.sqlstate, retryable = EXCLUDED.retryable,
-                attempts = d.attempts + 1, last_failed_at = now()""",
-            (self.peer, info.name, key, kind, json.dumps(row[0]) if row else None, error,
-             exc.sqlstate, exc.sqlstate in RETRYABLE_SQLSTATES))
-        # Never row values in logs: table, key and constraint only.
-        log.warning("peer %s: %s of %s %s dead-lettered (%s %s)", self.peer, kind, info.name,
-                    key, exc.sqlstate, diag.constraint_name or "")
-
-
-__all__ = ["DELETE_COLUMNS", "Applier", "PageResult", "TokenRegression"]
+__all__ = ["Applier"]

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 import psycopg
 
-from .errors import ConfigError, PostgresNotFound, SchemaError, describe, from_db
+from sync.errors import ConfigError, PostgresNotFound, SchemaError, describe, from_db
 
 log = logging.getLogger(__name__)
 

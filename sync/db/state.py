@@ -1,0 +1,243 @@
+"""Every statement on regionsync's own bookkeeping tables, by name.
+
+``sync.settings`` (the region's name), ``sync.peer_state`` (a token per peer and what the
+policy let it send), ``sync.integration_log`` (each batch applied), ``sync.dead_letter``,
+``sync.conflict_log``, ``sync.narrowed_column`` and ``sync.policy_audit``. Other modules
+call these functions instead of writing the SQL again, so a column or a rule about these
+tables (a token never moves backwards, a dead letter's back-off) lives in one place.
+The journal and tombstones are not here: they are part of capture's and apply's own
+statements.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+Conn = psycopg.Connection
+
+# -- settings ------------------------------------------------------------------------------
+
+
+def region_of(conn: Conn) -> str | None:
+    """The region this database belongs to (raises UndefinedTable if never migrated)."""
+    row = conn.execute("SELECT region FROM sync.settings").fetchone()
+    return row[0] if row else None
+
+
+# -- peer_state ----------------------------------------------------------------------------
+
+
+def read_token(conn: Conn, peer: str) -> str | None:
+    """The snapshot token of the last batch applied from ``peer`` (None: never)."""
+    row = conn.execute("SELECT token FROM sync.peer_state WHERE peer = %s", (peer,)).fetchone()
+    return row[0] if row else None
+
+
+def read_view(conn: Conn, peer: str) -> dict[str, Any] | None:
+    """What the policy let ``peer`` send us when we last applied from it."""
+    row = conn.execute("SELECT policy_view FROM sync.peer_state WHERE peer = %s",
+                       (peer,)).fetchone()
+    return row[0] if row else None
+
+
+def save_token(conn: Conn, peer: str, token: str, *, rows: int, initial: bool,
+               policy_sha: str | None, view: dict[str, Any] | None) -> bool:
+    """Store ``token`` unless the stored one is newer; False when it would move back."""
+    cur = conn.execute("""
+        INSERT INTO sync.peer_state AS p (peer, token, initial_load_at, last_applied_at,
+                                          batches_applied, changes_applied, policy_sha,
+                                          policy_view)
+        VALUES (%(peer)s, %(token)s, CASE WHEN %(initial)s THEN now() END, now(), 1,
+                %(rows)s, %(sha)s, %(view)s)
+        ON CONFLICT (peer) DO UPDATE SET
+            token = EXCLUDED.token, last_applied_at = now(),
+            batches_applied = p.batches_applied + 1,
+            changes_applied = p.changes_applied + EXCLUDED.changes_applied,
+            policy_sha = EXCLUDED.policy_sha,
+            policy_view = coalesce(EXCLUDED.policy_view, p.policy_view)
+        WHERE pg_snapshot_xmax(EXCLUDED.token::pg_snapshot)
+              >= pg_snapshot_xmax(p.token::pg_snapshot)
+        RETURNING 1""", {"peer": peer, "token": token, "initial": initial, "rows": rows,
+                         "sha": policy_sha,
+                         "view": json.dumps(view) if view is not None else None})
+    return cur.fetchone() is not None
+
+
+def save_view(conn: Conn, peer: str, view: dict[str, Any]) -> None:
+    conn.execute("UPDATE sync.peer_state SET policy_view = %s WHERE peer = %s",
+                 (json.dumps(view), peer))
+
+
+def forget_peer(conn: Conn, peer: str) -> None:
+    """Drop ``peer``'s token: the next batch from it is an initial load (resync)."""
+    conn.execute("DELETE FROM sync.peer_state WHERE peer = %s", (peer,))
+
+
+def peer_records(conn: Conn) -> dict[str, dict[str, Any]]:
+    """Per peer: token, last success, counters, policy, dead letters and conflicts."""
+    peers: dict[str, dict[str, Any]] = {}
+    for peer, token, applied_at, batches, changes, sha in conn.execute(
+            "SELECT peer, token, last_applied_at, batches_applied, changes_applied, policy_sha "
+            "FROM sync.peer_state ORDER BY peer"):
+        peers[peer] = {"token": token, "last_success": applied_at.isoformat(),
+                       "batches_applied": batches, "changes_applied": changes,
+                       "policy": sha, "dead_letters": 0, "conflicts": 0}
+    for peer, n in conn.execute("SELECT peer, count(*) FROM sync.dead_letter GROUP BY peer"):
+        peers.setdefault(peer, {})["dead_letters"] = n
+    for peer, n in conn.execute("SELECT peer, count(*) FROM sync.conflict_log GROUP BY peer"):
+        peers.setdefault(peer, {})["conflicts"] = n
+    return peers
+
+
+# -- integration_log -----------------------------------------------------------------------
+
+
+def log_batch(conn: Conn, peer: str, *, kind: str, rows: int, policy_sha: str | None,
+              token: str | None) -> None:
+    conn.execute("INSERT INTO sync.integration_log (peer, kind, rows, policy_sha, token) "
+                 "VALUES (%s, %s, %s, %s, %s)", (peer, kind, rows, policy_sha, token))
+
+
+# -- dead_letter ---------------------------------------------------------------------------
+
+
+def put_dead_letter(conn: Conn, peer: str, table: str, key: Any, *, op: str,
+                    row: dict[str, Any] | None, error: str, sqlstate: str | None,
+                    retryable: bool) -> None:
+    """Record (or count again) a row that could not be applied."""
+    conn.execute("""
+        INSERT INTO sync.dead_letter AS d (peer, tablename, pk, op, row_data, error, sqlstate,
+                                           retryable)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (peer, tablename, pk) DO UPDATE SET
+            op = EXCLUDED.op, row_data = EXCLUDED.row_data, error = EXCLUDED.error,
+            sqlstate = EXCLUDED.sqlstate, retryable = EXCLUDED.retryable,
+            attempts = d.attempts + 1, last_failed_at = now()""",
+        (peer, table, key, op, json.dumps(row) if row is not None else None, error, sqlstate,
+         retryable))
+
+
+def dead_letters_due(conn: Conn, peer: str, limit: int) -> list[tuple[int, str, UUID]]:
+    """(id, table, key) of ``peer``'s retryable dead letters whose back-off has passed
+    (2^attempts seconds, at most 5 minutes)."""
+    return conn.execute("""
+        SELECT id, tablename, pk FROM sync.dead_letter
+        WHERE peer = %s AND retryable
+          AND last_failed_at < now() - make_interval(secs => least(power(2, attempts), 300))
+        ORDER BY id LIMIT %s""", (peer, limit)).fetchall()
+
+
+def dead_letters_by_id(conn: Conn, peer: str, ids: list[int]) -> list[tuple[int, str, UUID]]:
+    """(id, table, key) of exactly these dead letters of ``peer``."""
+    return conn.execute("SELECT id, tablename, pk FROM sync.dead_letter "
+                        "WHERE peer = %s AND id = ANY(%s) ORDER BY id", (peer, ids)).fetchall()
+
+
+def resolve_dead_letters(conn: Conn, ids: list[int], since: datetime) -> int:
+    """Drop the dead letters among ``ids`` that did not fail again after ``since``."""
+    return conn.execute("DELETE FROM sync.dead_letter WHERE id = ANY(%s) AND last_failed_at < %s",
+                        (ids, since)).rowcount
+
+
+def count_dead_letters(conn: Conn, peer: str) -> int:
+    return conn.execute("SELECT count(*) FROM sync.dead_letter WHERE peer = %s",
+                        (peer,)).fetchone()[0]
+
+
+def list_dead_letters(conn: Conn, peer: str | None, table: str | None) -> list[tuple]:
+    return conn.execute("""
+        SELECT id, peer, tablename, pk, op, sqlstate, retryable, attempts, last_failed_at,
+               left(error, 80)
+        FROM sync.dead_letter
+        WHERE (%(peer)s::text IS NULL OR peer = %(peer)s)
+          AND (%(table)s::text IS NULL OR tablename = %(table)s)
+        ORDER BY id""", {"peer": peer, "table": table}).fetchall()
+
+
+def get_dead_letter(conn: Conn, ident: int) -> dict[str, Any] | None:
+    cur = conn.execute("SELECT * FROM sync.dead_letter WHERE id = %s", (ident,))
+    row = cur.fetchone()
+    names = [d.name for d in cur.description or []]
+    return dict(zip(names, row, strict=True)) if row else None
+
+
+def dead_letter_ids(conn: Conn) -> list[int]:
+    return [r[0] for r in conn.execute("SELECT id FROM sync.dead_letter ORDER BY id")]
+
+
+def dead_letter_peers(conn: Conn, ids: list[int]) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT DISTINCT peer FROM sync.dead_letter WHERE id = ANY(%s) ORDER BY 1", (ids,))]
+
+
+def discard_dead_letters(conn: Conn, ids: list[int]) -> int:
+    return conn.execute("DELETE FROM sync.dead_letter WHERE id = ANY(%s)", (ids,)).rowcount
+
+
+# -- conflict_log --------------------------------------------------------------------------
+
+
+def record_conflict(conn: Conn, *, table: str, key: Any, peer: str, winner_origin: str,
+                    winner_modifiedon: Any, loser_origin: str | None, loser_modifiedon: Any,
+                    loser_row: dict[str, Any], diff_json: str) -> None:
+    conn.execute("""
+        INSERT INTO sync.conflict_log (tablename, pk, peer, winner_origin, winner_modifiedon,
+                                       loser_origin, loser_modifiedon, loser_row, diff)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (table, key, peer, winner_origin, winner_modifiedon, loser_origin, loser_modifiedon,
+         json.dumps(loser_row), diff_json))
+
+
+def list_conflicts(conn: Conn, table: str | None, limit: int) -> list[tuple]:
+    return conn.execute("""
+        SELECT id, logged_at, tablename, pk, peer, loser_origin, loser_modifiedon,
+               winner_origin, winner_modifiedon,
+               (SELECT string_agg(k, ', ') FROM jsonb_object_keys(
+                    coalesce(diff->'values_changed', '{}'::jsonb)) k)
+        FROM sync.conflict_log
+        WHERE %(table)s::text IS NULL OR tablename = %(table)s
+        ORDER BY id DESC LIMIT %(limit)s""", {"table": table, "limit": limit}).fetchall()
+
+
+def first_conflict(conn: Conn) -> tuple[str, str, Any] | None:
+    """(loser origin, winner origin, diff) of the oldest recorded conflict."""
+    return conn.execute("SELECT loser_origin, winner_origin, diff FROM sync.conflict_log "
+                        "ORDER BY id LIMIT 1").fetchone()
+
+
+def count_conflicts(conn: Conn) -> int:
+    return conn.execute("SELECT count(*) FROM sync.conflict_log").fetchone()[0]
+
+
+# -- narrowed_column -----------------------------------------------------------------------
+
+
+def record_narrowed(conn: Conn, peer: str, table: str, column: str, policy_sha: str) -> None:
+    """``column`` of ``table`` no longer comes from ``peer`` (for `policy drift`)."""
+    conn.execute("INSERT INTO sync.narrowed_column (peer, tablename, column_name, policy_sha) "
+                 "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", (peer, table, column,
+                                                                   policy_sha))
+
+
+def forget_narrowed(conn: Conn, peer: str, table: str, columns: list[str]) -> None:
+    conn.execute("DELETE FROM sync.narrowed_column WHERE peer = %s AND tablename = %s "
+                 "AND column_name = ANY(%s)", (peer, table, columns))
+
+
+def narrowed_columns(conn: Conn) -> dict[tuple[str, str], list[str]]:
+    """(peer, table) -> columns that used to come from that peer."""
+    rows = conn.execute("SELECT peer, tablename, array_agg(column_name ORDER BY column_name)"
+                        " FROM sync.narrowed_column GROUP BY 1, 2").fetchall()
+    return {(p, t): cols for p, t, cols in rows}
+
+
+# -- policy_audit --------------------------------------------------------------------------
+
+
+def record_policy(conn: Conn, sha: str, files: Any) -> None:
+    conn.execute("INSERT INTO sync.policy_audit (sha, files) VALUES (%s, %s)", (sha, files))

@@ -1,0 +1,39 @@
+"""The COPY wire format shared by the source (which reads pages) and apply (which stages
+them): binary framing, the columns of a delete, and COPYing a segment in."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from sync.records import Segment
+
+DELETE_COLUMNS = ("pk", "modifiedon", "origin")
+BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+BINARY_HEADER = BINARY_SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # flags, no ext.
+BINARY_TRAILER = b"\xff\xff"
+
+
+def strip_binary_header(message: bytes) -> bytes:
+    """The server sends the binary COPY header in front of the first row's message."""
+    if not message.startswith(BINARY_SIGNATURE):
+        raise ValueError("binary COPY from the peer did not start with the PGCOPY signature")
+    extension = int.from_bytes(message[15:19], "big")
+    return message[19 + extension:]
+
+
+def ident_list(cols: tuple[str, ...], alias: str | None = None) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(alias, c) if alias else sql.Identifier(c)
+                              for c in cols)
+
+
+def copy_in(conn: psycopg.Connection, table: sql.Composable, seg: Segment) -> None:
+    """COPY a segment's rows into ``table``, in the format the peer sent them."""
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
+        table, ident_list(seg.columns), sql.SQL(" (FORMAT binary)" if seg.binary else ""))
+    with conn.cursor().copy(stmt) as copy:
+        if seg.binary:
+            copy.write(BINARY_HEADER)
+        copy.write(seg.data)
+        if seg.binary:
+            copy.write(BINARY_TRAILER)
