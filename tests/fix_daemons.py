@@ -10,7 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,28 @@ def write_config(path: Path, region: str, url: str, peers: Mapping[str, str], po
     return path
 
 
+def mesh_config(path: Path, urls: Mapping[str, str], region: str, port: int = 0,
+                **kw: Any) -> Path:
+    """A region.yaml for ``region`` pulling from every other region in ``urls``."""
+    return write_config(path, region, urls[region],
+                        {r: u for r, u in urls.items() if r != region}, port, **kw)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``pred`` until it returns something true (returned); an OSError counts as not yet."""
+    end = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < end:
+        try:
+            last = pred()
+            if last:
+                return last
+        except OSError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
 def start_daemon(config: Path, log: Path, env: Mapping[str, str] | None = None
                  ) -> subprocess.Popen[bytes]:
     """`regionsync run --config CONFIG`, output to ``log``."""
@@ -67,10 +90,8 @@ def mesh_daemons(tmp_path: Path, urls: Mapping[str, str], **config: Any
     """One daemon per region in ``urls``, each pulling from every other region."""
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for region, url in urls.items():
-            peers = {r: u for r, u in urls.items() if r != region}
-            cfg = write_config(tmp_path / f"{region}.yaml", region, url, peers, free_port(),
-                               **config)
+        for region in urls:
+            cfg = mesh_config(tmp_path / f"{region}.yaml", urls, region, free_port(), **config)
             procs[region] = start_daemon(cfg, tmp_path / f"{region}.log")
         yield procs
     finally:

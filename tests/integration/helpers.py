@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 
 import psycopg
+
+from tests.fix_daemons import wait_for
 
 
 def account(conn: psycopg.Connection, number: str, name: str = "Acme", **kw) -> uuid.UUID:
@@ -37,10 +37,4 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           text=True, env={**os.environ, **(env or {})}, timeout=120)
 
 
-def wait_for(pred: Callable[[], object], timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
+__all__ = ["account", "cli", "contact", "wait_for"]

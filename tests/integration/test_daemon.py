@@ -15,19 +15,9 @@ from pathlib import Path
 import psycopg
 
 from sync.testing.cluster import free_port
+from tests.fix_daemons import write_config
 from tests.fix_pg import POLICIES, Mesh
 from tests.integration.helpers import account, cli, contact, wait_for
-
-
-def write_config(path: Path, region: str, url: str, peers: dict[str, str], port: int,
-                 page_size: int = 5000) -> Path:
-    lines = [f"region: {region}", "database:", f"  url: {url}", "peers:"]
-    for name, purl in peers.items():
-        lines += [f"  - name: {name}", f"    url: {purl}"]
-    lines += [f"policy_dir: {POLICIES}", "poll_interval: 0.2", f"page_size: {page_size}",
-              "metrics:", "  host: 127.0.0.1", f"  port: {port}"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -87,7 +77,8 @@ def test_daemon_syncs_exports_metrics_and_stops_on_sigterm(mesh: Mesh, tmp_path:
         assert status == 200 and "policy" in body
         contact(west, "Later")
         wait_for(lambda: north.execute("SELECT count(*) FROM contact").fetchone()[0] == 3006)
-        time.sleep(0.5)
+        # the batch's counters are recorded just after its commit
+        wait_for(lambda: 'target="eu-north"} 3006.0' in get(port, "/metrics")[1])
         _, metrics = get(port, "/metrics")
         applied = re.search(r'^regionsync_changes_applied_total\{op="insert",source="eu-west",'
                             r'table="contact",target="eu-north"\} (\S+)$', metrics, re.M)
@@ -101,7 +92,7 @@ def test_daemon_syncs_exports_metrics_and_stops_on_sigterm(mesh: Mesh, tmp_path:
                              ).fetchone()[0] == 0
         # SIGTERM in the middle of a drain: the page in flight commits, exit 0
         west.execute("UPDATE contact SET firstname = 'v2'")
-        time.sleep(0.3)
+        time.sleep(0.3)   # let the drain start: the signal must land mid-drain
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from sync.testing import cluster
 from sync.errors import PostgresNotFound
+from sync.testing import cluster
 
 
 def test_demo_runs_end_to_end_and_removes_everything() -> None:

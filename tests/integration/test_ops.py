@@ -20,6 +20,7 @@ from sync.policy import load_policy
 from sync.runtime.daemon import Daemon
 from sync.runtime.metrics import Metrics
 from sync.testing.cluster import LocalCluster, free_port
+from tests.fix_daemons import mesh_config
 from tests.fix_pg import POLICIES, Mesh
 from tests.integration.helpers import account, cli, contact, wait_for
 
@@ -31,13 +32,9 @@ def region_config(mesh: Mesh, region: str, port: int = 0, **kw) -> RegionConfig:
                         policy_dir=POLICIES, poll_interval=0.2, metrics={"port": port}, **kw)
 
 
-def write_config(tmp_path: Path, mesh: Mesh, region: str) -> Path:
-    path = tmp_path / f"{region}.yaml"
-    peers = "".join(f"  - name: {p}\n    url: {mesh.urls[p]}\n"
-                    for p in ("eu-west", "eu-north", "us-east") if p != region)
-    path.write_text(f"region: {region}\ndatabase:\n  url: {mesh.urls[region]}\n"
-                    f"peers:\n{peers}policy_dir: {POLICIES}\n")
-    return path
+def write_config(tmp_path: Path, mesh: Mesh, region: str, **kw: object) -> Path:
+    urls = {r: mesh.urls[r] for r in ("eu-west", "eu-north", "us-east")}
+    return mesh_config(tmp_path / f"{region}.yaml", urls, region, **kw)
 
 
 @pytest.mark.parametrize("skewed", ["source", "target"])
@@ -191,8 +188,7 @@ def test_resync_logs_progress_and_json_logs_carry_fields(mesh: Mesh, tmp_path: P
     west = mesh.conn("eu-west")
     west.execute("INSERT INTO contact (lastname, medical_notes) "
                  "SELECT 'R' || g, 'secret' FROM generate_series(1, 1200) g")
-    cfg = write_config(tmp_path, mesh, "eu-north")
-    cfg.write_text(cfg.read_text() + "page_size: 500\n")
+    cfg = write_config(tmp_path, mesh, "eu-north", page_size=500)
     out = cli("--log-format", "json", "resync", "--peer", "eu-west", "--config", str(cfg))
     assert out.returncode == 0, out.stderr
     assert "resync from eu-west done: 1200 row(s)" in out.stdout
@@ -209,8 +205,7 @@ def test_resync_shows_a_progress_bar_on_a_terminal(mesh: Mesh, tmp_path: Path) -
     import pty
     mesh.conn("eu-west").execute("INSERT INTO contact (lastname) "
                                  "SELECT 'T' || g FROM generate_series(1, 3000) g")
-    cfg = write_config(tmp_path, mesh, "eu-north")
-    cfg.write_text(cfg.read_text() + "page_size: 500\n")
+    cfg = write_config(tmp_path, mesh, "eu-north", page_size=500)
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "resync", "--peer", "eu-west",
                              "--config", str(cfg)], stdout=subprocess.PIPE, stderr=slave,

@@ -16,6 +16,7 @@ from sync.config import RegionConfig
 from sync.policy import load_policy
 from sync.policy.retract import find_drift, retract
 from sync.runtime.daemon import Daemon
+from tests.fix_daemons import mesh_config
 from tests.fix_pg import POLICIES, Mesh
 from tests.integration.helpers import cli, contact, wait_for
 
@@ -187,11 +188,8 @@ def test_filter_values_never_reach_sql_text(mesh: Mesh, tmp_path: Path) -> None:
 def test_review_commands_on_a_live_region(mesh: Mesh, tmp_path: Path) -> None:
     pol = policy_dir(tmp_path, "    columns: [lastname, accountid, address1_country]\n"
                                "    rows: \"address1_country = 'IE'\"\n    to: [eu-*]")
-    cfg = tmp_path / "west.yaml"
-    cfg.write_text(f"region: eu-west\ndatabase:\n  url: {mesh.urls['eu-west']}\n"
-                   f"peers:\n  - name: eu-north\n    url: {mesh.urls['eu-north']}\n"
-                   f"  - name: us-east\n    url: {mesh.urls['us-east']}\n"
-                   f"policy_dir: {pol}\n")
+    urls = {r: mesh.urls[r] for r in ("eu-west", "eu-north", "us-east")}
+    cfg = mesh_config(tmp_path / "west.yaml", urls, "eu-west", policy_dir=pol)
     cid = contact(mesh.conn("eu-west"), "Why", country="IE")
     check = cli("policy", "check", "--config", str(cfg))
     assert check.returncode == 0, check.stderr

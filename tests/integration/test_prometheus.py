@@ -7,14 +7,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from sync.testing.cluster import free_port
-from tests.fix_pg import POLICIES, Mesh
+from tests.fix_daemons import mesh_config, wait_for
+from tests.fix_daemons import start_daemon as run_daemon
+from tests.fix_pg import Mesh
 from tests.integration.helpers import contact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,30 +31,10 @@ def prom_alerts(port: int) -> list[dict]:
         return json.loads(r.read())["data"]["alerts"]
 
 
-def wait_for(pred, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        try:
-            last = pred()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last: {last})")
-
-
 def start_daemon(tmp_path: Path, mesh: Mesh, region: str, port: int) -> subprocess.Popen:
-    peers = "".join(f"  - name: {p}\n    url: {mesh.urls[p]}\n"
-                    for p in ("eu-west", "eu-north", "us-east") if p != region)
-    cfg = tmp_path / f"{region}.yaml"
-    cfg.write_text(f"region: {region}\ndatabase:\n  url: {mesh.urls[region]}\npeers:\n{peers}"
-                   f"policy_dir: {POLICIES}\npoll_interval: 0.5\n"
-                   f"metrics:\n  host: 127.0.0.1\n  port: {port}\n")
-    log = (tmp_path / f"{region}.log").open("w")
-    return subprocess.Popen([sys.executable, "-m", "sync.cli", "run", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    urls = {r: mesh.urls[r] for r in ("eu-west", "eu-north", "us-east")}
+    cfg = mesh_config(tmp_path / f"{region}.yaml", urls, region, port, poll_interval=0.5)
+    return run_daemon(cfg, tmp_path / f"{region}.log")
 
 
 def test_prometheus_sees_lag_rise_while_a_peer_is_down_and_alerts(mesh: Mesh,
