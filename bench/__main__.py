@@ -193,6 +193,9 @@ def main() -> None:
     ap.add_argument("--big", action="store_true",
                     help="also grow to 1M rows: RSS and per-page time at 1M vs 100k")
     ap.add_argument("--no-mesh", action="store_true", help="skip the three-region mesh")
+    ap.add_argument("--no-egress", action="store_true",
+                    help="read the source as its owner instead of through the destination "
+                         "role its policy made (to measure what egress enforcement costs)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     n, kinds = args.rows, args.workloads.split(",")
@@ -222,7 +225,8 @@ def main() -> None:
             fresh_db(dst, "floor")
             print("setting up: seeding sources and the initial syncs …", flush=True)
             native = Native(src, dst, n)
-            rs = Regionsync(src, dst, n, tmp, args.page_size, args.poll_interval)
+            rs = Regionsync(src, dst, n, tmp, args.page_size, args.poll_interval,
+                            egress=not args.no_egress)
             rates: dict[tuple[str, str], list[float]] = defaultdict(list)
             lags: dict[tuple[str, str], list[float]] = defaultdict(list)
             writes: dict[tuple[str, str], list[float]] = defaultdict(list)  # source busy

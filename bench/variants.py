@@ -14,9 +14,13 @@ import urllib.request
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
+from sync.db.catalog import introspect
 from sync.db.migrate import migrate
+from sync.policy import load_policy
 from sync.runtime.leader import LOCK_CLASS, LOCK_ID
+from sync.source.egress import apply_egress, role_for
 from sync.testing.cluster import LocalCluster, free_port
 
 from . import workload as w
@@ -117,13 +121,21 @@ class Regionsync:
     name = "regionsync"
 
     def __init__(self, src: LocalCluster, dst: LocalCluster, n: int, tmp: Path,
-                 page_size: int, poll_interval: float = 0.02) -> None:
+                 page_size: int, poll_interval: float = 0.02, egress: bool = True) -> None:
         self.src_c, self.dst_c, self.n, self.tmp, self.page_size = src, dst, n, tmp, page_size
         self.poll_interval = poll_interval
         self.src_url = fresh_db(src, "rs_src")
         migrate(self.src_url, "eu-west")
         self.src = psycopg.connect(self.src_url, autocommit=True)
         w.seed(self.src, n)
+        # as in production: the source enforces its own policy, and the daemon reads it as
+        # the role made for eu-north (column grants, journal views)
+        self.peer_url = self.src_url
+        if egress:
+            schema = introspect(self.src)
+            apply_egress(self.src, load_policy(ROOT / "policies", schema), schema,
+                         ["eu-north"])
+            self.peer_url = make_conninfo(self.src_url, user=role_for("eu-north"))
         self.ids = w.keys(self.src)
         self.proc: subprocess.Popen | None = None
         self.lock: psycopg.Connection | None = None
@@ -138,7 +150,7 @@ class Regionsync:
         self.dst = psycopg.connect(self.dst_url, autocommit=True)
         cfg = self.tmp / "eu-north.yaml"
         cfg.write_text(f"region: eu-north\ndatabase:\n  url: {self.dst_url}\npeers:\n"
-                       f"  - name: eu-west\n    url: {self.src_url}\n"
+                       f"  - name: eu-west\n    url: {self.peer_url}\n"
                        f"policy_dir: {ROOT / 'policies'}\npoll_interval: {self.poll_interval}\n"
                        f"page_size: {self.page_size}\nleader_check_interval: 0.02\nforward: false\n"
                        f"metrics:\n  port: {self.port}\n")

@@ -81,6 +81,24 @@ class MetricsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(9187, ge=0, le=65535, description="0 disables the HTTP endpoint")
+    token_env: str | None = Field(None, description="environment variable holding a bearer "
+                                                    "token that /metrics and /status require")
+    token_file: Path | None = Field(None, description="file holding that token")
+
+    def token(self) -> SecretStr | None:
+        """The bearer token /metrics and /status require, if one is configured."""
+        if self.token_env:
+            if self.token_env not in os.environ:
+                raise ConfigError(f"environment variable {self.token_env} is not set",
+                                  key="metrics.token_env")
+            return SecretStr(os.environ[self.token_env])
+        if self.token_file:
+            try:
+                return SecretStr(self.token_file.read_text().strip())
+            except OSError as exc:
+                raise ConfigError(f"cannot read token file {self.token_file}: {exc.strerror}",
+                                  key="metrics.token_file") from exc
+        return None
 
 
 class RegionConfig(BaseModel):
@@ -101,9 +119,21 @@ class RegionConfig(BaseModel):
         True, description="journal rows applied from peers so that regions pulling "
                           "`origins: any` from us receive them (a hub needs this); a mesh "
                           "member or spoke may turn it off for faster apply")
+    destinations: list[RegionName] = Field(
+        default_factory=list, description="regions that pull from this one, beyond `peers` "
+                                          "(a receive-only region lists its sources, and they "
+                                          "list it here)")
+    egress: bool = Field(
+        True, description="make this database enforce the policy for each destination "
+                          "(roles regionsync_to_<region>, column grants, row-level security) "
+                          "whenever a policy is loaded; needs the tables' owner")
     leader_check_interval: float = Field(
         2.0, gt=0, le=60, description="seconds between leader-lock checks (standby takeover)")
     source_file: Path | None = Field(None, exclude=True)
+
+    def destination_regions(self) -> list[str]:
+        """Every region that may pull from this one: the peers and ``destinations``."""
+        return sorted({*(p.name for p in self.peers), *self.destinations})
 
     @field_validator("peers", mode="before")
     @classmethod
@@ -137,6 +167,14 @@ def load_config(path: Path) -> RegionConfig:
     # error naming file, line and key at start-up, not a failure minutes later.
     endpoints = [(("database",), "database.url", cfg.database)] + [
         (("peers", i), f"peers[{p.name}].url", p) for i, p in enumerate(cfg.peers)]
+    if cfg.metrics.token_file is not None and not cfg.metrics.token_file.is_absolute():
+        cfg.metrics.token_file = base / cfg.metrics.token_file
+    try:
+        cfg.metrics.token()
+    except ConfigError as exc:
+        field = (exc.key or "metrics").rsplit(".", 1)[-1]
+        raise ConfigError(exc.detail, file=str(path), line=yamlfile.line_of(
+            doc, ("metrics", field)), key=exc.key) from exc
     for loc, where, ep in endpoints:
         try:
             ep.conninfo(where=where)

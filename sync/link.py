@@ -11,6 +11,7 @@ last-writer-wins makes a replay a no-op (no row changes, no journal entry, no ec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -70,6 +71,10 @@ class PeerLink:
         self._lanes: list[Applier] = []     # the applier, then one per extra connection
         self._lane_conns: list[psycopg.Connection] = []
         self._progress_lock = threading.Lock()
+        # What the peer grants us (None: we connect as a role it did not make for us), and
+        # the tables our policy asks for that it does not send (table -> why).
+        self.granted: dict[str, tuple[str, ...]] | None = None
+        self.refused: dict[str, str] = {}
 
     def _connect(self) -> tuple[SourceReader, Applier]:
         if self.reader is None or self.applier is None or self.source is None \
@@ -85,6 +90,7 @@ class PeerLink:
                                        binary=binary_tables(self.schema, introspect(self.source)))
             self.applier = Applier(self.target, self.schema, peer=self.peer, region=self.region,
                                    journal=self.forward)
+            self.granted = self.reader.grants()
         return self.reader, self.applier
 
     def warm(self) -> None:
@@ -115,9 +121,41 @@ class PeerLink:
         self._lanes, self._lane_conns = [], []
 
     def _plan_tables(self, policy: Policy):
+        """What we read from the peer: our own policy (ingress) intersected with what the
+        peer's policy grants us (egress, when we connect as the role it made for us)."""
         assert self.schema is not None
         rules = {t: r for t, r in policy.rules_to(self.region).items() if t in self.schema.tables}
+        if self.granted is not None:
+            rules = self._intersect(rules, self.granted)
         return rules, [self.schema.tables[t] for t in self.schema.topo_order(list(rules))]
+
+    def _intersect(self, rules: dict[str, TableRule],
+                   granted: dict[str, tuple[str, ...]]) -> dict[str, TableRule]:
+        """Drop what the owner does not grant; say so once per table (status and log)."""
+        out: dict[str, TableRule] = {}
+        notes: dict[str, str] = {}
+        for table, rule in rules.items():
+            cols = granted.get(table)
+            if cols is None:
+                notes[table] = f"{self.peer}'s policy does not send {table} to {self.region}"
+                continue
+            missing = [c for c in rule.columns if c not in cols]
+            if rule.rows is not None and not rule.rows.columns() <= set(cols):
+                notes[table] = (f"our row filter for {table} reads columns {self.peer} does "
+                                "not send us")
+                continue
+            if missing:
+                notes[table] = (f"{self.peer} does not send {table}."
+                                f"{', '.join(missing)}; receiving the rest")
+                rule = dataclasses.replace(rule, columns=tuple(c for c in rule.columns
+                                                               if c in cols))
+            out[table] = rule
+        for table, note in notes.items():
+            if self.refused.get(table) != note:
+                log.warning("peer %s: %s (ingress asks for more than egress grants)", self.peer,
+                            note, extra={"peer": self.peer, "table": table})
+        self.refused = notes
+        return out
 
     def _policy_changed(self, stored: dict, view: dict, policy: Policy,
                         rules: dict[str, TableRule], tables: list) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 import psycopg
+import psycopg.conninfo
 
 from sync.db import state
 from sync.errors import ConfigError
@@ -259,3 +260,40 @@ def resync(config_path: Path, peer: str) -> None:
     finally:
         link.close()
     click.echo(f"resync from {peer} done: {total} row(s) loaded")
+
+
+@click.command()
+@config_opt
+@click.option("--apply", "apply_", is_flag=True,
+              help="Run the statements now (as the tables' owner), instead of printing them.")
+@click.option("--daemon-role", default=None,
+              help="Also create/grant the daemon's own login role (default: the config's "
+                   "database user when printing).")
+@click.option("--app-role", default=None,
+              help="Also create/grant the application's role: DML on the tracked tables, "
+                   "nothing in the sync schema.")
+def roles(config_path: Path, apply_: bool, daemon_role: str | None,
+          app_role: str | None) -> None:
+    """The SQL for least privilege in this region: the daemon's role, the application's,
+    and one role per destination region that its policy lets read (column grants, row-level
+    security, journal views)."""
+    from sync.db.catalog import introspect
+    from sync.policy.loader import load_policy
+    from sync.source.egress import apply_egress, local_role_statements, script
+    cfg, conn = _open(config_path)
+    with conn:
+        schema = introspect(conn)
+        policy = load_policy(cfg.policy_dir, schema)
+        daemon = daemon_role or psycopg.conninfo.conninfo_to_dict(
+            cfg.database.conninfo(where="database.url")).get("user")
+        if apply_:
+            if daemon_role or app_role:
+                with conn.transaction():
+                    for stmt in local_role_statements(schema, daemon=daemon_role or daemon,
+                                                      app=app_role):
+                        conn.execute(stmt)
+            made = apply_egress(conn, policy, schema, cfg.destination_regions())
+            click.echo(f"policy {policy.sha} enforced for {', '.join(made) or 'no destination'}")
+            return
+        click.echo(script(policy, schema, cfg.destination_regions(), conn,
+                          daemon=daemon, app=app_role), nl=False)

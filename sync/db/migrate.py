@@ -54,6 +54,10 @@ def migrate(conninfo: str, region: str) -> None:
                     key="region")
             conn.execute(text("INSERT INTO sync.settings (region) VALUES (:r) "
                               "ON CONFLICT (id) DO NOTHING"), {"r": region})
+            if current is None:
+                # the capture triggers and column defaults inline the region's name
+                conn.execute(text("SELECT sync.enable_change_tracking(tablename) "
+                                  "FROM sync.tracked_table"))
         log.info("region %s migrated to head", region)
     except DBAPIError as exc:   # SQLAlchemy's wrapper: classify psycopg's error inside it
         if isinstance(exc.orig, psycopg.Error):

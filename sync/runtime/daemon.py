@@ -47,6 +47,7 @@ from sync.runtime.http import StatusServer
 from sync.runtime.leader import LeaderLock
 from sync.runtime.metrics import Metrics
 from sync.runtime.status import local_status
+from sync.source.egress import apply_egress
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,10 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         if cfg.metrics.port:
+            token = cfg.metrics.token()
             self._http = StatusServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry,
-                                      self._ready, self.status)
+                                      self._ready, self.status,
+                                      token.get_secret_value() if token else None)
             try:
                 self.http_port = self._http.start()
             except OSError as exc:
@@ -300,12 +303,19 @@ class Daemon:
 
     # -- policy, readiness and status -----------------------------------------------------
     def _policy_loaded(self, policy: Policy) -> None:
+        """A policy is in force: record it, and make this database enforce it for every
+        destination (egress roles, column grants, row-level security)."""
         self.metrics.set_policy(policy.sha)
+        cfg = self.config
         try:
-            with connect(self._local, application_name=f"regionsync-{self.config.region}") as c:
+            with connect(self._local, application_name=f"regionsync-{cfg.region}") as c:
                 state.record_policy(c, policy.sha, policy_fingerprint(policy))
+                if cfg.egress:
+                    apply_egress(c, policy, introspect(c), cfg.destination_regions())
         except psycopg.Error as exc:
-            log.warning("could not record policy %s in sync.policy_audit: %s", policy.sha, exc)
+            log.error("policy %s: cannot enforce egress in the local database (%s); run "
+                      "`regionsync roles --config %s --apply` as the tables' owner", policy.sha,
+                      describe(exc), cfg.source_file or "region.yaml")
 
     def _policy_refused(self, exc: PolicyError) -> None:
         self.metrics.policy_reload_failures.inc()
@@ -337,6 +347,7 @@ class Daemon:
             peers[name] = {**record, "lag_seconds": round(h.lag(), 3), "backlog": h.backlog,
                            "reachable": h.reachable, "last_error": h.last_error,
                            "state": ("stopped: " + self._stopped_links[name])
-                           if name in self._stopped_links else "running"}
+                           if name in self._stopped_links else "running",
+                           "tables_refused": dict(self._links[name].refused)}
         return {"region": cfg.region, "role": "leader" if self.is_leader else "standby",
                 "policy": self.policy.current().sha if self.policy else None, "peers": peers}

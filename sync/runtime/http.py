@@ -1,8 +1,14 @@
 """One HTTP port for operators: ``/metrics``, ``/healthz`` (process alive), ``/readyz``
-(local database reachable, policy loaded; says leader or standby) and ``/status`` (JSON)."""
+(local database reachable, policy loaded; says leader or standby) and ``/status`` (JSON).
+
+It listens on localhost unless the operator opens it. With a token configured,
+``/metrics`` and ``/status`` require ``Authorization: Bearer <token>`` (Prometheus sends it
+with ``authorization: {credentials_file: …}``); ``/healthz`` and ``/readyz`` stay open for
+orchestrators and say nothing a token would protect."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import threading
@@ -20,7 +26,9 @@ class StatusServer:
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
                  ready: Callable[[], tuple[bool, str]],
-                 status: Callable[[], dict[str, Any]] | None = None) -> None:
+                 status: Callable[[], dict[str, Any]] | None = None,
+                 token: str | None = None) -> None:
+        self.token = token
         self.host = host
         self.status = status
         self.port = port
@@ -35,6 +43,12 @@ class StatusServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
+                if path in ("/metrics", "/status") and not self._authorised():
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Bearer realm="regionsync"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if path == "/metrics":
                     self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
@@ -47,6 +61,12 @@ class StatusServer:
                     self._send(200, body.encode(), "application/json")
                 else:
                     self._send(404, b"not found\n")
+
+            def _authorised(self) -> bool:
+                if not outer.token:
+                    return True
+                given = self.headers.get("Authorization", "")
+                return hmac.compare_digest(given.encode(), f"Bearer {outer.token}".encode())
 
             def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
                 self.send_response(code)

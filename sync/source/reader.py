@@ -29,7 +29,6 @@ from collections.abc import Iterator, Sequence
 import psycopg
 from psycopg import sql
 
-from sync.db import state
 from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema, TableInfo
 from sync.policy.model import TableRule
 from sync.records import Kind, Origins, Page, Pending, ReadPlan, Segment, Snapshot
@@ -72,7 +71,8 @@ class SourceReader:
         return sql.SQL("{} <> {}").format(column, sql.Literal(self.region))
 
     def _journal_range(self, token: str) -> sql.Composable:
-        """Journal entries (``sync.change_set c``) of transactions the token did not see."""
+        """Journal entries (``sync.egress_change_set c``: the peer's journal as its policy
+        lets us see it) of transactions the token did not see."""
         return sql.SQL(
             "{origin} AND c.txid >= pg_snapshot_xmin({tok}::pg_snapshot)"
             " AND NOT pg_visible_in_snapshot(c.txid, {tok}::pg_snapshot)").format(
@@ -82,7 +82,8 @@ class SourceReader:
         if plan.keys is not None:
             return sql.SQL("{} = ANY({}::uuid[])").format(column, sql.Literal(list(plan.keys)))
         assert plan.token is not None
-        return sql.SQL("{col} IN (SELECT k.pk FROM sync.change_set c, unnest(c.pks) AS k(pk)"
+        return sql.SQL("{col} IN (SELECT k.pk FROM sync.egress_change_set c,"
+                       " unnest(c.pks) AS k(pk)"
                        " WHERE c.tablename = {t} AND {range})").format(
             col=column, t=sql.Literal(info.name), range=self._journal_range(plan.token))
 
@@ -110,7 +111,7 @@ class SourceReader:
         else:
             keys = self._keys(info, plan, sql.SQL("tb.pk"))
         return sql.SQL(
-            "COPY (SELECT tb.pk, tb.modifiedon, tb.origin FROM sync.tombstone tb"
+            "COPY (SELECT tb.pk, tb.modifiedon, tb.origin FROM sync.egress_tombstone tb"
             " WHERE tb.tablename = {t} AND {keys}"
             " AND NOT EXISTS (SELECT 1 FROM public.{table} x WHERE x.{pk} = tb.pk)) TO STDOUT"
         ).format(t=sql.Literal(info.name), keys=keys, table=sql.Identifier(info.name),
@@ -127,7 +128,18 @@ class SourceReader:
 
     def token_for(self, region: str) -> str | None:
         """The peer's own token for ``region``: how much of our journal it has applied."""
-        return state.read_token(self.conn, region)
+        row = self.conn.execute("SELECT token FROM sync.egress_peer_state WHERE peer = %s",
+                                (region,)).fetchone()
+        return row[0] if row else None
+
+    def grants(self) -> dict[str, tuple[str, ...]] | None:
+        """What the peer's policy lets us read (table -> columns), when we connect as the
+        destination role it made for us; None when we connect as a role it did not make
+        (the owner or a superuser: then only our own policy limits what we read)."""
+        if self.conn.execute("SELECT 1 FROM sync.egress_me").fetchone() is None:
+            return None
+        return {t: tuple(cols) for t, cols in self.conn.execute(
+            "SELECT tablename, columns FROM sync.egress_grants")}
 
     def pending(self, token: str, tables: Sequence[str],
                 distinct: Sequence[str] = ()) -> Pending:
@@ -137,7 +149,7 @@ class SourceReader:
         if not tables:
             return Pending({}, None)
         q = sql.SQL("SELECT c.tablename, sum(cardinality(c.pks)), min(c.changed_at)"
-                    " FROM sync.change_set c"
+                    " FROM sync.egress_change_set c"
                     " WHERE c.tablename = ANY({tables}) AND {range} GROUP BY c.tablename").format(
             tables=sql.Literal(list(tables)), range=self._journal_range(token))
         rows = self.conn.execute(q).fetchall()
@@ -146,7 +158,7 @@ class SourceReader:
         wanted = [t for t in distinct if any(r[0] == t for r in rows)]
         if wanted:
             q = sql.SQL("SELECT c.tablename, count(DISTINCT k.pk)"
-                        " FROM sync.change_set c, unnest(c.pks) AS k(pk)"
+                        " FROM sync.egress_change_set c, unnest(c.pks) AS k(pk)"
                         " WHERE c.tablename = ANY({tables}) AND {range}"
                         " GROUP BY c.tablename").format(
                 tables=sql.Literal(wanted), range=self._journal_range(token))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 import psycopg
+from psycopg.conninfo import make_conninfo
 from ruamel.yaml import YAML
 
 from sync.db import state
@@ -28,6 +29,7 @@ from sync.db.catalog import introspect
 from sync.db.connect import connect
 from sync.db.migrate import migrate
 from sync.policy import load_policy
+from sync.source.egress import apply_egress, role_for
 from sync.testing.cluster import clusters, find_pg_bin, free_port
 from sync.testing.verify import converged
 
@@ -47,7 +49,9 @@ def write_config(path: Path, region: str, urls: dict[str, str], port: int,
     cfg = {
         "region": region,
         "database": {"url": urls[region]},
-        "peers": [{"name": p, "url": urls[p]} for p in urls if p != region],
+        # each peer is read as the role its owner made for this region (least privilege)
+        "peers": [{"name": p, "url": make_conninfo(urls[p], user=role_for(region))}
+                  for p in urls if p != region],
         "policy_dir": str(policy_dir),
         "poll_interval": 0.5,
         "page_size": 5000,
@@ -186,6 +190,10 @@ def run_demo(rows: int = 200, keep_running: bool = False) -> None:
             echo(f"policy {policy.sha} from {policy_dir}: tables "
                  f"{', '.join(sorted(policy.rules))} sync; medical columns and medicalcase "
                  "stay home")
+            for r in REGIONS:
+                made = apply_egress(conns[r], policy, schema, [p for p in REGIONS if p != r])
+                echo(f"  {r:9} enforces it for its peers: roles {', '.join(made)} "
+                     "(column grants, row security, journal views)")
             with daemons(configs, tmpdir) as procs:
                 def alive() -> None:
                     for p in procs.values():

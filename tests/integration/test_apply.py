@@ -176,7 +176,8 @@ def test_applied_rows_get_fresh_local_versions_without_the_row_trigger(mesh: Mes
     first = north.execute("SELECT versionnumber FROM contact WHERE contactid = %s",
                           (cid,)).fetchone()[0]
     west.execute("UPDATE contact SET firstname = 'v2' WHERE contactid = %s", (cid,))
-    before = north.execute("SELECT last_value FROM sync.versionnumber_seq").fetchone()[0]
+    before = north.execute("SELECT last_value FROM public.regionsync_versionnumber_seq"
+                           ).fetchone()[0]
     mesh.link("eu-north", "eu-west").run_once()
     second, name = north.execute("SELECT versionnumber, firstname FROM contact "
                                  "WHERE contactid = %s", (cid,)).fetchone()

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 
 from sync.testing.cluster import free_port
-from tests.fix_daemons import write_config
+from tests.fix_daemons import start_daemon, stop_daemon, write_config
 from tests.fix_pg import POLICIES, Mesh
 from tests.integration.helpers import account, cli, contact, wait_for
 
@@ -45,7 +45,7 @@ def test_migrate_is_idempotent(pg_clusters, tmp_path: Path) -> None:
             proc = cli("migrate", "--config", str(cfg))
             assert proc.returncode == 0, proc.stderr
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0005",)
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0007",)
             assert conn.execute("SELECT region FROM sync.settings").fetchone() == ("ap-south",)
         wrong = write_config(tmp_path / "w.yaml", "eu-west", url, {}, 0)
         proc = cli("migrate", "--config", str(wrong))
@@ -140,3 +140,33 @@ def test_policy_check_against_live_schema(mesh: Mesh, tmp_path: Path) -> None:
                     "--policy-dir", str(POLICIES))
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout
+
+
+
+def test_metrics_and_status_require_the_token_when_one_is_set(mesh: Mesh,
+                                                              tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path / "n.yaml", "eu-north", mesh.urls["eu-north"],
+                       {"eu-west": mesh.urls["eu-west"]}, port)
+    cfg.write_text(cfg.read_text() + "  token_env: RS_METRICS_TOKEN\n")
+    proc = start_daemon(cfg, tmp_path / "d.log", env={"RS_METRICS_TOKEN": "s3cr3t-token"})
+    try:
+        wait_for(lambda: _healthy(port))
+        assert get(port, "/metrics")[0] == 401
+        assert get(port, "/status")[0] == 401
+        assert get(port, "/readyz")[0] in (200, 503)
+
+        def with_token(path: str, token: str) -> int:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                         headers={"Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+        assert with_token("/metrics", "s3cr3t-token") == 200
+        assert with_token("/status", "s3cr3t-token") == 200
+        assert with_token("/metrics", "wrong") == 401
+    finally:
+        assert stop_daemon(proc) == 0
+    assert "s3cr3t-token" not in (tmp_path / "d.log").read_text()

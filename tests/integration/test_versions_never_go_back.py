@@ -29,12 +29,13 @@ def _write_from_a_clock_ahead(mesh: Mesh, key: uuid.UUID, *, delete: bool = Fals
                          (key, AHEAD))
             conn.execute("INSERT INTO sync.change_set (tablename, op, origin, pks, versions) "
                          "VALUES ('contact', 'd', 'eu-north', ARRAY[%s::uuid], "
-                         "ARRAY[nextval('sync.versionnumber_seq')])", (key,))
+                         "ARRAY[nextval('public.regionsync_versionnumber_seq')])", (key,))
         else:
             conn.execute("""INSERT INTO contact (contactid, lastname, modifiedon, sync_origin,
                                                  versionnumber)
                             VALUES (%s, 'Ahead', clock_timestamp() + %s, 'eu-north',
-                                    nextval('sync.versionnumber_seq'))""", (key, AHEAD))
+                                    nextval('public.regionsync_versionnumber_seq'))""",
+                         (key, AHEAD))
             conn.execute("INSERT INTO sync.change_set (tablename, op, origin, pks, versions) "
                          "SELECT 'contact', 'i', 'eu-north', ARRAY[contactid], "
                          "ARRAY[versionnumber] FROM contact WHERE contactid = %s", (key,))

@@ -1,0 +1,219 @@
+"""Egress at the owner: this region's policy, materialised in its own database.
+
+For every destination region the owner creates (or updates) one role,
+``regionsync_to_<region>``, and grants it exactly what its policy sends there:
+
+- ``SELECT`` on the allowed columns of each table the policy sends (key and system
+  columns included, ``versionnumber`` and never-leaves columns never);
+- a row-level-security policy per row filter (``AS RESTRICTIVE … TO that role``), beside
+  one permissive policy for everyone else so that enabling RLS changes nothing for the
+  application or for apply;
+- the journal, tombstones and its own token only through the ``sync.egress_*`` views
+  (migration 0006), which show a destination nothing of a table it may not receive.
+
+A destination connects as its role; however wrong, stale or hostile its own policy is, and
+even with ``psql`` and its credentials, it reads no more than this. The statements run in
+one transaction, are recorded in ``sync.egress_role``/``sync.egress_table`` and
+``sync.policy_audit``, and are what ``regionsync roles`` prints for a DBA to review.
+Creating roles needs CREATEROLE; row-level security and column grants need the tables'
+owner: the role that runs ``regionsync migrate``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from sync.db.catalog import Schema
+from sync.policy.model import Policy
+
+log = logging.getLogger(__name__)
+
+EVERYONE = "regionsync_everyone"     # the permissive RLS policy that keeps other roles whole
+VIEWS = ("egress_change_set", "egress_tombstone", "egress_peer_state", "egress_grants",
+         "egress_me", "tracked_table")
+
+
+def role_for(region: str) -> str:
+    """The role a destination region connects as: ``regionsync_to_<region>``."""
+    return "regionsync_to_" + region.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one destination may read of one table."""
+
+    table: str
+    columns: tuple[str, ...]
+    row_filter: sql.Composable | None
+
+
+def grants_for(policy: Policy, schema: Schema, destination: str) -> list[Grant]:
+    """The owner's policy for ``destination``: tables, wire columns, row filters."""
+    out = []
+    for table in schema.topo_order():
+        rule = policy.rule_for(table, destination)
+        if rule is None:
+            continue
+        info = schema.tables[table]
+        out.append(Grant(table, rule.wire_columns(info),
+                         rule.rows.to_sql(table) if rule.rows is not None else None))
+    return out
+
+
+@dataclass(frozen=True)
+class Current:
+    """What the database already enforces, so that unchanged row-level security is left
+    alone (ALTER TABLE and CREATE POLICY take an exclusive lock on the table)."""
+
+    rls: frozenset[str]                                  # tables with RLS enabled
+    policies: frozenset[tuple[str, str]]                 # (table, policy name)
+    filters: dict[tuple[str, str], str]                  # (role, table) -> recorded filter
+
+    @classmethod
+    def read(cls, conn: psycopg.Connection) -> Current:
+        rls = {r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relrowsecurity")}
+        pols = {(t, p) for t, p in conn.execute(
+            "SELECT tablename, policyname FROM pg_policies WHERE schemaname = 'public'")}
+        filters = {(r, t): f for r, t, f in conn.execute(
+            "SELECT role_name, tablename, row_filter FROM sync.egress_table "
+            "WHERE row_filter IS NOT NULL")}
+        return cls(frozenset(rls), frozenset(pols), filters)
+
+
+def egress_statements(policy: Policy, schema: Schema, destinations: Iterable[str],
+                      conn: psycopg.Connection | None = None,
+                      current: Current | None = None) -> list[sql.Composable]:
+    """Every statement that makes the database enforce ``policy`` for ``destinations``;
+    with ``current``, row-level security that is already in force is not re-created."""
+    stmts: list[sql.Composable] = []
+    filtered_anywhere: set[str] = set()
+    plans = {d: grants_for(policy, schema, d) for d in sorted(set(destinations))}
+    for grants in plans.values():
+        filtered_anywhere |= {g.table for g in grants if g.row_filter is not None}
+    for table in sorted(filtered_anywhere):
+        t = sql.Identifier(table)
+        if current is None or table not in current.rls:
+            stmts.append(sql.SQL("ALTER TABLE public.{} ENABLE ROW LEVEL SECURITY").format(t))
+        if current is None or (table, EVERYONE) not in current.policies:
+            stmts += [
+                sql.SQL("DROP POLICY IF EXISTS {} ON public.{}").format(
+                    sql.Identifier(EVERYONE), t),
+                sql.SQL("CREATE POLICY {} ON public.{} USING (true) WITH CHECK (true)").format(
+                    sql.Identifier(EVERYONE), t)]
+    for destination, grants in plans.items():
+        name = role_for(destination)
+        role = sql.Identifier(name)
+        stmts += [
+            sql.SQL("DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) "
+                    "THEN CREATE ROLE {} LOGIN; END IF; END$$").format(sql.Literal(name), role),
+            sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(role),
+            sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA sync FROM {}").format(role),
+            sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA sync FROM {}").format(role),
+            sql.SQL("GRANT USAGE ON SCHEMA public, sync TO {}").format(role),
+            sql.SQL("GRANT SELECT ON {} TO {}").format(
+                sql.SQL(", ").join(sql.Identifier("sync", v) for v in VIEWS), role)]
+        wanted = {g.table: g for g in grants if g.row_filter is not None}
+        for table in sorted(schema.tables):
+            g = wanted.get(table)
+            text = g.row_filter.as_string(conn) if g is not None and conn is not None else None
+            exists = current is None or (table, name) in current.policies
+            same = current is not None and exists and g is not None \
+                and current.filters.get((name, table)) == text
+            if exists and not same:
+                stmts.append(sql.SQL("DROP POLICY IF EXISTS {} ON public.{}").format(
+                    role, sql.Identifier(table)))
+            if g is not None and not same:
+                stmts.append(sql.SQL("CREATE POLICY {} ON public.{} AS RESTRICTIVE FOR SELECT "
+                                     "TO {} USING ({})").format(role, sql.Identifier(table), role,
+                                                              g.row_filter))
+        for g in grants:
+            stmts.append(sql.SQL("GRANT SELECT ({}) ON public.{} TO {}").format(
+                sql.SQL(", ").join(sql.Identifier(c) for c in g.columns),
+                sql.Identifier(g.table), role))
+    return stmts
+
+
+def apply_egress(conn: psycopg.Connection, policy: Policy, schema: Schema,
+                 destinations: Iterable[str]) -> list[str]:
+    """Make the database enforce ``policy`` for ``destinations``, all or nothing, and record
+    it. Returns the destination roles. Raises psycopg's error when the connection's role
+    may not (CREATEROLE and table ownership are needed)."""
+    destinations = sorted(set(destinations))
+    with conn.transaction():
+        # one regeneration at a time (two daemons, or a daemon and `regionsync roles`)
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('regionsync.egress'))")
+        current = Current.read(conn)
+        for stmt in egress_statements(policy, schema, destinations, conn, current):
+            conn.execute(stmt)
+        conn.execute("DELETE FROM sync.egress_role WHERE region <> ALL(%s)", (destinations,))
+        for destination in destinations:
+            role = role_for(destination)
+            conn.execute("INSERT INTO sync.egress_role (role_name, region, policy_sha) "
+                         "VALUES (%s, %s, %s) ON CONFLICT (role_name) DO UPDATE SET "
+                         "policy_sha = EXCLUDED.policy_sha, granted_at = now()",
+                         (role, destination, policy.sha))
+            conn.execute("DELETE FROM sync.egress_table WHERE role_name = %s", (role,))
+            for g in grants_for(policy, schema, destination):
+                conn.execute("INSERT INTO sync.egress_table (role_name, tablename, columns, "
+                             "row_filter) VALUES (%s, %s, %s, %s)",
+                             (role, g.table, list(g.columns),
+                              g.row_filter.as_string(conn) if g.row_filter else None))
+    log.info("policy %s enforced for %s (roles %s)", policy.sha, ", ".join(destinations),
+             ", ".join(role_for(d) for d in destinations))
+    return [role_for(d) for d in destinations]
+
+
+def local_role_statements(schema: Schema, *, daemon: str,
+                          app: str | None) -> list[sql.Composable]:
+    """The region's own roles: the daemon (applies peers' changes; no superuser, not the
+    tables' owner) and, when named, the application (DML on the tracked tables, nothing
+    of the ``sync`` schema)."""
+    tables = sql.SQL(", ").join(sql.SQL("public.{}").format(sql.Identifier(t))
+                                for t in sorted(schema.tables))
+    d = sql.Identifier(daemon)
+    stmts: list[sql.Composable] = [
+        sql.SQL("DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) "
+                "THEN CREATE ROLE {} LOGIN; END IF; END$$").format(sql.Literal(daemon), d),
+        sql.SQL("GRANT regionsync_apply TO {}").format(d),
+        sql.SQL("GRANT USAGE ON SCHEMA public, sync TO {}").format(d),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(tables, d),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA sync TO {}"
+                ).format(d),
+        sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA sync TO {}").format(d),
+        sql.SQL("GRANT USAGE ON SEQUENCE public.regionsync_versionnumber_seq TO {}").format(d),
+    ]
+    if app:
+        a = sql.Identifier(app)
+        stmts += [
+            sql.SQL("DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) "
+                    "THEN CREATE ROLE {} LOGIN; END IF; END$$").format(sql.Literal(app), a),
+            sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(a),
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(tables, a),
+            sql.SQL("REVOKE ALL ON SCHEMA sync FROM {}").format(a)]
+    return stmts
+
+
+def script(policy: Policy, schema: Schema, destinations: Iterable[str],
+           conn: psycopg.Connection, *, daemon: str | None = None,
+           app: str | None = None) -> str:
+    """The statements as one SQL script, for a DBA to read or run with psql (as the
+    tables' owner, with CREATEROLE). Passwords are never in it: set them with \\password
+    or use certificate authentication."""
+    lines = ["-- regionsync roles for this region. Run as the tables' owner (CREATEROLE).",
+             "BEGIN;"]
+    if daemon:
+        lines.append(f"-- the daemon ({daemon}) and the application"
+                     f"{f' ({app})' if app else ''}")
+        lines += [s.as_string(conn) + ";"
+                  for s in local_role_statements(schema, daemon=daemon, app=app)]
+    lines.append(f"-- egress for policy {policy.sha}: what each destination region may read")
+    lines += [s.as_string(conn) + ";" for s in egress_statements(policy, schema, destinations)]
+    lines.append("COMMIT;")
+    return "\n".join(lines) + "\n"

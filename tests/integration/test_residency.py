@@ -1,0 +1,205 @@
+"""Residency enforced by the region that owns the data (invariant 1), in its own database.
+
+The owner turns its policy into one role per destination (column grants, row-level
+security, journal views). A destination that connects as its role reads no more than the
+owner's policy grants — whatever its own policy says, and even with plain SQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import psycopg
+import psycopg.conninfo
+import pytest
+
+from sync.link import PeerLink
+from sync.policy import load_policy
+from sync.source.egress import apply_egress, role_for
+from tests.fix_daemons import write_config
+from tests.fix_pg import POLICIES, Mesh
+from tests.integration.helpers import cli, contact
+
+SECRETS = ("HIV positive; on ART", "PACEMAKER-SN-4711", "Hypertension stage 2")
+
+HOSTILE = """version: 1
+description: A receiver that wants what it must not have.
+rules:
+  contact:
+    columns: [accountid, firstname, lastname, emailaddress1, address1_country,
+              medical_notes, implant_serial]
+  medicalcase:
+    columns: [contactid, diagnosis, treatment, openedon]
+"""
+
+
+def as_destination(mesh: Mesh, owner: str, destination: str) -> str:
+    """The owner's database URL, logging in as the role it made for ``destination``."""
+    return psycopg.conninfo.make_conninfo(mesh.urls[owner], user=role_for(destination))
+
+
+def _seed_owner(mesh: Mesh) -> uuid.UUID:
+    west = mesh.conn("eu-west")
+    cid = contact(west, "Patient", medical=SECRETS[0], implant=SECRETS[1])
+    west.execute("INSERT INTO medicalcase (contactid, diagnosis, treatment) VALUES (%s, %s, "
+                 "'ACE inhibitor')", (cid, SECRETS[2]))
+    return cid
+
+
+def _policy_dir(tmp_path: Path, name: str, text: str) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "policy.yaml").write_text(text)
+    return d
+
+
+def _holds_secret(mesh: Mesh, region: str) -> bool:
+    conn = mesh.conn(region)
+    rows = conn.execute("SELECT coalesce(medical_notes, '') || coalesce(implant_serial, '') "
+                        "FROM contact").fetchall()
+    cases = conn.execute("SELECT count(*) FROM medicalcase").fetchone()[0]
+    return cases > 0 or any(s in r[0] for r in rows for s in SECRETS)
+
+
+def test_a_hostile_receiver_policy_gets_nothing_the_owner_does_not_grant(
+        mesh: Mesh, tmp_path: Path, shipped_policy) -> None:
+    _seed_owner(mesh)
+    apply_egress(mesh.conn("eu-west"), shipped_policy, mesh.schema, ["eu-north", "us-east"])
+    hostile = load_policy(_policy_dir(tmp_path, "hostile", HOSTILE), mesh.schema)
+    # through its role: the contact arrives, nothing medical does
+    link = PeerLink(region="eu-north", peer="eu-west",
+                    peer_conninfo=as_destination(mesh, "eu-west", "eu-north"),
+                    local_conninfo=mesh.urls["eu-north"], policy=lambda: hostile)
+    try:
+        link.run_once()
+        assert set(link.refused) == {"medicalcase", "contact"}
+        assert "does not send medicalcase" in link.refused["medicalcase"]
+        assert "medical_notes" in link.refused["contact"]
+    finally:
+        link.close()
+    assert mesh.one("eu-north", "SELECT count(*) FROM contact WHERE lastname = 'Patient'") == 1
+    assert not _holds_secret(mesh, "eu-north")
+    # the same hostile policy with the owner's own credentials (what the README used to
+    # show) would have taken everything: the role is what protects the data
+    owner_creds = PeerLink(region="us-east", peer="eu-west", peer_conninfo=mesh.urls["eu-west"],
+                           local_conninfo=mesh.urls["us-east"], policy=lambda: hostile)
+    try:
+        owner_creds.run_once()
+    finally:
+        owner_creds.close()
+    assert _holds_secret(mesh, "us-east")
+
+
+def test_the_destination_role_with_plain_sql(mesh: Mesh, tmp_path: Path) -> None:
+    _seed_owner(mesh)
+    west = mesh.conn("eu-west")
+    contact(west, "Swede", country="SE")
+    contact(west, "American", country="US")
+    filtered = load_policy(_policy_dir(tmp_path, "owner", """version: 1
+classification:
+  contact.medical_notes: [medical]
+  contact.implant_serial: [medical]
+  medicalcase.*: [medical]
+never_leaves_region: [medical]
+rules:
+  contact:
+    columns: [lastname, address1_country]
+    rows: "address1_country in ('IE', 'SE')"
+"""), mesh.schema)
+    apply_egress(west, filtered, mesh.schema, ["us-east"])
+    with psycopg.connect(as_destination(mesh, "eu-west", "us-east"), autocommit=True) as conn:
+        for forbidden in ("SELECT medical_notes FROM contact",
+                          "SELECT implant_serial FROM contact",
+                          "SELECT * FROM medicalcase",
+                          "SELECT * FROM sync.change_set",
+                          "SELECT * FROM sync.tombstone",
+                          "SELECT * FROM sync.peer_state",
+                          "UPDATE contact SET lastname = 'x'",
+                          "INSERT INTO sync.tombstone VALUES ('contact', gen_random_uuid(), "
+                          "now(), 'us-east')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(forbidden)
+        # rows outside the owner's filter do not exist for this role
+        names = {r[0] for r in conn.execute("SELECT lastname FROM contact")}
+        assert names == {"Patient", "Swede"}
+        # the journal view shows no entry of a region-local table, nor of one not sent
+        assert conn.execute("SELECT count(*) FROM sync.egress_change_set "
+                            "WHERE tablename <> 'contact'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM sync.egress_change_set").fetchone()[0] > 0
+        assert conn.execute("SELECT tablename FROM sync.egress_grants").fetchall() == [
+            ("contact",)]
+    assert mesh.one("eu-west", "SELECT count(*) FROM sync.change_log "
+                               "WHERE tablename = 'medicalcase'") == 1
+    # the owner's application is not limited by row-level security
+    assert mesh.one("eu-west", "SELECT count(*) FROM contact") == 3
+    # a narrower policy takes effect at once: the column grant is gone
+    apply_egress(west, load_policy(_policy_dir(tmp_path, "narrow", """version: 1
+rules:
+  contact:
+    columns: [address1_country]
+"""), mesh.schema), mesh.schema, ["us-east"])
+    with psycopg.connect(as_destination(mesh, "eu-west", "us-east"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT lastname FROM contact")
+        assert conn.execute("SELECT count(*) FROM contact").fetchone()[0] == 3
+
+
+def test_roles_command_prints_and_applies_the_grants(mesh: Mesh, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "west.yaml", "eu-west", mesh.urls["eu-west"],
+                       {"eu-north": mesh.urls["eu-north"]}, policy_dir=POLICIES,
+                       extra={"destinations": "[us-east]"})
+    printed = cli("roles", "--config", str(cfg))
+    assert printed.returncode == 0, printed.stderr
+    assert 'CREATE ROLE "regionsync_to_eu_north" LOGIN' in printed.stdout
+    assert 'CREATE ROLE "regionsync_to_us_east" LOGIN' in printed.stdout
+    assert "medical" not in printed.stdout.replace("medicalcase", "")
+    assert 'GRANT SELECT ("contactid"' in printed.stdout
+    applied = cli("roles", "--config", str(cfg), "--apply")
+    assert applied.returncode == 0, applied.stderr
+    assert mesh.one("eu-west", "SELECT count(*) FROM sync.egress_role") == 2
+    with psycopg.connect(as_destination(mesh, "eu-west", "us-east")) as conn, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT medical_notes FROM contact")
+
+
+def test_daemons_run_with_the_generated_least_privilege_roles(mesh: Mesh,
+                                                              tmp_path: Path) -> None:
+    """The production path: the owner runs `roles --apply`; each daemon logs in as its own
+    non-superuser, non-owner role and reads its peer as the role the peer made for it."""
+    from sync.testing.cluster import free_port
+    from tests.fix_daemons import start_daemon, stop_daemon, wait_for
+
+    suffix = uuid.uuid4().hex[:6]
+    regions = ("eu-west", "eu-north")
+    daemon_role = {r: f"rs_{r.replace('-', '_')}_{suffix}" for r in regions}
+    for r in regions:
+        owner_cfg = write_config(tmp_path / f"{r}-owner.yaml", r, mesh.urls[r],
+                                 {p: mesh.urls[p] for p in regions if p != r})
+        made = cli("roles", "--config", str(owner_cfg), "--apply",
+                   "--daemon-role", daemon_role[r])
+        assert made.returncode == 0, made.stderr
+    procs = {}
+    try:
+        for r in regions:
+            peer = next(p for p in regions if p != r)
+            cfg = write_config(
+                tmp_path / f"{r}.yaml", r,
+                psycopg.conninfo.make_conninfo(mesh.urls[r], user=daemon_role[r]),
+                {peer: as_destination(mesh, peer, r)}, free_port(), extra={"egress": "false"})
+            procs[r] = start_daemon(cfg, tmp_path / f"{r}.log")
+        _seed_owner(mesh)
+        wait_for(lambda: mesh.one("eu-north", "SELECT count(*) FROM contact "
+                                              "WHERE lastname = 'Patient'") == 1, 60)
+        back = contact(mesh.conn("eu-north"), "Reply")
+        wait_for(lambda: mesh.one("eu-west", "SELECT count(*) FROM contact "
+                                             "WHERE contactid = %s", (back,)) == 1, 60)
+    finally:
+        codes = {r: stop_daemon(p) for r, p in procs.items()}
+    assert codes == {r: 0 for r in regions}
+    assert not _holds_secret(mesh, "eu-north")
+    for r in regions:
+        log = (tmp_path / f"{r}.log").read_text()
+        assert "stopped:" not in log and "Traceback" not in log, log
+        assert mesh.one(r, "SELECT rolsuper FROM pg_roles WHERE rolname = %s",
+                        (daemon_role[r],)) is False
