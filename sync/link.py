@@ -73,7 +73,7 @@ class PeerLink:
         self._progress_lock = threading.Lock()
         # What the peer grants us (None: we connect as a role it did not make for us), and
         # the tables our policy asks for that it does not send (table -> why).
-        self.granted: dict[str, tuple[str, ...]] | None = None
+        self.granted: tuple[dict[str, tuple[str, ...]], frozenset[str]] | None = None
         self.refused: dict[str, str] = {}
 
     def _connect(self) -> tuple[SourceReader, Applier]:
@@ -89,8 +89,7 @@ class PeerLink:
                                        origins=self.origins,  # type: ignore[arg-type]
                                        binary=binary_tables(self.schema, introspect(self.source)))
             self.applier = Applier(self.target, self.schema, peer=self.peer, region=self.region,
-                                   journal=self.forward)
-            self.granted = self.reader.grants()
+                                   journal=self.forward, origins=self.origins)
         return self.reader, self.applier
 
     def warm(self) -> None:
@@ -109,7 +108,7 @@ class PeerLink:
                 f"regionsync-{self.region}-apply-{self.peer}-{len(self._lanes) + 1}"))
             self._lane_conns.append(conn)
             self._lanes.append(Applier(conn, self.schema, peer=self.peer, region=self.region,
-                                       journal=self.forward))
+                                       journal=self.forward, origins=self.origins))
         return self._lanes
 
     def close(self) -> None:
@@ -126,8 +125,13 @@ class PeerLink:
         assert self.schema is not None
         rules = {t: r for t, r in policy.rules_to(self.region).items() if t in self.schema.tables}
         if self.granted is not None:
-            rules = self._intersect(rules, self.granted)
+            rules = self._intersect(rules, self.granted[0])
         return rules, [self.schema.tables[t] for t in self.schema.topo_order(list(rules))]
+
+    def _filtered(self, rules: dict[str, TableRule]) -> frozenset[str]:
+        """Tables whose rows can leave what we may hold: filtered by us or by the owner."""
+        owner = self.granted[1] if self.granted is not None else frozenset()
+        return frozenset(t for t, r in rules.items() if r.rows is not None or t in owner)
 
     def _intersect(self, rules: dict[str, TableRule],
                    granted: dict[str, tuple[str, ...]]) -> dict[str, TableRule]:
@@ -207,7 +211,8 @@ class PeerLink:
                     held = page
                     rows += page.rows
                     for seg in page.segments:
-                        read[seg.table] += seg.rows
+                        if seg.kind != "withdraw":   # a withdrawal is a key not sent
+                            read[seg.table] += seg.rows
                     several = several or rows > page.rows
             if several and held is not None:
                 lanes.submit(held, **kw)
@@ -251,6 +256,7 @@ class PeerLink:
         started = time.monotonic()
         self._progress_rows = 0
         reader, applier = self._connect()
+        self.granted = reader.grants()     # the owner may have changed what it sends us
         policy = self._policy()
         rules, tables = self._plan_tables(policy)
         assert self.schema is not None
@@ -279,7 +285,8 @@ class PeerLink:
                 for lane in self._appliers():
                     lane.begin_initial_load([t.name for t in tables])
             streamed = self._apply_stream(
-                reader.pages(plan, tables, rules, self.page_size, only),
+                reader.pages(plan, tables, rules, self.page_size, only,
+                             withdraw=self._filtered(rules)),
                 peer_has_seen=seen, kind=kind, policy_sha=policy.sha)
             result, read_rows, rows = streamed.result, streamed.read, streamed.rows
             complete = streamed.complete

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-Kind = Literal["upsert", "delete"]
+Kind = Literal["upsert", "delete", "withdraw"]   # withdraw: no longer ours to hold
 Origins = Literal["peer", "any"]
 
 

@@ -9,6 +9,7 @@ from psycopg import sql
 from sync.records import Segment
 
 DELETE_COLUMNS = ("pk", "modifiedon", "origin")
+WITHDRAW_COLUMNS = ("pk",)
 BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 BINARY_HEADER = BINARY_SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # flags, no ext.
 BINARY_TRAILER = b"\xff\xff"

@@ -56,8 +56,9 @@ class Applier:
     """
 
     def __init__(self, conn: psycopg.Connection, schema: Schema, *, peer: str,
-                 region: str, journal: bool = True) -> None:
+                 region: str, journal: bool = True, origins: str = "peer") -> None:
         self.conn = conn
+        self.origins = origins   # whose copies a withdrawal from this peer may remove
         # Journal applied rows (a hub must: it forwards them); a region that forwards
         # nothing can skip it, like SymmetricDS's sync_on_incoming_batch=false.
         self.journal = journal
@@ -181,7 +182,9 @@ class Applier:
                         continue
                     self._direct.discard(info.name)
                     stage = self._stage(info, seg, result)
-                if seg.kind == "upsert":
+                if seg.kind == "withdraw":
+                    self._withdraw(info, stage, result)
+                elif seg.kind == "upsert":
                     if not backfill:
                         result.conflicts[info.name] += self.conflicts.local_losers(
                             info, stage, seg.columns, peer_has_seen)
@@ -214,10 +217,10 @@ class Applier:
                 parts.append(sql.SQL("SELECT {}, g, false FROM generate_series(0, {}) g").format(
                     space, sql.Literal(KEY_STRIPES - 1)))
                 continue
-            key = "pk" if seg.kind == "delete" else info.pk
+            key = info.pk if seg.kind == "upsert" else "pk"
             parts.append(sql.SQL("SELECT {}, uuid_hash({}) & {}, {} FROM {}").format(
                 space, sql.Identifier(key), sql.Literal(KEY_STRIPES - 1),
-                sql.Literal(seg.kind == "delete"), stage))
+                sql.Literal(seg.kind != "upsert"), stage))
         if not parts:
             return
         self.conn.execute(sql.SQL("""
@@ -334,6 +337,19 @@ class Applier:
         result.skipped[info.name] += skipped
         if skipped and not backfill:
             result.conflicts[info.name] += self.conflicts.incoming_losers(info, stage, cols)
+
+    # -- withdrawals ----------------------------------------------------------------------
+    def _withdraw(self, info: TableInfo, stage: sql.Identifier, result: PageResult) -> None:
+        """Remove copies the peer no longer lets us hold (a row that left a row filter).
+        Not a business delete: no tombstone, and the journal entry carries the peer's
+        origin, so nothing is pulled back or forwarded as a delete."""
+        theirs = (sql.SQL("t.sync_origin = {}").format(sql.Literal(self.peer))
+                  if self.origins == "peer"
+                  else sql.SQL("t.sync_origin <> {}").format(sql.Literal(self.region)))
+        n = self.conn.execute(sql.SQL(
+            "DELETE FROM public.{} t USING {} w WHERE t.{} = w.pk AND {}").format(
+            sql.Identifier(info.name), stage, sql.Identifier(info.pk), theirs)).rowcount
+        result.applied[(info.name, "withdraw")] += n
 
     # -- deletes --------------------------------------------------------------------------
     def _delete(self, info: TableInfo, stage: sql.Identifier, result: PageResult) -> None:

@@ -36,7 +36,7 @@ class RowFallback:
                     result: PageResult) -> None:
         """Stage a text segment row by row; a row our types cannot hold (a value out of
         range, say) is dead-lettered by key and the rest go on."""
-        key_col = "pk" if seg.kind == "delete" else info.pk
+        key_col = info.pk if seg.kind == "upsert" else "pk"
         at = seg.columns.index(key_col)
         for line in seg.data.split(b"\n"):   # COPY text: one row a line, newlines escaped
             if not line:

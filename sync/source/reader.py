@@ -32,7 +32,7 @@ from psycopg import sql
 from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema, TableInfo
 from sync.policy.model import TableRule
 from sync.records import Kind, Origins, Page, Pending, ReadPlan, Segment, Snapshot
-from sync.wire import BINARY_TRAILER, DELETE_COLUMNS, strip_binary_header
+from sync.wire import BINARY_TRAILER, DELETE_COLUMNS, WITHDRAW_COLUMNS, strip_binary_header
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +132,18 @@ class SourceReader:
                                 (region,)).fetchone()
         return row[0] if row else None
 
-    def grants(self) -> dict[str, tuple[str, ...]] | None:
-        """What the peer's policy lets us read (table -> columns), when we connect as the
-        destination role it made for us; None when we connect as a role it did not make
-        (the owner or a superuser: then only our own policy limits what we read)."""
+    def grants(self) -> tuple[dict[str, tuple[str, ...]], frozenset[str]] | None:
+        """What the peer's policy lets us read (table -> columns, and the tables it filters
+        by row), when we connect as the destination role it made for us; None when we
+        connect as a role it did not make (the owner or a superuser: then only our own
+        policy limits what we read)."""
         if self.conn.execute("SELECT 1 FROM sync.egress_me").fetchone() is None:
             return None
-        return {t: tuple(cols) for t, cols in self.conn.execute(
-            "SELECT tablename, columns FROM sync.egress_grants")}
+        rows = self.conn.execute(
+            "SELECT tablename, columns, row_filter IS NOT NULL FROM sync.egress_grants"
+        ).fetchall()
+        return ({t: tuple(cols) for t, cols, _ in rows},
+                frozenset(t for t, _, filtered in rows if filtered))
 
     def pending(self, token: str, tables: Sequence[str],
                 distinct: Sequence[str] = ()) -> Pending:
@@ -165,31 +169,58 @@ class SourceReader:
             keys = {t: n for t, n in self.conn.execute(q).fetchall()}
         return Pending({r[0]: int(r[1]) for r in rows}, oldest, keys)
 
+    def withdraw_query(self, info: TableInfo, rule: TableRule,
+                       plan: ReadPlan) -> tuple[sql.Composed, list[tuple[str, str]]]:
+        """Keys that changed since the token and are no longer ours to hold: no row we may
+        read (the owner's row security or our own row filter hides it) and no tombstone.
+        The receiver removes its copy; it is not a delete anywhere (invariant 8)."""
+        assert plan.token is not None
+        visible = sql.SQL("true")
+        params: list[tuple[str, str]] = []
+        if rule.rows is not None:
+            visible, params = rule.rows.to_sql_params("x", info.types, prefix="regionsync.w")
+        return sql.SQL(
+            "COPY (SELECT DISTINCT k.pk FROM sync.egress_change_set c, unnest(c.pks) AS k(pk)"
+            " WHERE c.tablename = {t} AND {range}"
+            " AND NOT EXISTS (SELECT 1 FROM public.{table} x WHERE x.{pk} = k.pk AND {visible})"
+            " AND NOT EXISTS (SELECT 1 FROM sync.egress_tombstone tb"
+            "                 WHERE tb.tablename = {t} AND tb.pk = k.pk)) TO STDOUT").format(
+            t=sql.Literal(info.name), range=self._journal_range(plan.token),
+            table=sql.Identifier(info.name), pk=sql.Identifier(info.pk),
+            visible=visible), params
+
     def pages(self, plan: ReadPlan, tables: Sequence[TableInfo], rules: dict[str, TableRule],
-              page_size: int, only: set[str] | None = None,
-              deletes: bool = True) -> Iterator[Page]:
+              page_size: int, only: set[str] | None = None, deletes: bool = True,
+              withdraw: frozenset[str] = frozenset()) -> Iterator[Page]:
         """Stream the batch as pages of at least ``page_size`` rows (the last may be smaller).
 
-        Upserts parents first, then deletes children first. ``only`` restricts the read to
-        tables known to have pending keys (saves a query per idle table).
+        Upserts parents first, then deletes and withdrawals children first. ``only``
+        restricts the read to tables known to have pending keys (saves a query per idle
+        table); ``withdraw`` names the row-filtered tables whose keys that left the filter
+        are sent as withdrawals (deltas only).
         """
         steps: list[tuple[Kind, TableInfo]] = [("upsert", t) for t in tables]
         if deletes:
-            steps += [("delete", t) for t in reversed(tables)]
+            for t in reversed(tables):
+                steps.append(("delete", t))
+                if t.name in withdraw and plan.token is not None:
+                    steps.append(("withdraw", t))
         segments: list[Segment] = []
         in_page = 0
         for kind, info in steps:
             if only is not None and info.name not in only:
                 continue
             rule = rules[info.name]
-            if kind == "upsert":
-                stmt, params = self.upsert_query(info, rule, plan)
+            if kind == "delete":
+                stmt = self.delete_query(info, plan)
+            else:
+                stmt, params = (self.upsert_query if kind == "upsert"
+                                else self.withdraw_query)(info, rule, plan)
                 for name, value in params:  # bind the row filter's values (never in SQL text)
                     self.conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-            else:
-                stmt = self.delete_query(info, plan)
-            columns = rule.wire_columns(info) if kind == "upsert" else DELETE_COLUMNS
-            binary = info.name in self.binary
+            columns = {"upsert": rule.wire_columns(info), "delete": DELETE_COLUMNS,
+                       "withdraw": WITHDRAW_COLUMNS}[kind]
+            binary = info.name in self.binary and kind != "withdraw"
             if binary:
                 stmt = sql.SQL("{} (FORMAT binary)").format(stmt)
             chunks: list[bytes] = []

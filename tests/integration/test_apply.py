@@ -122,7 +122,11 @@ rules:
     assert (pending.changes, pending.keys, pending.total) == ({"contact": 2}, {"contact": 1}, 2)
     batch = link.run_once()
     assert batch.filtered == {"contact": 1}
-    assert mesh.one("eu-north", "SELECT lastname FROM contact") == "Keep"
+    # and the copy that no longer passes the filter is withdrawn (invariant 8), not updated
+    assert batch.applied.get(("contact", "withdraw")) == 1
+    assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 0
+    assert mesh.one("eu-west", "SELECT lastname FROM contact WHERE contactid = %s",
+                    (keep,)) == "Gone again"
 
 
 @pytest.mark.parametrize("origins", ["any"])

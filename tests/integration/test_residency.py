@@ -203,3 +203,45 @@ def test_daemons_run_with_the_generated_least_privilege_roles(mesh: Mesh,
         assert "stopped:" not in log and "Traceback" not in log, log
         assert mesh.one(r, "SELECT rolsuper FROM pg_roles WHERE rolname = %s",
                         (daemon_role[r],)) is False
+
+
+def test_a_row_that_leaves_the_owners_filter_is_withdrawn_within_one_poll(
+        mesh: Mesh, tmp_path: Path) -> None:
+    owner_policy = load_policy(_policy_dir(tmp_path, "owner", """version: 1
+rules:
+  contact:
+    columns: [lastname, address1_country]
+    rows: "address1_country in ('IE', 'SE')"
+    to: [eu-north]
+"""), mesh.schema)
+    receiver_policy = load_policy(_policy_dir(tmp_path, "receiver", """version: 1
+rules:
+  contact:
+    columns: [lastname, address1_country]
+"""), mesh.schema)
+    west = mesh.conn("eu-west")
+    apply_egress(west, owner_policy, mesh.schema, ["eu-north"])
+    moving, staying = contact(west, "Moving", country="IE"), contact(west, "Staying")
+    link = PeerLink(region="eu-north", peer="eu-west",
+                    peer_conninfo=as_destination(mesh, "eu-west", "eu-north"),
+                    local_conninfo=mesh.urls["eu-north"], policy=lambda: receiver_policy)
+    try:
+        link.run_once()
+        assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 2
+        west.execute("UPDATE contact SET address1_country = 'US' WHERE contactid = %s",
+                     (moving,))
+        batch = link.run_once()                                  # one poll
+        assert batch.applied.get(("contact", "withdraw")) == 1
+    finally:
+        link.close()
+    north_keys = {r[0] for r in mesh.conn("eu-north").execute("SELECT contactid FROM contact")}
+    assert north_keys == {staying}
+    # not a business delete: the owner keeps its row, no tombstone anywhere, nothing to pull
+    assert mesh.one("eu-west", "SELECT count(*) FROM contact WHERE contactid = %s",
+                    (moving,)) == 1
+    for region in ("eu-west", "eu-north"):
+        assert mesh.one(region, "SELECT count(*) FROM sync.tombstone") == 0
+    back = mesh.pull("eu-west", "eu-north")
+    assert sum(b.rows for b in back) == 0
+    assert mesh.one("eu-west", "SELECT address1_country FROM contact WHERE contactid = %s",
+                    (moving,)) == "US"
