@@ -11,7 +11,6 @@ last-writer-wins makes a replay a no-op (no row changes, no journal entry, no ec
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from sync.apply.lanes import ApplyLanes
 from sync.db import state
 from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
+from sync.policy.ingress import Granted, filtered_tables, link_rules
 from sync.policy.model import Policy, TableRule
 from sync.policy.view import policy_view, record_view_change
 from sync.records import BatchResult, Page, PageResult, ReadPlan, Streamed
@@ -34,6 +34,8 @@ from sync.source.readahead import ReadAhead
 from sync.source.reader import SourceReader, binary_tables
 
 log = logging.getLogger(__name__)
+
+TOKEN_REFRESH = 60.0   # seconds between token writes for batches with nothing in them
 
 class PeerLink:
     """Everything needed to sync one peer into the local region.
@@ -73,8 +75,9 @@ class PeerLink:
         self._progress_lock = threading.Lock()
         # What the peer grants us (None: we connect as a role it did not make for us), and
         # the tables our policy asks for that it does not send (table -> why).
-        self.granted: tuple[dict[str, tuple[str, ...]], frozenset[str]] | None = None
+        self.granted: Granted | None = None
         self.refused: dict[str, str] = {}
+        self._token_written = -TOKEN_REFRESH   # monotonic time of the last empty-batch token
 
     def _connect(self) -> tuple[SourceReader, Applier]:
         if self.reader is None or self.applier is None or self.source is None \
@@ -120,46 +123,32 @@ class PeerLink:
         self._lanes, self._lane_conns = [], []
 
     def _plan_tables(self, policy: Policy):
-        """What we read from the peer: our own policy (ingress) intersected with what the
-        peer's policy grants us (egress, when we connect as the role it made for us)."""
+        """What we read from the peer (``policy.ingress``); what our policy asks for beyond
+        the owner's grant is logged once per change and shown on /status."""
         assert self.schema is not None
-        rules = {t: r for t, r in policy.rules_to(self.region).items() if t in self.schema.tables}
-        if self.granted is not None:
-            rules = self._intersect(rules, self.granted[0])
-        return rules, [self.schema.tables[t] for t in self.schema.topo_order(list(rules))]
-
-    def _filtered(self, rules: dict[str, TableRule]) -> frozenset[str]:
-        """Tables whose rows can leave what we may hold: filtered by us or by the owner."""
-        owner = self.granted[1] if self.granted is not None else frozenset()
-        return frozenset(t for t, r in rules.items() if r.rows is not None or t in owner)
-
-    def _intersect(self, rules: dict[str, TableRule],
-                   granted: dict[str, tuple[str, ...]]) -> dict[str, TableRule]:
-        """Drop what the owner does not grant; say so once per table (status and log)."""
-        out: dict[str, TableRule] = {}
-        notes: dict[str, str] = {}
-        for table, rule in rules.items():
-            cols = granted.get(table)
-            if cols is None:
-                notes[table] = f"{self.peer}'s policy does not send {table} to {self.region}"
-                continue
-            missing = [c for c in rule.columns if c not in cols]
-            if rule.rows is not None and not rule.rows.columns() <= set(cols):
-                notes[table] = (f"our row filter for {table} reads columns {self.peer} does "
-                                "not send us")
-                continue
-            if missing:
-                notes[table] = (f"{self.peer} does not send {table}."
-                                f"{', '.join(missing)}; receiving the rest")
-                rule = dataclasses.replace(rule, columns=tuple(c for c in rule.columns
-                                                               if c in cols))
-            out[table] = rule
+        rules, notes = link_rules(policy, set(self.schema.tables), self.granted,
+                                  peer=self.peer, region=self.region)
         for table, note in notes.items():
             if self.refused.get(table) != note:
                 log.warning("peer %s: %s (ingress asks for more than egress grants)", self.peer,
                             note, extra={"peer": self.peer, "table": table})
         self.refused = notes
-        return out
+        return rules, [self.schema.tables[t] for t in self.schema.topo_order(list(rules))]
+
+    def _token_due(self) -> bool:
+        """Whether an empty batch should still move the token.
+
+        In an idle mesh every token write takes a transaction id, which changes the
+        snapshot the peer reads next, whose token write changes ours: two idle regions
+        would write to each other forever (invariant 5). So a batch with nothing in it
+        moves the token only every TOKEN_REFRESH seconds (to keep the range a poll scans
+        short); in between, an idle poll writes nothing and takes no transaction id.
+        """
+        now = time.monotonic()
+        if now - self._token_written < TOKEN_REFRESH:
+            return False
+        self._token_written = now
+        return True
 
     def _policy_changed(self, stored: dict, view: dict, policy: Policy,
                         rules: dict[str, TableRule], tables: list) -> None:
@@ -271,8 +260,8 @@ class PeerLink:
             pending = None
             only = None
             if token is not None:
-                filtered_tables = [t for t, r in rules.items() if r.rows is not None]
-                pending = reader.pending(token, [t.name for t in tables], filtered_tables)
+                distinct = [t for t, r in rules.items() if r.rows is not None]
+                pending = reader.pending(token, [t.name for t in tables], distinct)
                 only = set(pending.changes)
             lag = 0.0
             if pending is not None and pending.oldest_change is not None:
@@ -286,14 +275,17 @@ class PeerLink:
                     lane.begin_initial_load([t.name for t in tables])
             streamed = self._apply_stream(
                 reader.pages(plan, tables, rules, self.page_size, only,
-                             withdraw=self._filtered(rules)),
+                             withdraw=filtered_tables(rules, self.granted)),
                 peer_has_seen=seen, kind=kind, policy_sha=policy.sha)
             result, read_rows, rows = streamed.result, streamed.read, streamed.rows
             complete = streamed.complete
-            if complete and (streamed.last is not None or rows or snap.token != token):
+            if complete and (streamed.last is not None or rows or (
+                    snap.token != token and self._token_due())):
                 result.add(self._apply(streamed.last or Page(()), token=snap.token, kind=kind,
                                        policy_sha=policy.sha, batch_rows=rows,
                                        peer_has_seen=seen, view=view))
+        if rows and self.granted is not None:   # read as the owner's destination role
+            reader.record_egress(dict(read_rows), snap.token)
         filtered = {}
         if pending is not None:
             filtered = {t: n - read_rows[t] for t, n in pending.keys.items() if n > read_rows[t]}

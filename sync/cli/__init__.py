@@ -63,9 +63,9 @@ def demo(rows: int, keep_running: bool) -> None:
 
 
 def _register() -> None:
-    from sync.cli.ops import conflicts, dlq, resync, roles, status
+    from sync.cli.ops import conflicts, dlq, egress, resync, roles, status
     from sync.cli.policy import policy, retract
-    for command in (policy, retract, status, dlq, conflicts, resync, roles):
+    for command in (policy, retract, status, dlq, conflicts, resync, roles, egress):
         main.add_command(command)
 
 

@@ -241,3 +241,48 @@ def narrowed_columns(conn: Conn) -> dict[tuple[str, str], list[str]]:
 
 def record_policy(conn: Conn, sha: str, files: Any) -> None:
     conn.execute("INSERT INTO sync.policy_audit (sha, files) VALUES (%s, %s)", (sha, files))
+
+
+# -- egress (what this region serves each destination) ------------------------------------
+
+
+def replace_egress_grants(conn: Conn, role: str, region: str, policy_sha: str,
+                          grants: list[tuple[str, list[str], str | None]]) -> None:
+    """Record what ``role`` (for ``region``) may read: (table, columns, row filter SQL)."""
+    conn.execute("INSERT INTO sync.egress_role (role_name, region, policy_sha) "
+                 "VALUES (%s, %s, %s) ON CONFLICT (role_name) DO UPDATE SET "
+                 "policy_sha = EXCLUDED.policy_sha, granted_at = now()",
+                 (role, region, policy_sha))
+    conn.execute("DELETE FROM sync.egress_table WHERE role_name = %s", (role,))
+    for table, columns, row_filter in grants:
+        conn.execute("INSERT INTO sync.egress_table (role_name, tablename, columns, row_filter)"
+                     " VALUES (%s, %s, %s, %s)", (role, table, columns, row_filter))
+
+
+def forget_egress_except(conn: Conn, regions: list[str]) -> None:
+    """Destinations no longer served lose their records (and so every view's rows)."""
+    conn.execute("DELETE FROM sync.egress_role WHERE region <> ALL(%s)", (regions,))
+
+
+def egress_filters(conn: Conn) -> dict[tuple[str, str], str]:
+    """(role, table) -> the row filter SQL in force."""
+    return {(r, t): f for r, t, f in conn.execute(
+        "SELECT role_name, tablename, row_filter FROM sync.egress_table "
+        "WHERE row_filter IS NOT NULL")}
+
+
+def egress_summary(conn: Conn, *, region: str | None, since: datetime | None,
+                   until: datetime | None) -> list[tuple]:
+    """Per destination region and table, between ``since`` and ``until``: batches, rows,
+    first and last time, the policy hashes and column-set hashes in force."""
+    return conn.execute("""
+        SELECT l.region, t.key AS tablename, count(*), sum(t.value::bigint)::bigint,
+               min(l.served_at),
+               max(l.served_at), array_agg(DISTINCT l.policy_sha),
+               array_agg(DISTINCT l.columns_sha)
+        FROM sync.egress_log l CROSS JOIN LATERAL jsonb_each_text(l.tables) t
+        WHERE (%(region)s::text IS NULL OR l.region = %(region)s)
+          AND (%(since)s::timestamptz IS NULL OR l.served_at >= %(since)s)
+          AND (%(until)s::timestamptz IS NULL OR l.served_at < %(until)s)
+        GROUP BY 1, 2 ORDER BY 1, 2""",
+        {"region": region, "since": since, "until": until}).fetchall()

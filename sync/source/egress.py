@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from sync.db import state
 from sync.db.catalog import Schema
 from sync.policy.model import Policy
 
@@ -81,10 +82,7 @@ class Current:
             "WHERE n.nspname = 'public' AND c.relrowsecurity")}
         pols = {(t, p) for t, p in conn.execute(
             "SELECT tablename, policyname FROM pg_policies WHERE schemaname = 'public'")}
-        filters = {(r, t): f for r, t, f in conn.execute(
-            "SELECT role_name, tablename, row_filter FROM sync.egress_table "
-            "WHERE row_filter IS NOT NULL")}
-        return cls(frozenset(rls), frozenset(pols), filters)
+        return cls(frozenset(rls), frozenset(pols), state.egress_filters(conn))
 
 
 def egress_statements(policy: Policy, schema: Schema, destinations: Iterable[str],
@@ -118,7 +116,9 @@ def egress_statements(policy: Policy, schema: Schema, destinations: Iterable[str
             sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA sync FROM {}").format(role),
             sql.SQL("GRANT USAGE ON SCHEMA public, sync TO {}").format(role),
             sql.SQL("GRANT SELECT ON {} TO {}").format(
-                sql.SQL(", ").join(sql.Identifier("sync", v) for v in VIEWS), role)]
+                sql.SQL(", ").join(sql.Identifier("sync", v) for v in VIEWS), role),
+            sql.SQL("GRANT EXECUTE ON FUNCTION sync.record_egress(jsonb, text) TO {}").format(
+                role)]
         wanted = {g.table: g for g in grants if g.row_filter is not None}
         for table in sorted(schema.tables):
             g = wanted.get(table)
@@ -152,19 +152,13 @@ def apply_egress(conn: psycopg.Connection, policy: Policy, schema: Schema,
         current = Current.read(conn)
         for stmt in egress_statements(policy, schema, destinations, conn, current):
             conn.execute(stmt)
-        conn.execute("DELETE FROM sync.egress_role WHERE region <> ALL(%s)", (destinations,))
+        state.forget_egress_except(conn, destinations)
         for destination in destinations:
-            role = role_for(destination)
-            conn.execute("INSERT INTO sync.egress_role (role_name, region, policy_sha) "
-                         "VALUES (%s, %s, %s) ON CONFLICT (role_name) DO UPDATE SET "
-                         "policy_sha = EXCLUDED.policy_sha, granted_at = now()",
-                         (role, destination, policy.sha))
-            conn.execute("DELETE FROM sync.egress_table WHERE role_name = %s", (role,))
-            for g in grants_for(policy, schema, destination):
-                conn.execute("INSERT INTO sync.egress_table (role_name, tablename, columns, "
-                             "row_filter) VALUES (%s, %s, %s, %s)",
-                             (role, g.table, list(g.columns),
-                              g.row_filter.as_string(conn) if g.row_filter else None))
+            state.replace_egress_grants(
+                conn, role_for(destination), destination, policy.sha,
+                [(g.table, list(g.columns),
+                  g.row_filter.as_string(conn) if g.row_filter else None)
+                 for g in grants_for(policy, schema, destination)])
     log.info("policy %s enforced for %s (roles %s)", policy.sha, ", ".join(destinations),
              ", ".join(role_for(d) for d in destinations))
     return [role_for(d) for d in destinations]

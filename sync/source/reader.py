@@ -23,6 +23,7 @@ other table travels as text, which converts between compatible types.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -144,6 +145,12 @@ class SourceReader:
         ).fetchall()
         return ({t: tuple(cols) for t, cols, _ in rows},
                 frozenset(t for t, _, filtered in rows if filtered))
+
+    def record_egress(self, rows: dict[str, int], token: str) -> None:
+        """Tell the owner what we read in the batch that just ended (its egress log), in a
+        transaction of its own: the batch's was read-only."""
+        self.conn.execute("SELECT sync.record_egress(%s, %s)",
+                          (json.dumps({t: n for t, n in rows.items() if n}), token))
 
     def pending(self, token: str, tables: Sequence[str],
                 distinct: Sequence[str] = ()) -> Pending:

@@ -45,7 +45,7 @@ def test_migrate_is_idempotent(pg_clusters, tmp_path: Path) -> None:
             proc = cli("migrate", "--config", str(cfg))
             assert proc.returncode == 0, proc.stderr
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0007",)
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0008",)
             assert conn.execute("SELECT region FROM sync.settings").fetchone() == ("ap-south",)
         wrong = write_config(tmp_path / "w.yaml", "eu-west", url, {}, 0)
         proc = cli("migrate", "--config", str(wrong))
@@ -170,3 +170,27 @@ def test_metrics_and_status_require_the_token_when_one_is_set(mesh: Mesh,
     finally:
         assert stop_daemon(proc) == 0
     assert "s3cr3t-token" not in (tmp_path / "d.log").read_text()
+
+
+def test_an_idle_mesh_writes_nothing_and_takes_no_transaction_id(mesh: Mesh,
+                                                                 tmp_path: Path) -> None:
+    from tests.fix_daemons import mesh_daemons
+
+    contact(mesh.conn("eu-west"), "Once")
+    urls = {r: mesh.urls[r] for r in ("eu-west", "eu-north")}
+
+    def xmax(region: str) -> int:
+        return int(mesh.one(region, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
+
+    with mesh_daemons(tmp_path, urls, poll_interval=0.1):
+        wait_for(lambda: mesh.one("eu-north", "SELECT count(*) FROM contact") == 1)
+        # the first empty batches may still move each token once; then nothing moves
+        wait_for(lambda: mesh.one("eu-north", "SELECT count(*) FROM sync.peer_state") == 1
+                 and mesh.one("eu-west", "SELECT count(*) FROM sync.peer_state") == 1)
+        time.sleep(1.0)
+        before = {r: xmax(r) for r in urls}
+        logs = {r: mesh.one(r, "SELECT count(*) FROM sync.integration_log") for r in urls}
+        time.sleep(3.0)           # 30 idle polls per link: what they write is the test
+        assert {r: xmax(r) for r in urls} == before
+        assert {r: mesh.one(r, "SELECT count(*) FROM sync.integration_log") for r in urls} \
+            == logs

@@ -245,3 +245,37 @@ rules:
     assert sum(b.rows for b in back) == 0
     assert mesh.one("eu-west", "SELECT address1_country FROM contact WHERE contactid = %s",
                     (moving,)) == "US"
+
+
+def test_the_owner_records_what_it_served_and_reports_it(mesh: Mesh, tmp_path: Path,
+                                                         shipped_policy) -> None:
+    import json
+
+    _seed_owner(mesh)
+    west = mesh.conn("eu-west")
+    apply_egress(west, shipped_policy, mesh.schema, ["eu-north"])
+    link = PeerLink(region="eu-north", peer="eu-west",
+                    peer_conninfo=as_destination(mesh, "eu-west", "eu-north"),
+                    local_conninfo=mesh.urls["eu-north"], policy=lambda: shipped_policy)
+    try:
+        link.run_once()
+        link.run_once()            # idle: nothing served, nothing recorded
+    finally:
+        link.close()
+    logged = west.execute("SELECT region, role_name, tables, policy_sha FROM sync.egress_log"
+                          ).fetchall()
+    assert logged == [("eu-north", "regionsync_to_eu_north", {"contact": 1},
+                       shipped_policy.sha)]
+    # a destination role cannot read the log (it writes only through record_egress, which
+    # takes its role from the session, not from the caller)
+    with psycopg.connect(as_destination(mesh, "eu-west", "eu-north"), autocommit=True) as c, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege):
+        c.execute("SELECT * FROM sync.egress_log")
+    cfg = write_config(tmp_path / "west.yaml", "eu-west", mesh.urls["eu-west"], {})
+    report = cli("egress", "--config", str(cfg), "--to", "eu-north", "--format", "json")
+    assert report.returncode == 0, report.stderr
+    (entry,) = json.loads(report.stdout)
+    assert (entry["to"], entry["table"], entry["rows"], entry["policy"]) == (
+        "eu-north", "contact", 1, [shipped_policy.sha])
+    csv = cli("egress", "--config", str(cfg), "--format", "csv")
+    assert csv.stdout.splitlines()[0] == "to,table,batches,rows,first,last,policy,columns"

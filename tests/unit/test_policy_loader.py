@@ -127,3 +127,45 @@ def test_destinations_and_unclassified(tmp_path: Path) -> None:
     assert pol.rules_to("us-east") == {}
     assert pol.unclassified(schema()) == ["contact.accountid", "contact.firstname",
                                           "contact.implant_serial"]
+
+
+def typed_schema() -> Schema:
+    cols = ("contactid", "lastname", "statecode", "revenue", "birthdate", "accountid",
+            "createdon", "modifiedon", "versionnumber", "sync_origin")
+    types = {"contactid": "uuid", "lastname": "text", "statecode": "integer",
+             "revenue": "numeric(19,4)", "birthdate": "date", "accountid": "uuid",
+             "createdon": "timestamp with time zone",
+             "modifiedon": "timestamp with time zone", "versionnumber": "bigint",
+             "sync_origin": "text"}
+    return Schema({"contact": TableInfo("contact", "contactid", cols, types)})
+
+
+@pytest.mark.parametrize(("rows", "says"), [
+    ("lastname = '\\0'", "NUL byte"),
+    ("statecode = 99999999999", "does not fit column statecode (integer)"),
+    ("revenue > 1000000000000000", "does not fit column revenue (numeric(19,4))"),
+    ("birthdate > '2026-13-45'", "is not a date (write YYYY-MM-DD)"),
+    ("accountid = 'not-a-uuid'", "is not a UUID"),
+])
+def test_a_literal_postgresql_would_refuse_is_refused_at_load(tmp_path: Path, rows: str,
+                                                              says: str) -> None:
+    d = write(tmp_path, "p.yaml", f"""\
+rules:
+  contact:
+    columns: [lastname]
+    rows: "{rows}"
+""")
+    with pytest.raises(PolicyError) as err:
+        load_policy(d, typed_schema())
+    assert says in str(err.value)
+    assert f"{d / 'p.yaml'}:4: rules.contact.rows" in str(err.value)
+
+
+def test_literals_postgresql_accepts_load(tmp_path: Path) -> None:
+    d = write(tmp_path, "p.yaml", """\
+rules:
+  contact:
+    columns: [lastname]
+    rows: "statecode = 2147483647 and revenue < 100.5 and birthdate >= '1990-01-31'"
+""")
+    assert load_policy(d, typed_schema()).rules["contact"][0].rows is not None
