@@ -28,6 +28,7 @@ from typing import Any
 from psycopg import sql
 
 from sync.errors import FilterSyntaxError
+from sync.policy.literals import comparison_problem
 
 Literal = str | int | Decimal | bool
 
@@ -270,21 +271,7 @@ class RowFilter:
 
     def type_problem(self, types: dict[str, str]) -> str | None:
         """Why a literal cannot compare with its column's type, or None."""
-        for node in _comparisons(self.tree):
-            ty = types.get(node.column, "text")
-            numeric = ty.startswith(("integer", "bigint", "smallint", "numeric", "real",
-                                     "double"))
-            for v in node.values if isinstance(node, In) else (node.value,):
-                if ty == "boolean":
-                    if not isinstance(v, bool):
-                        return f"column {node.column} is boolean; compare it with true or false"
-                elif numeric:
-                    if isinstance(v, bool) or not isinstance(v, int | Decimal):
-                        return f"column {node.column} is {ty}; {_render(v)} is not a number"
-                elif not isinstance(v, str):
-                    return (f"column {node.column} is {ty}; write the value in quotes: "
-                            f"{_render(str(v) if not isinstance(v, bool) else _render(v))}")
-        return None
+        return comparison_problem(_comparisons(self.tree), types, _render)
 
     def describe(self) -> str:
         """The filter in words, for people reviewing a policy."""

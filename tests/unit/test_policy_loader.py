@@ -152,7 +152,7 @@ def test_a_literal_postgresql_would_refuse_is_refused_at_load(tmp_path: Path, ro
     d = write(tmp_path, "p.yaml", f"""\
 rules:
   contact:
-    columns: [lastname]
+    columns: [lastname, statecode, revenue, birthdate, accountid]
     rows: "{rows}"
 """)
     with pytest.raises(PolicyError) as err:
@@ -165,7 +165,7 @@ def test_literals_postgresql_accepts_load(tmp_path: Path) -> None:
     d = write(tmp_path, "p.yaml", """\
 rules:
   contact:
-    columns: [lastname]
+    columns: [lastname, statecode, revenue, birthdate]
     rows: "statecode = 2147483647 and revenue < 100.5 and birthdate >= '1990-01-31'"
 """)
     assert load_policy(d, typed_schema()).rules["contact"][0].rows is not None
