@@ -101,6 +101,14 @@ class MetricsConfig(BaseModel):
         return None
 
 
+class BreakerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    failures: int = Field(5, ge=1, le=1000,
+                          description="consecutive failed batches that open a peer's breaker")
+    open_seconds: float = Field(60.0, gt=0, le=3600,
+                                description="how long it stays open before one probe")
+
+
 class RegionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     region: RegionName = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
@@ -115,6 +123,7 @@ class RegionConfig(BaseModel):
                                     "large batch concurrently (pages of one table; tables "
                                     "stay in foreign-key order)")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     forward: bool = Field(
         True, description="journal rows applied from peers so that regions pulling "
                           "`origins: any` from us receive them (a hub needs this); a mesh "

@@ -106,8 +106,13 @@ def explain(table: str, to: tuple[str, ...], policy_dir: Path | None,
 @click.option("--regions", default=None, help="Comma-separated regions to compare for "
               "(default: the regions the policies name, plus 'other regions').")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def diff(old: str, new: str, regions: str | None, as_json: bool) -> None:
-    """What starts and stops crossing which border between OLD and NEW.
+@click.option("--accept-risk", is_flag=True,
+              help="Exit 0 even with high-risk changes (after a reviewer accepted them).")
+def diff(old: str, new: str, regions: str | None, as_json: bool, accept_risk: bool) -> None:
+    """What starts and stops crossing which border between OLD and NEW, per destination
+    region (patterns such as eu-* included). Removing or weakening a classification, or a
+    table starting to cross to a region, is HIGH RISK: the command exits 1 unless
+    --accept-risk is given, so a CI job on the policy repository can gate merges.
 
     OLD and NEW are policy directories, single files, or git revisions as REV:path
     (e.g. main:policies)."""
@@ -122,6 +127,12 @@ def diff(old: str, new: str, regions: str | None, as_json: bool) -> None:
         click.echo("no change in what crosses borders")
     for c in changes if not as_json else []:
         click.echo(c.line())
+    risky = [c for c in changes if c.high_risk]
+    if risky and not accept_risk:
+        click.echo(f"regionsync: {len(risky)} high-risk change(s) (a protection removed, or a "
+                   "table crossing to a new region); pass --accept-risk once reviewed",
+                   err=True)
+        sys.exit(1)
 
 
 @policy.command("why")

@@ -23,8 +23,28 @@ def regions_named(*policies: Policy) -> list[str]:
     return sorted(names)
 
 
+def stand_in(pattern: str) -> str:
+    """A region name that a ``to`` pattern such as ``eu-*`` matches and no literal name
+    does: it stands for "the regions matching eu-*" in a diff."""
+    return pattern.replace("*", "(any)").replace("?", "(one)")
+
+
 def universe(regions: list[str] | None, *policies: Policy) -> list[str]:
-    return sorted(set(regions)) if regions else [*regions_named(*policies), OTHER]
+    """The regions a diff compares: those given, else every region named, one stand-in
+    per pattern (so a change for ``eu-*`` is not hidden), and every other region."""
+    if regions:
+        return sorted(set(regions))
+    patterns = {p for pol in policies for r in pol.all_rules() for p in r.to
+                if p != "*" and any(ch in p for ch in "*?[")}
+    return [*regions_named(*policies), *sorted(stand_in(p) for p in patterns), OTHER]
+
+
+def _shown(region: str) -> str:
+    if region == OTHER:
+        return "other regions"
+    if "(any)" in region or "(one)" in region:
+        return "regions matching " + region.replace("(any)", "*").replace("(one)", "?")
+    return region
 
 
 # -- explain ------------------------------------------------------------------------------
@@ -93,22 +113,43 @@ def _norm(policy: Policy, regions: list[str]) -> dict[str, dict[str, dict[str, A
 
 @dataclass(frozen=True)
 class Change:
-    sign: str              # "+" starts crossing, "-" stops crossing, "~" row filter changed
-    table: str
+    sign: str              # "+" starts crossing, "-" stops crossing, "~" row filter changed,
+    table: str             # "!" a protection removed (classification, never-leaves tag)
     column: str | None     # None: the whole table / its rows
     regions: tuple[str, ...]
     detail: str = ""
+    high_risk: bool = False   # a protection removed, or a table crossing to a new region
 
     def line(self) -> str:
-        where = ", ".join("other regions" if r == OTHER else r for r in self.regions)
+        where = ", ".join(_shown(r) for r in self.regions)
+        flag = "HIGH RISK " if self.high_risk else ""
+        if self.sign == "!":
+            return f"{flag}! {self.detail}"
         if self.column:
-            return f"{self.sign} {self.table}.{self.column} → {where}"
-        return f"{self.sign} {self.table} {self.detail} → {where}".replace("  ", " ")
+            return f"{flag}{self.sign} {self.table}.{self.column} → {where}"
+        return f"{flag}{self.sign} {self.table} {self.detail} → {where}".replace("  ", " ")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"change": {"+": "starts", "-": "stops", "~": "rows"}[self.sign],
-                "table": self.table, "column": self.column, "regions": list(self.regions),
-                "detail": self.detail}
+        return {"change": {"+": "starts", "-": "stops", "~": "rows",
+                           "!": "protection_removed"}[self.sign],
+                "table": self.table, "column": self.column,
+                "regions": [_shown(r) for r in self.regions], "detail": self.detail,
+                "risk": "high" if self.high_risk else "normal"}
+
+
+def protections_removed(old: Policy, new: Policy) -> list[Change]:
+    """Classification tags taken off a column or table, and tags no longer kept home."""
+    out = []
+    for key, tags in sorted(old.classification.items()):
+        gone = sorted(tags - new.classification.get(key, frozenset()))
+        if gone:
+            table, column = key.split(".", 1)
+            out.append(Change("!", table, None if column == "*" else column, (),
+                              f"classification of {key} loses {', '.join(gone)}", True))
+    for tag in sorted(old.never_leaves_region - new.never_leaves_region):
+        out.append(Change("!", "", None, (), f"never_leaves_region no longer holds {tag}",
+                          True))
+    return out
 
 
 def diff(old: Policy, new: Policy, regions: list[str] | None = None) -> list[Change]:
@@ -142,9 +183,11 @@ def diff(old: Policy, new: Policy, regions: list[str] | None = None) -> list[Cha
         if field == "rows":
             add("~", table, None, region, f"rows: was “{level.t1}”, now “{level.t2}”")
     order = {"-": 0, "+": 1, "~": 2}
-    return [Change(sign, table, column, tuple(sorted(regs_)), detail)
-            for (sign, table, column, detail), regs_ in sorted(
-                found.items(), key=lambda kv: (kv[0][1], order[kv[0][0]], kv[0][2] or ""))]
+    changes = [Change(sign, table, column, tuple(sorted(regs_)), detail,
+                      high_risk=sign == "+" and column is None)   # a table to a new region
+               for (sign, table, column, detail), regs_ in sorted(
+                   found.items(), key=lambda kv: (kv[0][1], order[kv[0][0]], kv[0][2] or ""))]
+    return protections_removed(old, new) + changes
 
 
 def _table_detail(entry: dict[str, Any]) -> str:

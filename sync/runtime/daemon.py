@@ -43,6 +43,7 @@ from sync.link import PeerLink
 from sync.policy.holder import PolicyHolder
 from sync.policy.loader import policy_fingerprint
 from sync.policy.model import Policy
+from sync.runtime.breaker import Breaker, State
 from sync.runtime.http import StatusServer
 from sync.runtime.leader import LeaderLock
 from sync.runtime.metrics import Metrics
@@ -68,6 +69,8 @@ class Daemon:
         self._links: dict[str, PeerLink] = {}
         self._failures: dict[str, int] = {}
         self._stopped_links: dict[str, str] = {}     # peer -> why it stopped
+        self._breakers = {p.name: Breaker(config.breaker.failures, config.breaker.open_seconds)
+                          for p in config.peers}
         self._not_before: dict[str, float] = {}
         self._local = config.database.conninfo(where="database.url")
         self._lock = LeaderLock(self._local, config.region)
@@ -227,6 +230,10 @@ class Daemon:
         if not self.is_leader or self._stop.is_set() \
                 or time.monotonic() < self._not_before.get(peer, 0.0):
             return
+        breaker = self._breakers[peer]
+        if not breaker.allow():
+            return
+        self._breaker_metric(peer, breaker.state)
         try:
             try:
                 while not self._stop.is_set() and self.is_leader:
@@ -243,11 +250,18 @@ class Daemon:
                 raise from_db(exc, peer=peer) from exc
             self._failures[peer] = 0
             self._resume(peer)
+            self._breaker_metric(peer, breaker.succeeded())
         except TransientError as exc:
             unreachable = exc.sqlstate is None or exc.sqlstate.startswith("08")
             if unreachable:
                 self.metrics.peer_reachable.labels(peer).set(0)
             self._back_off(peer, link, exc, unreachable)
+            before = breaker.state
+            if self._breaker_metric(peer, breaker.failed()) is State.OPEN \
+                    and before is not State.OPEN:
+                log.warning("peer %s: circuit breaker open after %d failed batches; next probe "
+                            "in %.0fs", peer, breaker.failures, breaker.open_seconds,
+                            extra={"peer": peer})
         except (PeerFatal, ConfigError, SchemaError) as exc:
             self._stop_link(peer, link, exc)
         except Exception as exc:   # a bug: one line at ERROR, the traceback at DEBUG
@@ -255,6 +269,10 @@ class Daemon:
                       describe(exc), extra={"peer": peer})
             log.debug("traceback", exc_info=True)
             self._back_off(peer, link, exc, False)
+
+    def _breaker_metric(self, peer: str, state: State) -> State:
+        self.metrics.breaker_state.labels(peer, self.config.region).set(int(state))
+        return state
 
     def _stop_link(self, peer: str, link: PeerLink, exc: SyncError) -> None:
         """Retrying cannot cure this: the link stops (other links go on), says why on
@@ -348,6 +366,7 @@ class Daemon:
                            "reachable": h.reachable, "last_error": h.last_error,
                            "state": ("stopped: " + self._stopped_links[name])
                            if name in self._stopped_links else "running",
-                           "tables_refused": dict(self._links[name].refused)}
+                           "tables_refused": dict(self._links[name].refused),
+                           "breaker": self._breakers[name].state.name.lower().replace("_", "-")}
         return {"region": cfg.region, "role": "leader" if self.is_leader else "standby",
                 "policy": self.policy.current().sha if self.policy else None, "peers": peers}

@@ -112,6 +112,9 @@ class Metrics:
         self.link_stopped = Gauge("regionsync_link_stopped",
                                   "1 while a peer link is stopped by an error retrying cannot "
                                   "cure (reason on /status and in the log)", PAIR, registry=r)
+        self.breaker_state = Gauge("regionsync_breaker_state",
+                                   "The link's circuit breaker: 0 closed, 1 half-open, 2 open",
+                                   PAIR, registry=r)
         self.apply_retries = Counter("regionsync_apply_retries_total",
                                      "Page transactions rolled back by a deadlock or lock "
                                      "timeout and applied again", PAIR, registry=r)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -194,3 +195,41 @@ def test_an_idle_mesh_writes_nothing_and_takes_no_transaction_id(mesh: Mesh,
         assert {r: xmax(r) for r in urls} == before
         assert {r: mesh.one(r, "SELECT count(*) FROM sync.integration_log") for r in urls} \
             == logs
+
+
+def test_a_failing_peer_opens_its_breaker_and_a_probe_closes_it(mesh: Mesh,
+                                                                tmp_path: Path) -> None:
+    import json
+
+    port = free_port()
+    cfg = write_config(tmp_path / "n.yaml", "eu-north", mesh.urls["eu-north"],
+                       {"us-east": mesh.urls["us-east"], "eu-west": mesh.urls["eu-west"]},
+                       port, poll_interval=0.1,
+                       extra={"breaker": "{failures: 2, open_seconds: 2}"})
+    proc = start_daemon(cfg, tmp_path / "d.log")
+    peer = mesh.clusters["us-east"]
+
+    def breaker(name: str) -> str:
+        return json.loads(get(port, "/status")[1])["peers"][name]["breaker"]
+
+    try:
+        wait_for(lambda: _healthy(port) and breaker("us-east") == "closed")
+        mesh.conn("us-east").close()
+        peer.stop()
+        wait_for(lambda: breaker("us-east") == "open", 60)
+        assert 'regionsync_breaker_state{source="us-east",target="eu-north"} 2.0' in \
+            get(port, "/metrics")[1]
+        assert breaker("eu-west") == "closed"            # the other link goes on
+        later = contact(mesh.conn("eu-west"), "MeanWhile")
+        wait_for(lambda: mesh.one("eu-north", "SELECT count(*) FROM contact WHERE "
+                                  "contactid = %s", (later,)) == 1)
+        peer.restart()
+        wait_for(lambda: breaker("us-east") == "closed", 60)
+        back = contact(mesh.conn("us-east"), "Back")
+        wait_for(lambda: mesh.one("eu-north", "SELECT count(*) FROM contact WHERE "
+                                  "contactid = %s", (back,)) == 1)
+    finally:
+        with contextlib.suppress(Exception):
+            peer.restart()
+        assert stop_daemon(proc) == 0
+    assert "circuit breaker open after 2 failed batches" in (tmp_path / "d.log").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -52,6 +53,42 @@ def test_diff_shows_exactly_what_starts_and_stops_crossing(tmp_path: Path) -> No
     as_json = cli("policy", "diff", str(old), str(new), "--regions", "eu-north,us-east",
                   "--json")
     assert '"change": "starts"' in as_json.stdout and '"emailaddress1"' in as_json.stdout
+
+
+def test_diff_without_regions_hides_no_narrowing_for_a_pattern(tmp_path: Path) -> None:
+    old = policy_dir(tmp_path, "    - {columns: [lastname, address1_country, birthdate, "
+                               "telephone1], to: [eu-*]}\n"
+                               "    - {columns: [lastname], to: [us-east]}", "old")
+    new = policy_dir(tmp_path, "    - columns: [lastname, address1_country]\n"
+                               "      rows: \"address1_country = 'IE'\"\n"
+                               "      to: [eu-*]\n"
+                               "    - {columns: [lastname], to: [us-east]}", "new")
+    proc = cli("policy", "diff", str(old), str(new))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "- contact.birthdate → regions matching eu-*" in lines
+    assert "- contact.telephone1 → regions matching eu-*" in lines
+    assert any(ln.startswith("~ contact rows: was “every row”") and
+               ln.endswith("→ regions matching eu-*") for ln in lines), lines
+
+
+def test_removing_a_protection_is_high_risk_and_gates_the_merge(tmp_path: Path) -> None:
+    old = policy_dir(tmp_path, "    columns: [lastname]", "old")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "p.yaml").write_text("rules:\n  contact:\n    columns: [lastname, medical_notes]\n"
+                                "  account:\n    columns: [name]\n")
+    proc = cli("policy", "diff", str(old), str(new))
+    assert proc.returncode == 1
+    assert "HIGH RISK ! classification of contact.medical_notes loses medical" in proc.stdout
+    assert "HIGH RISK ! never_leaves_region no longer holds medical" in proc.stdout
+    assert "HIGH RISK + account" in proc.stdout          # a table crossing to a new region
+    assert "+ contact.medical_notes → other regions" in proc.stdout
+    assert "high-risk change(s)" in proc.stderr and "--accept-risk" in proc.stderr
+    accepted = cli("policy", "diff", str(old), str(new), "--accept-risk", "--json")
+    assert accepted.returncode == 0
+    risks = {(c["change"], c["risk"]) for c in json.loads(accepted.stdout)}
+    assert ("protection_removed", "high") in risks and ("starts", "normal") in risks
 
 
 def test_diff_between_git_revisions(tmp_path: Path) -> None:
