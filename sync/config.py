@@ -72,6 +72,9 @@ class Endpoint(BaseModel):
 
 class PeerConfig(Endpoint):
     name: RegionName = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    max_rows_per_second: float | None = Field(
+        None, gt=0, description="apply at most this many rows a second from this peer "
+                                "(a token bucket; bursts of one second)")
     origins: Literal["peer", "any"] = Field(
         "peer", description="peer: pull only what the peer authored (mesh; default). "
                             "any: pull every origin but our own (a spoke pulling from its hub).")

@@ -30,6 +30,7 @@ from sync.policy.model import Policy, TableRule
 from sync.policy.view import policy_view, record_view_change
 from sync.records import BatchResult, Page, PageResult, ReadPlan, Streamed
 from sync.runtime.metrics import Metrics
+from sync.runtime.throttle import TokenBucket
 from sync.source.readahead import ReadAhead
 from sync.source.reader import SourceReader, binary_tables
 
@@ -48,7 +49,8 @@ class PeerLink:
                  policy: Callable[[], Policy], origins: str = "peer", page_size: int = 5000,
                  metrics: Metrics | None = None, stop: threading.Event | None = None,
                  poll_interval: float = 1.0, forward: bool = True,
-                 apply_connections: int = 2) -> None:
+                 apply_connections: int = 2,
+                 max_rows_per_second: float | None = None) -> None:
         self.region = region
         self.peer = peer
         self._peer_conninfo = peer_conninfo
@@ -77,6 +79,7 @@ class PeerLink:
         # the tables our policy asks for that it does not send (table -> why).
         self.granted: Granted | None = None
         self.refused: dict[str, str] = {}
+        self._throttle = TokenBucket(max_rows_per_second) if max_rows_per_second else None
         self._token_written = -TOKEN_REFRESH   # monotonic time of the last empty-batch token
 
     def _connect(self) -> tuple[SourceReader, Applier]:
@@ -212,7 +215,10 @@ class PeerLink:
         return Streamed(lanes.result, read, rows, held, complete=True)
 
     def _apply_on(self, applier: Applier, page: Page, **kw: Any) -> PageResult:
-        """Apply one page with ``applier``, timing it for the metrics."""
+        """Apply one page with ``applier`` (within the link's rate limit), timing it for the
+        metrics."""
+        if self._throttle is not None and page.rows:
+            self._throttle.take(page.rows)
         started = time.monotonic()
         result = applier.apply_page(page, **kw)
         self._report_progress(kw.get("kind", "delta"), page.rows)

@@ -144,7 +144,8 @@ class Daemon:
                 local_conninfo=self._local, policy=self.policy.current, origins=peer.origins,
                 page_size=cfg.page_size, metrics=self.metrics, stop=self._stop,
                 poll_interval=cfg.poll_interval, forward=cfg.forward,
-                apply_connections=cfg.apply_connections)
+                apply_connections=cfg.apply_connections,
+                max_rows_per_second=peer.max_rows_per_second)
         self.metrics.leader.labels(cfg.region).set(0)
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(len(cfg.peers) + 1)},
@@ -358,8 +359,11 @@ class Daemon:
                 stored = local_status(c)
         except psycopg.Error as exc:
             stored = {"error": f"local database unreachable: {type(exc).__name__}"}
-        peers = {}
-        for name in self._links:
+        peers: dict[str, Any] = {}
+        for name in (p.name for p in cfg.peers):
+            if name not in self._links:    # still waiting for the local database
+                peers[name] = {"state": "starting"}
+                continue
             h = self.metrics.peer(name, cfg.region, cfg.poll_interval)
             record = stored.get("peers", {}).get(name, {}) if isinstance(stored, dict) else {}
             peers[name] = {**record, "lag_seconds": round(h.lag(), 3), "backlog": h.backlog,

@@ -257,3 +257,18 @@ def test_parallel_apply_keeps_foreign_key_order_and_uses_every_connection(mesh: 
     for table in ("account", "contact", "salesorder"):
         assert mesh.rows("eu-north", table) == mesh.rows("eu-west", table, "eu-north"), table
     assert mesh.one("eu-north", "SELECT count(*) FROM sync.dead_letter") == 0
+
+
+def test_a_peer_link_applies_within_its_rate_limit(mesh: Mesh) -> None:
+    import time
+
+    west = mesh.conn("eu-west")
+    west.execute("INSERT INTO contact (lastname) "
+                 "SELECT 'Rate' || g FROM generate_series(1, 2500) g")
+    link = mesh.link("eu-north", "eu-west", page_size=250, max_rows_per_second=1000.0)
+    started = time.monotonic()
+    while link.run_once().full:
+        pass
+    took = time.monotonic() - started
+    assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 2500
+    assert took >= 1.4, took     # one second's burst, then 1,000 rows a second

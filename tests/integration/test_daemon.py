@@ -210,7 +210,7 @@ def test_a_failing_peer_opens_its_breaker_and_a_probe_closes_it(mesh: Mesh,
     peer = mesh.clusters["us-east"]
 
     def breaker(name: str) -> str:
-        return json.loads(get(port, "/status")[1])["peers"][name]["breaker"]
+        return json.loads(get(port, "/status")[1])["peers"][name].get("breaker", "")
 
     try:
         wait_for(lambda: _healthy(port) and breaker("us-east") == "closed")
