@@ -30,7 +30,7 @@ def explain(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, psycopg.Error):
         exc = from_db(exc)
     if isinstance(exc, ConfigError):
-        return 2, str(exc).splitlines()[0] if "\n" not in str(exc) else str(exc)
+        return 2, str(exc)   # a filter's syntax error adds a pointer line below
     if isinstance(exc, PostgresNotFound):
         return 3, str(exc)
     if isinstance(exc, SchemaError):

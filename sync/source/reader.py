@@ -138,12 +138,14 @@ class SourceReader:
         by row), when we connect as the destination role it made for us; None when we
         connect as a role it did not make (the owner or a superuser: then only our own
         policy limits what we read)."""
-        if self.conn.execute("SELECT 1 FROM sync.egress_me").fetchone() is None:
-            return None
+        # one round trip per poll: no row when we are not a destination role, one row with
+        # NULLs when we are one with nothing granted
         rows = self.conn.execute(
-            "SELECT tablename, columns, row_filter IS NOT NULL FROM sync.egress_grants"
-        ).fetchall()
-        return ({t: tuple(cols) for t, cols, _ in rows},
+            "SELECT g.tablename, g.columns, g.row_filter IS NOT NULL FROM sync.egress_me m"
+            " LEFT JOIN sync.egress_grants g ON true").fetchall()
+        if not rows:
+            return None
+        return ({t: tuple(cols) for t, cols, _ in rows if t is not None},
                 frozenset(t for t, _, filtered in rows if filtered))
 
     def record_egress(self, rows: dict[str, int], token: str) -> None:
