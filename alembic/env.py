@@ -6,8 +6,9 @@ by hand, pass ``-x url=postgresql://...``.
 
 from __future__ import annotations
 
-from alembic import context
 from sqlalchemy import create_engine
+
+from alembic import context
 
 config = context.config
 

@@ -216,3 +216,35 @@ def test_applier_and_application_on_one_key(mesh: Mesh, op_peer: str, op_local: 
         _apply_first_then(mesh, peer, lambda: local.run(key, op_local, None), local.pid)
     assert peer.error is None and local.error is None, (peer.error, local.error)
     _expect(mesh, key, [remote, local.version])
+
+
+def test_a_multi_row_update_that_waits_journals_every_row_it_changed(mesh: Mesh) -> None:
+    """The statement updates `first`, then waits for `second`, which another transaction
+    updates again (a newer version) before committing: both rows must be journaled."""
+    west = mesh.conn("eu-west")
+    first, second = contact(west, "A"), contact(west, "B")   # a scan meets them in this order
+    holder = psycopg.connect(mesh.urls["eu-west"], autocommit=False)
+    writer = psycopg.connect(mesh.urls["eu-west"], autocommit=True)
+    try:
+        holder.execute("UPDATE contact SET firstname = 'held' WHERE contactid = %s", (second,))
+
+        def update_both() -> None:
+            writer.execute("UPDATE contact SET lastname = 'both' WHERE contactid = ANY(%s)",
+                           ([first, second],))
+        t = threading.Thread(target=update_both, daemon=True)
+        t.start()
+        _waiting_or_done(mesh, writer.info.backend_pid, t)
+        holder.execute("UPDATE contact SET firstname = 'held again' WHERE contactid = %s",
+                       (second,))
+        holder.commit()
+        t.join(30)
+    finally:
+        holder.close()
+        writer.close()
+    for key in (first, second):
+        version = mesh.one("eu-west", "SELECT versionnumber FROM contact WHERE contactid = %s",
+                           (key,))
+        assert mesh.one("eu-west", "SELECT count(*) FROM sync.change_log WHERE pk = %s "
+                                   "AND versionnumber = %s", (key, version)) == 1, key
+    mesh.pull("eu-north", "eu-west")
+    assert mesh.one("eu-north", "SELECT count(*) FROM contact WHERE lastname = 'both'") == 2
