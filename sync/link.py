@@ -147,11 +147,7 @@ class PeerLink:
         moves the token only every TOKEN_REFRESH seconds (to keep the range a poll scans
         short); in between, an idle poll writes nothing and takes no transaction id.
         """
-        now = time.monotonic()
-        if now - self._token_written < TOKEN_REFRESH:
-            return False
-        self._token_written = now
-        return True
+        return time.monotonic() - self._token_written >= TOKEN_REFRESH
 
     def _policy_changed(self, stored: dict, view: dict, policy: Policy,
                         rules: dict[str, TableRule], tables: list) -> None:
@@ -290,6 +286,7 @@ class PeerLink:
                 result.add(self._apply(streamed.last or Page(()), token=snap.token, kind=kind,
                                        policy_sha=policy.sha, batch_rows=rows,
                                        peer_has_seen=seen, view=view))
+                self._token_written = time.monotonic()   # the refresh counts from any write
         if rows and self.granted is not None:   # read as the owner's destination role
             reader.record_egress(dict(read_rows), snap.token)
         filtered = {}
