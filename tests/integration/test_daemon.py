@@ -173,15 +173,22 @@ def test_metrics_and_status_require_the_token_when_one_is_set(mesh: Mesh,
     assert "s3cr3t-token" not in (tmp_path / "d.log").read_text()
 
 
-def test_an_idle_mesh_writes_nothing_and_takes_no_transaction_id(mesh: Mesh,
-                                                                 tmp_path: Path) -> None:
+def test_an_idle_mesh_writes_nothing(mesh: Mesh,
+                                      tmp_path: Path) -> None:
     from tests.fix_daemons import mesh_daemons
 
     contact(mesh.conn("eu-west"), "Once")
     urls = {r: mesh.urls[r] for r in ("eu-west", "eu-north")}
 
-    def xmax(region: str) -> int:
-        return int(mesh.one(region, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
+    def written(region: str) -> tuple:
+        """What the daemons write: their tokens (a new row version at every write), the
+        integration log and the journal. (The database's own xid counter is no measure:
+        autovacuum may analyze a catalog in the window and take one.)"""
+        return (mesh.conn(region).execute(
+                    "SELECT array_agg(xmin::text ORDER BY peer) FROM sync.peer_state"
+                ).fetchone()[0],
+                mesh.one(region, "SELECT count(*) FROM sync.integration_log"),
+                mesh.one(region, "SELECT count(*) FROM sync.change_set"))
 
     with mesh_daemons(tmp_path, urls, poll_interval=0.1):
         wait_for(lambda: mesh.one("eu-north", "SELECT count(*) FROM contact") == 1)
@@ -189,12 +196,9 @@ def test_an_idle_mesh_writes_nothing_and_takes_no_transaction_id(mesh: Mesh,
         wait_for(lambda: mesh.one("eu-north", "SELECT count(*) FROM sync.peer_state") == 1
                  and mesh.one("eu-west", "SELECT count(*) FROM sync.peer_state") == 1)
         time.sleep(1.0)
-        before = {r: xmax(r) for r in urls}
-        logs = {r: mesh.one(r, "SELECT count(*) FROM sync.integration_log") for r in urls}
+        before = {r: written(r) for r in urls}
         time.sleep(3.0)           # 30 idle polls per link: what they write is the test
-        assert {r: xmax(r) for r in urls} == before
-        assert {r: mesh.one(r, "SELECT count(*) FROM sync.integration_log") for r in urls} \
-            == logs
+        assert {r: written(r) for r in urls} == before
 
 
 def test_a_failing_peer_opens_its_breaker_and_a_probe_closes_it(mesh: Mesh,
