@@ -27,6 +27,7 @@ from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
 from sync.policy.ingress import Granted, filtered_tables, link_rules
 from sync.policy.model import Policy, TableRule
+from sync.policy.retract import withdraw_narrowed
 from sync.policy.view import policy_view, record_view_change
 from sync.records import BatchResult, Page, PageResult, ReadPlan, Streamed
 from sync.runtime.metrics import Metrics
@@ -151,9 +152,12 @@ class PeerLink:
 
     def _policy_changed(self, stored: dict, view: dict, policy: Policy,
                         rules: dict[str, TableRule], tables: list) -> None:
-        """Record what narrowed (for `policy drift`), backfill what widened."""
-        assert self.target is not None
+        """Record what narrowed and remove the copies it no longer allows; backfill what
+        widened."""
+        assert self.target is not None and self.schema is not None
         widened = record_view_change(self.target, self.peer, stored, view, policy)
+        if self.origins == "peer":   # in a hub, `regionsync retract` does this by hand
+            withdraw_narrowed(self.target, self.schema, policy, self.region, self.peer, rules)
         if widened:
             self._backfill(policy, rules, [t for t in tables if t.name in widened], view)
 
@@ -165,12 +169,14 @@ class PeerLink:
         log.info("policy %s widens what %s sends us (%s): backfilling", policy.sha,
                  self.peer, names)
         started = time.monotonic()
-        with self.reader.batch():
+        self.reader.prepare(None)    # the owner records every row it may now send us
+        with self.reader.batch() as snap:
             pages = self.reader.pages(ReadPlan(), tables, rules, self.page_size, deletes=False)
             streamed = self._apply_stream(pages, kind="backfill", policy_sha=policy.sha)
             if streamed.complete:
                 self._apply(streamed.last or Page(()), kind="backfill", policy_sha=policy.sha,
                             view=view)
+        self._record_egress(streamed.read, snap.token)
         log.info("backfill from %s done: %d rows of %s in %.1fs", self.peer, streamed.rows,
                  names, time.monotonic() - started)
 
@@ -257,13 +263,14 @@ class PeerLink:
             stored = applier.read_view()
             if stored is not None and stored != view:
                 self._policy_changed(stored, view, policy, rules, tables)
-        with reader.batch() as snap:
-            plan = ReadPlan(token=token)
+        bound = reader.prepare(token)
+        with reader.batch(bound) as snap:
+            plan = ReadPlan(token=token, upto=bound)
             pending = None
             only = None
             if token is not None:
                 distinct = [t for t, r in rules.items() if r.rows is not None]
-                pending = reader.pending(token, [t.name for t in tables], distinct)
+                pending = reader.pending(token, [t.name for t in tables], distinct, bound)
                 only = set(pending.changes)
             lag = 0.0
             if pending is not None and pending.oldest_change is not None:
@@ -287,8 +294,7 @@ class PeerLink:
                                        policy_sha=policy.sha, batch_rows=rows,
                                        peer_has_seen=seen, view=view))
                 self._token_written = time.monotonic()   # the refresh counts from any write
-        if rows and self.granted is not None:   # read as the owner's destination role
-            reader.record_egress(dict(read_rows), snap.token)
+        self._record_egress(read_rows, snap.token)
         filtered = {}
         if pending is not None:
             filtered = {t: n - read_rows[t] for t, n in pending.keys.items() if n > read_rows[t]}
@@ -310,6 +316,13 @@ class PeerLink:
             log.info("peer %s: applied batch of %d rows (%s)", self.peer, rows,
                      ", ".join(f"{k}={n}" for k, n in counts.items()), extra=extra)
         return batch
+
+    def _record_egress(self, read: Counter[str], token: str) -> None:
+        """Tell the owner what we read (its egress log), when we read as the role it made
+        for us: every batch with rows in it, backfills and dead-letter retries included."""
+        if self.granted is not None and any(read.values()):
+            assert self.reader is not None
+            self.reader.record_egress(dict(read), token)
 
     def _record(self, batch: BatchResult, seconds: float) -> None:
         m = self.metrics
@@ -352,10 +365,14 @@ class PeerLink:
         wanted = {r[1] for r in rows}
         tables = [t for t in tables if t.name in wanted]
         plan = ReadPlan(keys=[r[2] for r in rows])
-        with reader.batch():
+        read = Counter[str]()
+        with reader.batch() as snap:
             seen = reader.token_for(self.region)
             for page in reader.pages(plan, tables, rules, self.page_size):
                 self._apply(page, peer_has_seen=seen, kind="retry", policy_sha=policy.sha)
+                for seg in page.segments:
+                    read[seg.table] += seg.rows
+        self._record_egress(read, snap.token)
         resolved = state.resolve_dead_letters(self.target, [r[0] for r in rows], started)
         if resolved:
             log.info("peer %s: %d of %d dead letters resolved on retry", self.peer, resolved,

@@ -63,6 +63,7 @@ class ReadPlan:
 
     token: str | None = None
     keys: Sequence[UUID] | None = None
+    upto: str | None = None        # the range's end (the owner's bound), else the snapshot
 
     @property
     def initial(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -272,14 +273,20 @@ def resync(config_path: Path, peer: str) -> None:
 @click.option("--app-role", default=None,
               help="Also create/grant the application's role: DML on the tracked tables, "
                    "nothing in the sync schema.")
+@click.option("--destination-password-env", "password_env", default=None, metavar="VAR",
+              help="With --apply: set the destination roles' password from this environment "
+                   "variable (sent as a SCRAM verifier; prefer certificates in production).")
 def roles(config_path: Path, apply_: bool, daemon_role: str | None,
-          app_role: str | None) -> None:
+          app_role: str | None, password_env: str | None) -> None:
     """The SQL for least privilege in this region: the daemon's role, the application's,
     and one role per destination region that its policy lets read (column grants, row-level
     security, journal views)."""
     from sync.db.catalog import introspect
     from sync.policy.loader import load_policy
-    from sync.source.egress import apply_egress, local_role_statements, script
+    from sync.source.egress import apply_egress, local_role_statements, script, set_passwords
+    if password_env is not None and password_env not in os.environ:
+        raise ConfigError(f"environment variable {password_env} is not set",
+                          key="--destination-password-env")
     cfg, conn = _open(config_path)
     with conn:
         schema = introspect(conn)
@@ -293,6 +300,8 @@ def roles(config_path: Path, apply_: bool, daemon_role: str | None,
                                                       app=app_role):
                         conn.execute(stmt)
             made = apply_egress(conn, policy, schema, cfg.destination_regions())
+            if password_env is not None:
+                set_passwords(conn, made, os.environ[password_env])
             click.echo(f"policy {policy.sha} enforced for {', '.join(made) or 'no destination'}")
             return
         click.echo(script(policy, schema, cfg.destination_regions(), conn,

@@ -195,22 +195,52 @@ def why(table: str, key: str, to: str, policy_dir: Path | None,
 @policy.command("drift")
 @policy_opt
 @config_opt
-def drift(policy_dir: Path | None, config_path: Path | None) -> None:
-    """Copies in this region that the current policy no longer allows (exit 1 if any)."""
-    from sync.db.connect import connect
-    from sync.policy.retract import find_drift
+@click.option("--local-only", is_flag=True,
+              help="Do not ask the peers: check copies against our own policy only.")
+def drift(policy_dir: Path | None, config_path: Path | None, local_only: bool) -> None:
+    """Copies in this region that policy no longer allows (exit 1 if any): ours, and each
+    owner's own (what it still lets us read, through the role it made for us)."""
     with _errors():
         cfg, pol, schema, _ = _context(config_path, policy_dir, need_db=True)
-        with connect(cfg.database.conninfo(where="database.url"),
-                     application_name="regionsync-cli") as conn:
-            items = find_drift(conn, schema, pol, cfg.region)
+        items, notes, _ = _drift(cfg, pol, schema, local_only)
+    for note in notes:
+        click.echo(f"note: {note}")
     for item in items:
         click.echo(item.line())
     if items:
         click.echo(f"{len(items)} out-of-policy item(s); `regionsync retract --config …` "
                    "removes them")
         sys.exit(1)
-    click.echo(f"no drift: every copy in {cfg.region} is allowed by policy {pol.sha}")
+    click.echo(f"no drift: every copy in {cfg.region} is allowed by policy {pol.sha}"
+               + ("" if local_only else " and by its owner"))
+
+
+def _drift(cfg, pol, schema, local_only: bool, conn=None):
+    """Drift items and notes; with ``conn`` (a local connection) retract can use them."""
+    import contextlib
+
+    import psycopg
+
+    from sync.db.connect import connect
+    from sync.errors import describe
+    from sync.policy.retract import find_drift, owners_truth
+    with contextlib.ExitStack() as stack:
+        if conn is None:
+            conn = stack.enter_context(connect(cfg.database.conninfo(where="database.url"),
+                                               application_name="regionsync-cli"))
+        owners, notes = {}, []
+        for peer in [] if local_only else cfg.peers:
+            try:
+                owners[peer.name] = stack.enter_context(connect(
+                    peer.conninfo(where=f"peers[{peer.name}].url"),
+                    application_name="regionsync-cli"))
+            except psycopg.Error as exc:   # one unreachable peer: the rest is still checked
+                notes.append(f"{peer.name} unreachable ({describe(exc)}); its "
+                             "copies checked against our own policy only")
+        rule_for, withheld, more = owners_truth(conn, schema, pol, cfg.region, owners)
+        items = find_drift(conn, schema, pol, cfg.region, rule_for=rule_for,
+                           withheld=withheld)
+        return items, notes + more, rule_for
 
 
 @policy.command("schema")
@@ -224,25 +254,30 @@ def schema_cmd() -> None:
 @policy_opt
 @config_opt
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def retract(policy_dir: Path | None, config_path: Path | None, dry_run: bool) -> None:
-    """Remove copies the policy no longer allows here (NULL columns / delete rows).
+@click.option("--local-only", is_flag=True,
+              help="Do not ask the peers: retract by our own policy only.")
+def retract(policy_dir: Path | None, config_path: Path | None, dry_run: bool,
+            local_only: bool) -> None:
+    """Remove copies policy no longer allows here (NULL columns / delete rows): by our
+    policy and by each owner's (see `policy drift`).
 
     Nothing is sent back: the owning region keeps its data."""
     from sync.db.connect import connect
-    from sync.policy.retract import find_drift
     from sync.policy.retract import retract as do_retract
     with _errors():
         cfg, pol, schema, _ = _context(config_path, policy_dir, need_db=True)
         with connect(cfg.database.conninfo(where="database.url"),
                      application_name="regionsync-retract") as conn:
-            items = find_drift(conn, schema, pol, cfg.region)
+            items, notes, rule_for = _drift(cfg, pol, schema, local_only, conn)
+            for note in notes:
+                click.echo(f"note: {note}")
             if dry_run or not items:
                 for item in items:
                     click.echo(f"would retract: {item.line()}")
                 if not items:
                     click.echo("nothing to retract")
                 return
-            results = do_retract(conn, pol, cfg.region, items)
+            results = do_retract(conn, pol, cfg.region, items, rule_for=rule_for)
     failed = 0
     for item, n, error in results:
         if error:

@@ -261,7 +261,28 @@ def replace_egress_grants(conn: Conn, role: str, region: str, policy_sha: str,
 
 def forget_egress_except(conn: Conn, regions: list[str]) -> None:
     """Destinations no longer served lose their records (and so every view's rows)."""
+    conn.execute("DELETE FROM sync.egress_sent WHERE role_name IN (SELECT role_name FROM "
+                 "sync.egress_role WHERE region <> ALL(%s))", (regions,))
+    conn.execute("DELETE FROM sync.egress_withdrawal WHERE role_name IN (SELECT role_name FROM "
+                 "sync.egress_role WHERE region <> ALL(%s))", (regions,))
     conn.execute("DELETE FROM sync.egress_role WHERE region <> ALL(%s)", (regions,))
+
+
+def egress_granted(conn: Conn) -> list[tuple[str, str]]:
+    """(role, table) pairs a destination is sent now."""
+    return conn.execute("SELECT role_name, tablename FROM sync.egress_table").fetchall()
+
+
+def forget_sent(conn: Conn, role: str, table: str) -> None:
+    """A table sent whole (or not at all) keeps no sent set."""
+    conn.execute("DELETE FROM sync.egress_sent WHERE role_name = %s AND tablename = %s",
+                 (role, table))
+
+
+def record_withdrawal(conn: Conn, role: str, table: str, origin: str, keys: list) -> None:
+    """A journal entry for one destination only: these copies must go."""
+    conn.execute("INSERT INTO sync.egress_withdrawal (role_name, tablename, origin, pks) "
+                 "VALUES (%s, %s, %s, %s)", (role, table, origin, keys))
 
 
 def egress_filters(conn: Conn) -> dict[tuple[str, str], str]:

@@ -25,7 +25,7 @@ def intersect(rules: dict[str, TableRule], granted: dict[str, tuple[str, ...]], 
         if cols is None:
             notes[table] = f"{peer}'s policy does not send {table} to {region}"
             continue
-        if rule.rows is not None and not rule.rows.columns() <= set(cols):
+        if rule.rows is not None and not rule.rows.columns <= set(cols):
             notes[table] = f"our row filter for {table} reads columns {peer} does not send us"
             continue
         missing = [c for c in rule.columns if c not in cols]

@@ -14,26 +14,33 @@ nothing is deleted or changed at the owner.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from uuid import UUID
 
 import psycopg
 from psycopg import sql
 
 from sync.db import state
 from sync.db.catalog import Schema
-from sync.policy.model import Policy
+from sync.policy.model import Policy, TableRule
 
 log = logging.getLogger(__name__)
+
+RuleFor = Callable[[str, str], "TableRule | None"]   # (table, origin) -> the rule in force
+CHUNK = 5000
 
 
 @dataclass(frozen=True)
 class Drift:
     table: str
     origin: str
-    action: str                  # "null_columns" | "delete_rows"
+    action: str                  # "null_columns" | "delete_rows" | "delete_keys"
     columns: tuple[str, ...]
     rows: int
     reason: str
+    keys: tuple[UUID, ...] = ()  # delete_keys (columns: the key column): copies their
+                                 # owner no longer sends us
 
     def line(self) -> str:
         what = (f"{self.rows} row(s): clear {', '.join(self.columns)}"
@@ -47,16 +54,48 @@ def _origins(conn: psycopg.Connection, table: str, region: str) -> list[str]:
     return [r[0] for r in conn.execute(q, (region,))]
 
 
-def find_drift(conn: psycopg.Connection, schema: Schema, policy: Policy,
-               region: str) -> list[Drift]:
-    """Out-of-policy copies in this region, in the order retract applies them."""
+def withheld_by_owner(conn: psycopg.Connection, owner: psycopg.Connection, schema: Schema,
+                      table: str, origin: str) -> list[UUID]:
+    """Keys of copies here from ``origin`` that the owner no longer lets us read (its row
+    security hides them, or it deleted them and the delete is still on its way), read
+    through the role the owner made for us: drift from the owner's truth, not ours."""
+    info = schema.tables[table]
+    q = sql.SQL("SELECT {pk} FROM public.{t} WHERE sync_origin = %s ORDER BY 1").format(
+        pk=sql.Identifier(info.pk), t=sql.Identifier(table))
+    ours = [r[0] for r in conn.execute(q, (origin,))]
+    gone: list[UUID] = []
+    check = sql.SQL("SELECT k FROM unnest(%s::uuid[]) AS k WHERE NOT EXISTS "
+                    "(SELECT 1 FROM public.{t} x WHERE x.{pk} = k)").format(
+        t=sql.Identifier(table), pk=sql.Identifier(info.pk))
+    for i in range(0, len(ours), CHUNK):
+        gone += [r[0] for r in owner.execute(check, (ours[i:i + CHUNK],))]
+    return gone
+
+
+def find_drift(conn: psycopg.Connection, schema: Schema, policy: Policy, region: str, *,
+               rule_for: RuleFor | None = None, origins: Iterable[str] | None = None,
+               withheld: dict[tuple[str, str], Sequence[UUID]] | None = None) -> list[Drift]:
+    """Out-of-policy copies in this region, in the order retract applies them.
+
+    ``rule_for`` gives the rule in force for copies of a table from an origin (our policy
+    intersected with what the origin grants us); by default our own policy alone.
+    ``origins`` limits the check to copies from those regions; ``withheld`` names, per
+    (table, origin), copies their owner no longer sends us (``withheld_by_owner``)."""
     nulls, deletes = [], []
     narrowed_map = state.narrowed_columns(conn)
+    only = set(origins) if origins is not None else None
     for table in schema.topo_order():
         info = schema.tables[table]
-        rule = policy.rule_for(table, region)
         ident = sql.Identifier(table)
         for origin in _origins(conn, table, region):
+            if only is not None and origin not in only:
+                continue
+            rule = (rule_for or (lambda t, _o: policy.rule_for(t, region)))(table, origin)
+            keys = tuple((withheld or {}).get((table, origin), ()))
+            if keys and rule is not None:
+                deletes.append(Drift(table, origin, "delete_keys", (info.pk,), len(keys),
+                                     f"{origin} no longer sends these rows to {region}",
+                                     keys))
             if rule is None:
                 n = conn.execute(sql.SQL("SELECT count(*) FROM public.{} WHERE sync_origin = %s")
                                  .format(ident), (origin,)).fetchone()[0]
@@ -87,14 +126,19 @@ def find_drift(conn: psycopg.Connection, schema: Schema, policy: Policy,
     return [d for d in nulls + deletes if d.rows]
 
 
-def retract(conn: psycopg.Connection, policy: Policy, region: str,
-            items: list[Drift]) -> list[tuple[Drift, int, str | None]]:
+def retract(conn: psycopg.Connection, policy: Policy, region: str, items: list[Drift], *,
+            rule_for: RuleFor | None = None) -> list[tuple[Drift, int, str | None]]:
     """Apply each drift item in its own transaction; returns (item, rows, error)."""
     done = []
     for item in items:
-        rule = policy.rule_for(item.table, region)
+        rule = (rule_for or (lambda t, _o: policy.rule_for(t, region)))(item.table, item.origin)
         ident = sql.Identifier(item.table)
-        if item.action == "null_columns":
+        params: tuple = (item.origin,)
+        if item.action == "delete_keys":
+            stmt = sql.SQL("DELETE FROM public.{} WHERE sync_origin = %s AND {} = ANY(%s)").format(
+                ident, sql.Identifier(item.columns[0]))
+            params = (item.origin, list(item.keys))
+        elif item.action == "null_columns":
             stmt = sql.SQL("UPDATE public.{} SET {} WHERE sync_origin = %s AND ({})").format(
                 ident, sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(c))
                                           for c in item.columns),
@@ -108,7 +152,7 @@ def retract(conn: psycopg.Connection, policy: Policy, region: str,
         try:
             with conn.transaction():
                 conn.execute("SELECT set_config('regionsync.origin', %s, true)", (item.origin,))
-                n = conn.execute(stmt, (item.origin,)).rowcount
+                n = conn.execute(stmt, params).rowcount
                 conn.execute("""INSERT INTO sync.retraction_log (tablename, origin, action,
                                 columns, rows, reason, policy_sha)
                                 VALUES (%s, %s, %s, %s, %s, %s, %s)""",
@@ -123,3 +167,55 @@ def retract(conn: psycopg.Connection, policy: Policy, region: str,
             log.error("could not retract %s: %s", item.line(), reason)
             done.append((item, 0, reason))
     return done
+
+
+def owners_truth(conn: psycopg.Connection, schema: Schema, policy: Policy, region: str,
+                 owners: dict[str, psycopg.Connection]) -> tuple[RuleFor, dict, list[str]]:
+    """What each owner lets us hold, read through the role it made for us: the rule in
+    force per (table, origin) — our policy intersected with its grant — and the copies it
+    no longer sends (``withheld_by_owner``). For an owner we read with a role it did not
+    make (no grant), our own policy is all there is. Returns (rule_for, withheld, notes)."""
+    from sync.policy.ingress import link_rules
+    from sync.source.reader import SourceReader
+
+    rules: dict[str, dict[str, TableRule]] = {}
+    withheld: dict[tuple[str, str], list[UUID]] = {}
+    notes = []
+    for origin, owner in owners.items():
+        granted = SourceReader(owner, peer=origin, region=region).grants()
+        rules[origin], refused = link_rules(policy, set(schema.tables), granted, peer=origin,
+                                            region=region)
+        notes += [f"{origin}: {why}" for why in refused.values()]
+        if granted is None:
+            notes.append(f"{origin}: read with a role it did not make for {region}; "
+                         "checked against our own policy only")
+            continue
+        for table in rules[origin]:
+            keys = withheld_by_owner(conn, owner, schema, table, origin)
+            if keys:
+                withheld[(table, origin)] = keys
+
+    def rule_for(table: str, origin: str) -> TableRule | None:
+        if origin in rules:
+            return rules[origin].get(table)
+        return policy.rule_for(table, region)
+    return rule_for, withheld, notes
+
+
+def withdraw_narrowed(conn: psycopg.Connection, schema: Schema, policy: Policy, region: str,
+                      peer: str, rules: dict[str, TableRule]) -> None:
+    """Invariant 8 at the receiver: a table, column or row filter narrowed by either side
+    (our policy, or the owner's grant: ``rules`` is their intersection) removes the copies
+    from ``peer`` that it no longer allows, at once. Not a business delete: no tombstone,
+    and the journal entry carries the peer's origin, so nothing is echoed."""
+    def rule_for(table: str, _origin: str) -> TableRule | None:
+        return rules.get(table)
+    items = find_drift(conn, schema, policy, region, rule_for=rule_for, origins=[peer])
+    for item, n, error in retract(conn, policy, region, items, rule_for=rule_for):
+        extra = {"peer": peer, "table": item.table}
+        if error:
+            log.error("peer %s: could not withdraw %s: %s", peer, item.line(), error,
+                      extra=extra)
+        else:
+            log.info("peer %s: withdrew %d row(s): %s", peer, n, item.line(),
+                     extra={**extra, "rows": n})

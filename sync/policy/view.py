@@ -1,9 +1,10 @@
 """What the policy lets a peer send us (its *view*), and what changed since the last batch.
 
 The view — per table, the columns that travel and the row filter — is stored with the
-peer's token. When it changes, narrowed columns are recorded (``sync.narrowed_column``,
-for ``policy drift``: copies already here stay until ``retract``) and widened tables are
-named, so that the caller can backfill them from the peer.
+peer's token. When it changes, narrowed columns are recorded (``sync.narrowed_column``:
+only columns that used to come from that peer are ever cleared; the link then withdraws
+what the narrower view no longer allows) and widened tables are named, so that the
+caller can backfill them from the peer.
 """
 
 from __future__ import annotations
@@ -44,12 +45,11 @@ def record_view_change(conn: psycopg.Connection, peer: str, stored: View, view: 
             removed = set(old["columns"]) - set(new["columns"]) if old else set()
             for column in sorted(removed):
                 state.record_narrowed(conn, peer, table, column, policy.sha)
-                log.warning("policy %s: %s.%s no longer comes from %s; copies already "
-                            "here are listed by `regionsync policy drift`", policy.sha,
-                            table, column, peer)
+                log.warning("policy %s: %s.%s no longer comes from %s; its values in "
+                            "copies from there are withdrawn", policy.sha, table, column, peer)
         for table in sorted(set(stored) - set(view)):
-            log.warning("policy %s: table %s no longer comes from %s; see `regionsync "
-                        "policy drift`", policy.sha, table, peer)
+            log.warning("policy %s: table %s no longer comes from %s; copies from there "
+                        "are withdrawn", policy.sha, table, peer)
         if not widened:
             state.save_view(conn, peer, view)
     return widened

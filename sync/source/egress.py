@@ -21,7 +21,11 @@ owner: the role that runs ``regionsync migrate``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,6 +41,9 @@ log = logging.getLogger(__name__)
 EVERYONE = "regionsync_everyone"     # the permissive RLS policy that keeps other roles whole
 VIEWS = ("egress_change_set", "egress_tombstone", "egress_peer_state", "egress_grants",
          "egress_me", "tracked_table")
+# what a destination role may call (migrations 0008 and 0010)
+FUNCTIONS = ("record_egress(jsonb, text)", "egress_changes(text, text, text, boolean)",
+             "egress_prepare(text, text, boolean)", "egress_held(text, uuid[])")
 
 
 def role_for(region: str) -> str:
@@ -74,6 +81,7 @@ class Current:
     rls: frozenset[str]                                  # tables with RLS enabled
     policies: frozenset[tuple[str, str]]                 # (table, policy name)
     filters: dict[tuple[str, str], str]                  # (role, table) -> recorded filter
+    granted: frozenset[tuple[str, str]] = frozenset()    # (role, table) sent until now
 
     @classmethod
     def read(cls, conn: psycopg.Connection) -> Current:
@@ -82,7 +90,8 @@ class Current:
             "WHERE n.nspname = 'public' AND c.relrowsecurity")}
         pols = {(t, p) for t, p in conn.execute(
             "SELECT tablename, policyname FROM pg_policies WHERE schemaname = 'public'")}
-        return cls(frozenset(rls), frozenset(pols), state.egress_filters(conn))
+        return cls(frozenset(rls), frozenset(pols), state.egress_filters(conn),
+                   frozenset(state.egress_granted(conn)))
 
 
 def egress_statements(policy: Policy, schema: Schema, destinations: Iterable[str],
@@ -117,8 +126,8 @@ def egress_statements(policy: Policy, schema: Schema, destinations: Iterable[str
             sql.SQL("GRANT USAGE ON SCHEMA public, sync TO {}").format(role),
             sql.SQL("GRANT SELECT ON {} TO {}").format(
                 sql.SQL(", ").join(sql.Identifier("sync", v) for v in VIEWS), role),
-            sql.SQL("GRANT EXECUTE ON FUNCTION sync.record_egress(jsonb, text) TO {}").format(
-                role)]
+            sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
+                sql.SQL(", ").join(sql.SQL("sync." + f) for f in FUNCTIONS), role)]
         wanted = {g.table: g for g in grants if g.row_filter is not None}
         for table in sorted(schema.tables):
             g = wanted.get(table)
@@ -137,7 +146,54 @@ def egress_statements(policy: Policy, schema: Schema, destinations: Iterable[str
             stmts.append(sql.SQL("GRANT SELECT ({}) ON public.{} TO {}").format(
                 sql.SQL(", ").join(sql.Identifier(c) for c in g.columns),
                 sql.Identifier(g.table), role))
+    stmts.append(mark_function(plans, schema))
     return stmts
+
+
+_MARK = """
+IF p_role = {role} AND p_table = {tname} THEN
+    IF p_from IS NULL THEN
+        INSERT INTO sync.egress_sent AS s (role_name, tablename, pk)
+        SELECT p_role, p_table, {table}.{pk} FROM public.{table}
+        WHERE coalesce(({filter}), false)
+          AND (p_origin IS NULL OR ({table}.sync_origin = p_origin) <> p_exclude)
+        ON CONFLICT (role_name, tablename, pk) DO UPDATE SET gone_at = NULL
+            WHERE s.gone_at IS NOT NULL;
+    ELSE
+        INSERT INTO sync.egress_sent AS s (role_name, tablename, pk)
+        SELECT p_role, p_table, {table}.{pk} FROM public.{table}
+        WHERE {table}.{pk} IN (
+                SELECT k FROM sync.journal_since(p_from, p_to, p_origin, p_exclude) c,
+                              unnest(c.pks) AS k WHERE c.tablename = p_table)
+          AND coalesce(({filter}), false)
+        ON CONFLICT (role_name, tablename, pk) DO UPDATE SET gone_at = NULL
+            WHERE s.gone_at IS NOT NULL;
+        UPDATE sync.egress_sent s SET gone_at = pg_current_xact_id()
+        WHERE s.role_name = p_role AND s.tablename = p_table AND s.gone_at IS NULL
+          AND s.pk IN (SELECT k FROM sync.journal_since(p_from, p_to, p_origin, p_exclude) c,
+                              unnest(c.pks) AS k WHERE c.tablename = p_table)
+          AND NOT EXISTS (SELECT 1 FROM public.{table}
+                          WHERE {table}.{pk} = s.pk AND coalesce(({filter}), false));
+    END IF;
+    RETURN;
+END IF;"""
+
+
+def mark_function(plans: dict[str, list[Grant]], schema: Schema) -> sql.Composable:
+    """``sync.egress_mark``: the owner's filters as static SQL, one branch per destination
+    and row-filtered table (see migration 0010). The body is passed as a string literal, so
+    no value in a filter can end it early."""
+    branches = [
+        sql.SQL(_MARK).format(role=sql.Literal(role_for(d)), tname=sql.Literal(g.table),
+                              table=sql.Identifier(g.table),
+                              pk=sql.Identifier(schema.tables[g.table].pk),
+                              filter=g.row_filter).as_string(None)
+        for d, grants in sorted(plans.items()) for g in grants if g.row_filter is not None]
+    body = "BEGIN" + "".join(branches) + "\nEND"
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION sync.egress_mark(p_role name, p_table text, p_from text, "
+        "p_to text, p_origin text, p_exclude boolean) RETURNS void LANGUAGE plpgsql "
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {}").format(sql.Literal(body))
 
 
 def apply_egress(conn: psycopg.Connection, policy: Policy, schema: Schema,
@@ -154,6 +210,8 @@ def apply_egress(conn: psycopg.Connection, policy: Policy, schema: Schema,
             conn.execute(stmt)
         state.forget_egress_except(conn, destinations)
         for destination in destinations:
+            _withdraw_narrowed(conn, schema, role_for(destination), current,
+                               grants_for(policy, schema, destination))
             state.replace_egress_grants(
                 conn, role_for(destination), destination, policy.sha,
                 [(g.table, list(g.columns),
@@ -162,6 +220,40 @@ def apply_egress(conn: psycopg.Connection, policy: Policy, schema: Schema,
     log.info("policy %s enforced for %s (roles %s)", policy.sha, ", ".join(destinations),
              ", ".join(role_for(d) for d in destinations))
     return [role_for(d) for d in destinations]
+
+
+def _withdraw_narrowed(conn: psycopg.Connection, schema: Schema, role: str, current: Current,
+                       grants: list[Grant]) -> None:
+    """Keep the sent set (migration 0010) true to a new policy. A table no longer filtered
+    (or no longer sent) needs none. A filter that changed leaves copies abroad that match
+    it no more: they are marked gone and listed as a withdrawal of that destination alone,
+    which reaches it with its next poll (invariant 8). A table that was sent whole and is
+    now filtered may be held whole: every key counts as sent."""
+    region = state.region_of(conn)
+    now = {g.table: g for g in grants}
+    for table in sorted({t for r, t in current.granted if r == role} | set(now)):
+        g = now.get(table)
+        if g is None or g.row_filter is None:
+            state.forget_sent(conn, role, table)
+            continue
+        before = current.filters.get((role, table))
+        if before == g.row_filter.as_string(conn) or region is None:
+            continue
+        ident, pk = sql.Identifier(table), sql.Identifier(schema.tables[table].pk)
+        if before is None and (role, table) in current.granted:
+            conn.execute(sql.SQL(
+                "INSERT INTO sync.egress_sent (role_name, tablename, pk) "
+                "SELECT %s, %s, {t}.{pk} FROM public.{t} ON CONFLICT DO NOTHING").format(
+                t=ident, pk=pk), (role, table))
+        gone = [r[0] for r in conn.execute(sql.SQL(
+            "UPDATE sync.egress_sent s SET gone_at = pg_current_xact_id() "
+            "WHERE s.role_name = %s AND s.tablename = %s AND s.gone_at IS NULL "
+            "AND EXISTS (SELECT 1 FROM public.{t} WHERE {t}.{pk} = s.pk "
+            "            AND NOT coalesce(({f}), false)) RETURNING s.pk").format(
+            t=ident, pk=pk, f=g.row_filter), (role, table))]
+        if gone:
+            state.record_withdrawal(conn, role, table, region, gone)
+            log.info("policy narrows %s for %s: %d row(s) to withdraw", table, role, len(gone))
 
 
 def local_role_statements(schema: Schema, *, daemon: str,
@@ -211,3 +303,23 @@ def script(policy: Policy, schema: Schema, destinations: Iterable[str],
     lines += [s.as_string(conn) + ";" for s in egress_statements(policy, schema, destinations)]
     lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """A SCRAM-SHA-256 verifier for ``password`` (RFC 5802/7677, PostgreSQL's format), as
+    psql's ``\\password`` computes it: ``ALTER ROLE … PASSWORD`` then carries the verifier,
+    never the password, so neither the server log nor ``pg_stat_activity`` can show it."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = base64.b64encode
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+            f"${b64(hashlib.sha256(client).digest()).decode()}:{b64(server).decode()}")
+
+
+def set_passwords(conn: psycopg.Connection, roles: Iterable[str], password: str) -> None:
+    """Give destination roles a password (as a SCRAM verifier)."""
+    for role in roles:
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(scram_verifier(password))))

@@ -54,14 +54,34 @@ class SourceReader:
         self.region = region
         self.origins = origins
         self.binary = binary   # tables read in binary COPY format (see binary_tables)
+        # tables the owner sends us with a row filter (from ``grants``): it tells us only of
+        # keys it has sent us, and a batch of them is bounded by ``prepare``
+        self.owner_filtered: frozenset[str] = frozenset()
+
+    def _origin_args(self) -> tuple[str, bool]:
+        """(origin, exclude) for the owner's journal functions: see ``_origin_is_ours``."""
+        return (self.peer, False) if self.origins == "peer" else (self.region, True)
+
+    def prepare(self, since: str | None) -> str | None:
+        """Ask the owner to record which keys of its row-filtered tables it is about to
+        send us (migration 0010), in a transaction of its own that commits before the batch
+        is read. Returns the bound of the batch (the next token), or None when the owner
+        filters nothing for us. Writes nothing, and takes no transaction id, when idle."""
+        if not self.owner_filtered:
+            return None
+        with self.conn.transaction():
+            return self.conn.execute("SELECT sync.egress_prepare(%s, %s, %s)",
+                                     (since, *self._origin_args())).fetchone()[0]
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[Snapshot]:
+    def batch(self, bound: str | None = None) -> Iterator[Snapshot]:
+        """A REPEATABLE READ, READ ONLY transaction; its snapshot is the next token unless
+        ``bound`` (from ``prepare``) ends the batch earlier."""
         with self.conn.transaction():
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             token, now = self.conn.execute(
                 "SELECT pg_current_snapshot()::text, clock_timestamp()").fetchone()
-            yield Snapshot(token, now)
+            yield Snapshot(bound or token, now)
 
     # -- SQL builders (only identifiers and literals; never a policy's raw text) ----------
     def _origin_is_ours_to_read(self, column: sql.Composable) -> sql.Composable:
@@ -71,22 +91,34 @@ class SourceReader:
             return sql.SQL("{} = {}").format(column, sql.Literal(self.peer))
         return sql.SQL("{} <> {}").format(column, sql.Literal(self.region))
 
-    def _journal_range(self, token: str) -> sql.Composable:
-        """Journal entries (``sync.egress_change_set c``: the peer's journal as its policy
-        lets us see it) of transactions the token did not see."""
-        return sql.SQL(
-            "{origin} AND c.txid >= pg_snapshot_xmin({tok}::pg_snapshot)"
-            " AND NOT pg_visible_in_snapshot(c.txid, {tok}::pg_snapshot)").format(
-            origin=self._origin_is_ours_to_read(sql.SQL("c.origin")), tok=sql.Literal(token))
+    def _journal(self, token: str, upto: str | None) -> sql.Composable:
+        """The peer's journal as its policy lets us see it (``sync.egress_changes``):
+        entries of our origin(s) that the token did not see, up to ``upto``."""
+        origin, exclude = self._origin_args()
+        return sql.SQL("sync.egress_changes({}, {}, {}, {}) c").format(
+            sql.Literal(token), sql.Literal(upto), sql.Literal(origin), sql.Literal(exclude))
 
     def _keys(self, info: TableInfo, plan: ReadPlan, column: sql.Composable) -> sql.Composable:
         if plan.keys is not None:
             return sql.SQL("{} = ANY({}::uuid[])").format(column, sql.Literal(list(plan.keys)))
         assert plan.token is not None
-        return sql.SQL("{col} IN (SELECT k.pk FROM sync.egress_change_set c,"
-                       " unnest(c.pks) AS k(pk)"
-                       " WHERE c.tablename = {t} AND {range})").format(
-            col=column, t=sql.Literal(info.name), range=self._journal_range(plan.token))
+        return sql.SQL("{col} IN (SELECT k.pk FROM {journal}, unnest(c.pks) AS k(pk)"
+                       " WHERE c.tablename = {t})").format(
+            col=column, t=sql.Literal(info.name), journal=self._journal(plan.token, plan.upto))
+
+    def _held(self, info: TableInfo, plan: ReadPlan) -> sql.Composable:
+        """Keys of an owner-filtered table that the owner recorded as sent to us (held):
+        the only rows of it a batch may carry (migration 0010)."""
+        if plan.initial:
+            keys: sql.Composable = sql.SQL("NULL")
+        elif plan.keys is not None:
+            keys = sql.SQL("{}::uuid[]").format(sql.Literal(list(plan.keys)))
+        else:
+            assert plan.token is not None
+            keys = sql.SQL("ARRAY(SELECT k.pk FROM {}, unnest(c.pks) AS k(pk)"
+                           " WHERE c.tablename = {})").format(
+                self._journal(plan.token, plan.upto), sql.Literal(info.name))
+        return sql.SQL("SELECT sync.egress_held({}, {})").format(sql.Literal(info.name), keys)
 
     def upsert_query(self, info: TableInfo, rule: TableRule,
                      plan: ReadPlan) -> tuple[sql.Composed, list[tuple[str, str]]]:
@@ -95,6 +127,9 @@ class SourceReader:
         cols = rule.wire_columns(info)
         where = (self._origin_is_ours_to_read(sql.SQL("t.sync_origin")) if plan.initial
                  else self._keys(info, plan, sql.Identifier("t", info.pk)))
+        if info.name in self.owner_filtered:
+            where = sql.SQL("{} AND t.{} IN ({})").format(
+                where, sql.Identifier(info.pk), self._held(info, plan))
         params: list[tuple[str, str]] = []
         if rule.rows is not None:
             condition, params = rule.rows.to_sql_params("t", info.types)
@@ -144,9 +179,10 @@ class SourceReader:
             "SELECT g.tablename, g.columns, g.row_filter IS NOT NULL FROM sync.egress_me m"
             " LEFT JOIN sync.egress_grants g ON true").fetchall()
         if not rows:
+            self.owner_filtered = frozenset()
             return None
-        return ({t: tuple(cols) for t, cols, _ in rows if t is not None},
-                frozenset(t for t, _, filtered in rows if filtered))
+        self.owner_filtered = frozenset(t for t, _, filtered in rows if filtered)
+        return {t: tuple(cols) for t, cols, _ in rows if t is not None}, self.owner_filtered
 
     def record_egress(self, rows: dict[str, int], token: str) -> None:
         """Tell the owner what we read in the batch that just ended (its egress log), in a
@@ -154,27 +190,26 @@ class SourceReader:
         self.conn.execute("SELECT sync.record_egress(%s, %s)",
                           (json.dumps({t: n for t, n in rows.items() if n}), token))
 
-    def pending(self, token: str, tables: Sequence[str],
-                distinct: Sequence[str] = ()) -> Pending:
+    def pending(self, token: str, tables: Sequence[str], distinct: Sequence[str] = (),
+                upto: str | None = None) -> Pending:
         """Changes per table beyond ``token`` and the oldest change time; for the tables in
         ``distinct``, also the distinct changed keys (an unnest and a sort: worth it only
         where a row filter makes reads differ from keys)."""
         if not tables:
             return Pending({}, None)
         q = sql.SQL("SELECT c.tablename, sum(cardinality(c.pks)), min(c.changed_at)"
-                    " FROM sync.egress_change_set c"
-                    " WHERE c.tablename = ANY({tables}) AND {range} GROUP BY c.tablename").format(
-            tables=sql.Literal(list(tables)), range=self._journal_range(token))
+                    " FROM {journal} WHERE c.tablename = ANY({tables})"
+                    " GROUP BY c.tablename").format(
+            tables=sql.Literal(list(tables)), journal=self._journal(token, upto))
         rows = self.conn.execute(q).fetchall()
         oldest = min((r[2] for r in rows), default=None)
         keys: dict[str, int] = {}
         wanted = [t for t in distinct if any(r[0] == t for r in rows)]
         if wanted:
             q = sql.SQL("SELECT c.tablename, count(DISTINCT k.pk)"
-                        " FROM sync.egress_change_set c, unnest(c.pks) AS k(pk)"
-                        " WHERE c.tablename = ANY({tables}) AND {range}"
-                        " GROUP BY c.tablename").format(
-                tables=sql.Literal(wanted), range=self._journal_range(token))
+                        " FROM {journal}, unnest(c.pks) AS k(pk)"
+                        " WHERE c.tablename = ANY({tables}) GROUP BY c.tablename").format(
+                tables=sql.Literal(wanted), journal=self._journal(token, upto))
             keys = {t: n for t, n in self.conn.execute(q).fetchall()}
         return Pending({r[0]: int(r[1]) for r in rows}, oldest, keys)
 
@@ -188,13 +223,16 @@ class SourceReader:
         params: list[tuple[str, str]] = []
         if rule.rows is not None:
             visible, params = rule.rows.to_sql_params("x", info.types, prefix="regionsync.w")
+        if info.name in self.owner_filtered:   # a key the owner marked gone goes, visible or not
+            visible = sql.SQL("{} AND x.{} IN ({})").format(
+                visible, sql.Identifier(info.pk), self._held(info, plan))
         return sql.SQL(
-            "COPY (SELECT DISTINCT k.pk FROM sync.egress_change_set c, unnest(c.pks) AS k(pk)"
-            " WHERE c.tablename = {t} AND {range}"
+            "COPY (SELECT DISTINCT k.pk FROM {journal}, unnest(c.pks) AS k(pk)"
+            " WHERE c.tablename = {t}"
             " AND NOT EXISTS (SELECT 1 FROM public.{table} x WHERE x.{pk} = k.pk AND {visible})"
             " AND NOT EXISTS (SELECT 1 FROM sync.egress_tombstone tb"
             "                 WHERE tb.tablename = {t} AND tb.pk = k.pk)) TO STDOUT").format(
-            t=sql.Literal(info.name), range=self._journal_range(plan.token),
+            t=sql.Literal(info.name), journal=self._journal(plan.token, plan.upto),
             table=sql.Identifier(info.name), pk=sql.Identifier(info.pk),
             visible=visible), params
 

@@ -92,10 +92,10 @@ def test_a_hostile_receiver_policy_gets_nothing_the_owner_does_not_grant(
 
 
 def test_the_destination_role_with_plain_sql(mesh: Mesh, tmp_path: Path) -> None:
-    _seed_owner(mesh)
+    patient = _seed_owner(mesh)
     west = mesh.conn("eu-west")
-    contact(west, "Swede", country="SE")
-    contact(west, "American", country="US")
+    swede = contact(west, "Swede", country="SE")
+    american = contact(west, "American", country="US")
     filtered = load_policy(_policy_dir(tmp_path, "owner", """version: 1
 classification:
   contact.medical_notes: [medical]
@@ -123,16 +123,37 @@ rules:
         # rows outside the owner's filter do not exist for this role
         names = {r[0] for r in conn.execute("SELECT lastname FROM contact")}
         assert names == {"Patient", "Swede"}
-        # the journal view shows no entry of a region-local table, nor of one not sent
+        # the journal shows no entry of a region-local table, nor of one not sent, and
+        # within the filtered table no key the owner has not sent: not even that the
+        # American changed, or when
+        def journal_keys() -> set[uuid.UUID]:
+            return {k for (k,) in conn.execute(
+                "SELECT unnest(pks) FROM sync.egress_change_set")}
+
+        assert journal_keys() == set()
         assert conn.execute("SELECT count(*) FROM sync.egress_change_set "
                             "WHERE tablename <> 'contact'").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM sync.egress_change_set").fetchone()[0] > 0
+        # a batch begins: the owner records what it is about to send (and only that)
+        conn.execute("SELECT sync.egress_prepare(NULL, 'eu-west', false)")
+        assert journal_keys() == {patient, swede}
+        west.execute("UPDATE contact SET firstname = 'x'")
+        west.execute("DELETE FROM contact WHERE contactid IN (%s, %s)", (swede, american))
+        assert {r[0] for r in conn.execute("SELECT pk FROM sync.egress_tombstone")} == {swede}
+        # the sent set is the owner's alone
+        for forbidden in ("SELECT * FROM sync.egress_sent",
+                          "INSERT INTO sync.egress_sent VALUES ('regionsync_to_us_east', "
+                          "'contact', gen_random_uuid())",
+                          "SELECT sync.egress_mark('regionsync_to_us_east', 'contact', NULL, NULL, "
+                          "NULL, false)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(forbidden)
+        assert journal_keys() == {patient, swede}
         assert conn.execute("SELECT tablename FROM sync.egress_grants").fetchall() == [
             ("contact",)]
     assert mesh.one("eu-west", "SELECT count(*) FROM sync.change_log "
                                "WHERE tablename = 'medicalcase'") == 1
     # the owner's application is not limited by row-level security
-    assert mesh.one("eu-west", "SELECT count(*) FROM contact") == 3
+    assert mesh.one("eu-west", "SELECT count(*) FROM contact") == 1
     # a narrower policy takes effect at once: the column grant is gone
     apply_egress(west, load_policy(_policy_dir(tmp_path, "narrow", """version: 1
 rules:
@@ -142,7 +163,7 @@ rules:
     with psycopg.connect(as_destination(mesh, "eu-west", "us-east"), autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT lastname FROM contact")
-        assert conn.execute("SELECT count(*) FROM contact").fetchone()[0] == 3
+        assert conn.execute("SELECT count(*) FROM contact").fetchone()[0] == 1
 
 
 def test_roles_command_prints_and_applies_the_grants(mesh: Mesh, tmp_path: Path) -> None:
@@ -161,6 +182,45 @@ def test_roles_command_prints_and_applies_the_grants(mesh: Mesh, tmp_path: Path)
     with psycopg.connect(as_destination(mesh, "eu-west", "us-east")) as conn, \
             pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("SELECT medical_notes FROM contact")
+
+
+def test_roles_sets_destination_passwords_as_scram_verifiers(mesh: Mesh,
+                                                             tmp_path: Path) -> None:
+    """`roles --apply --destination-password-env VAR`: the destination role logs in with
+    the password over scram, and the password itself never reaches the server's log."""
+    cluster = mesh.clusters["eu-west"]
+    cfg = write_config(tmp_path / "west.yaml", "eu-west", mesh.urls["eu-west"], {},
+                       extra={"destinations": "[us-east]"})
+    secret = f"Pw-{uuid.uuid4().hex}"
+    missing = cli("roles", "--config", str(cfg), "--apply",
+                  "--destination-password-env", "RS_UNSET_VAR")
+    assert missing.returncode != 0 and "RS_UNSET_VAR is not set" in missing.stderr
+    offset = cluster.logfile.stat().st_size
+    west = mesh.conn("eu-west")
+    west.execute(f'ALTER DATABASE "{mesh.dbname}" SET log_statement = \'all\'')
+    try:
+        made = cli("roles", "--config", str(cfg), "--apply", "--destination-password-env",
+                   "RS_DEST_PW", env={"RS_DEST_PW": secret})
+    finally:
+        west.execute(f'ALTER DATABASE "{mesh.dbname}" RESET log_statement')
+    assert made.returncode == 0, made.stderr
+    role = role_for("us-east")
+    assert mesh.one("eu-west", "SELECT rolpassword LIKE 'SCRAM-SHA-256$4096:%%' FROM pg_authid "
+                               "WHERE rolname = %s", (role,)) is True
+    hba = cluster.data / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + original)
+    west.execute("SELECT pg_reload_conf()")
+    try:
+        url = psycopg.conninfo.make_conninfo(mesh.urls["eu-west"], user=role, host="127.0.0.1")
+        with psycopg.connect(url, password=secret) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (role,)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(url, password="wrong").close()
+    finally:
+        hba.write_text(original)
+        west.execute("SELECT pg_reload_conf()")
+    assert secret not in cluster.logfile.read_bytes()[offset:].decode(errors="replace")
 
 
 def test_daemons_run_with_the_generated_least_privilege_roles(mesh: Mesh,
@@ -254,18 +314,21 @@ def test_the_owner_records_what_it_served_and_reports_it(mesh: Mesh, tmp_path: P
     _seed_owner(mesh)
     west = mesh.conn("eu-west")
     apply_egress(west, shipped_policy, mesh.schema, ["eu-north"])
+    receiver = [load_policy(_policy_dir(tmp_path, "narrow", OPEN), mesh.schema)]
     link = PeerLink(region="eu-north", peer="eu-west",
                     peer_conninfo=as_destination(mesh, "eu-west", "eu-north"),
-                    local_conninfo=mesh.urls["eu-north"], policy=lambda: shipped_policy)
+                    local_conninfo=mesh.urls["eu-north"], policy=lambda: receiver[0])
     try:
         link.run_once()
         link.run_once()            # idle: nothing served, nothing recorded
+        receiver[0] = shipped_policy
+        link.run_once()            # wider: a backfill, on record like any batch
     finally:
         link.close()
-    logged = west.execute("SELECT region, role_name, tables, policy_sha FROM sync.egress_log"
-                          ).fetchall()
+    logged = west.execute("SELECT region, role_name, tables, policy_sha FROM sync.egress_log "
+                          "ORDER BY id").fetchall()
     assert logged == [("eu-north", "regionsync_to_eu_north", {"contact": 1},
-                       shipped_policy.sha)]
+                       shipped_policy.sha)] * 2
     # a destination role cannot read the log (it writes only through record_egress, which
     # takes its role from the session, not from the caller)
     with psycopg.connect(as_destination(mesh, "eu-west", "eu-north"), autocommit=True) as c, \
@@ -276,6 +339,143 @@ def test_the_owner_records_what_it_served_and_reports_it(mesh: Mesh, tmp_path: P
     assert report.returncode == 0, report.stderr
     (entry,) = json.loads(report.stdout)
     assert (entry["to"], entry["table"], entry["rows"], entry["policy"]) == (
-        "eu-north", "contact", 1, [shipped_policy.sha])
+        "eu-north", "contact", 2, [shipped_policy.sha])
     csv = cli("egress", "--config", str(cfg), "--format", "csv")
     assert csv.stdout.splitlines()[0] == "to,table,batches,rows,first,last,policy,columns"
+
+
+def _link(mesh: Mesh, policy) -> PeerLink:
+    return PeerLink(region="eu-north", peer="eu-west",
+                    peer_conninfo=as_destination(mesh, "eu-west", "eu-north"),
+                    local_conninfo=mesh.urls["eu-north"], policy=lambda: policy)
+
+
+def _north_keys(mesh: Mesh) -> set[uuid.UUID]:
+    return {r[0] for r in mesh.conn("eu-north").execute("SELECT contactid FROM contact")}
+
+
+OPEN = """version: 1
+rules:
+  contact:
+    columns: [lastname, address1_country]
+"""
+FILTERED = OPEN + """    rows: "address1_country in ('IE', 'SE')"
+"""
+
+
+def test_an_owner_that_narrows_its_filter_withdraws_the_copies_within_one_poll(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """Invariant 8 for a policy change, not a row change: no row was written, yet copies
+    that the owner's new policy would not send must go."""
+    west = mesh.conn("eu-west")
+    receiver = load_policy(_policy_dir(tmp_path, "receiver", OPEN), mesh.schema)
+    apply_egress(west, load_policy(_policy_dir(tmp_path, "open", OPEN), mesh.schema),
+                 mesh.schema, ["eu-north"])
+    irish, swede, american = (contact(west, "Irish", country="IE"),
+                              contact(west, "Swede", country="SE"),
+                              contact(west, "American", country="US"))
+    link = _link(mesh, receiver)
+    try:
+        link.run_once()
+        assert _north_keys(mesh) == {irish, swede, american}
+        # sent whole, now filtered: the American must leave eu-north
+        apply_egress(west, load_policy(_policy_dir(tmp_path, "eu", FILTERED), mesh.schema),
+                     mesh.schema, ["eu-north"])
+        batch = link.run_once()
+        assert batch.applied.get(("contact", "withdraw")) == 1
+        assert _north_keys(mesh) == {irish, swede}
+        # narrowed again, to Ireland only
+        apply_egress(west, load_policy(_policy_dir(tmp_path, "ie", FILTERED.replace(
+            "'IE', 'SE'", "'IE'")), mesh.schema), mesh.schema, ["eu-north"])
+        link.run_once()
+        assert _north_keys(mesh) == {irish}
+        link.run_once()
+        link.run_once()
+    finally:
+        link.close()
+    # no business delete: the owner keeps every row, and nothing was tombstoned
+    assert mesh.one("eu-west", "SELECT count(*) FROM contact") == 3
+    assert mesh.one("eu-north", "SELECT count(*) FROM sync.tombstone") == 0
+    # once applied, the withdrawals are forgotten at the owner
+    assert mesh.one("eu-west", "SELECT count(*) FROM sync.egress_withdrawal") == 0
+    assert mesh.one("eu-west", "SELECT array_agg(pk) FROM sync.egress_sent") == [irish]
+
+
+def test_a_withdrawn_row_is_never_heard_of_again_until_it_matches(mesh: Mesh,
+                                                                  tmp_path: Path) -> None:
+    """The key-level journal: after its withdrawal, a row outside the filter leaves no
+    trace at the destination (key, time or transaction), until it matches again."""
+    west = mesh.conn("eu-west")
+    receiver = load_policy(_policy_dir(tmp_path, "receiver", OPEN), mesh.schema)
+    apply_egress(west, load_policy(_policy_dir(tmp_path, "eu", FILTERED), mesh.schema),
+                 mesh.schema, ["eu-north"])
+    mover = contact(west, "Mover", country="IE")
+    never = contact(west, "Never", country="US")
+    link = _link(mesh, receiver)
+
+    def visible_to_destination() -> set[uuid.UUID]:
+        with psycopg.connect(as_destination(mesh, "eu-west", "eu-north")) as c:
+            return {k for (k,) in c.execute("SELECT unnest(pks) FROM sync.egress_change_set")}
+
+    try:
+        link.run_once()
+        assert _north_keys(mesh) == {mover}
+        west.execute("UPDATE contact SET address1_country = 'US' WHERE contactid = %s", (mover,))
+        assert link.run_once().applied.get(("contact", "withdraw")) == 1
+        assert mover in visible_to_destination()
+        # the next token the destination writes shows the owner that it applied the
+        # withdrawal; from then on the key is not the destination's business
+        other = contact(west, "Other", country="SE")
+        link.run_once()
+        link.run_once()
+        assert visible_to_destination() == {other}
+        for _ in range(3):
+            west.execute("UPDATE contact SET lastname = lastname || '.' "
+                         "WHERE contactid IN (%s, %s)", (mover, never))
+        assert visible_to_destination() == {other}
+        assert link.run_once().rows == 0
+        # it matches again: it comes back
+        west.execute("UPDATE contact SET address1_country = 'SE' WHERE contactid = %s", (mover,))
+        link.run_once()
+        assert _north_keys(mesh) == {mover, other}
+        assert mesh.one("eu-north", "SELECT lastname FROM contact WHERE contactid = %s",
+                        (mover,)) == "Mover..."
+    finally:
+        link.close()
+
+
+def test_policy_drift_asks_the_owner_not_our_stale_copy(mesh: Mesh, tmp_path: Path) -> None:
+    """A contact that moved from IE to the US while eu-north was not polling: its copy in
+    eu-north still says IE, so our own filter finds nothing wrong. The owner no longer
+    lets us read it, and that is what `policy drift` reports and `retract` acts on."""
+    west = mesh.conn("eu-west")
+    apply_egress(west, load_policy(_policy_dir(tmp_path, "eu", FILTERED), mesh.schema),
+                 mesh.schema, ["eu-north"])
+    stays, moves = contact(west, "Stays", country="IE"), contact(west, "Moves", country="IE")
+    receiver = _policy_dir(tmp_path, "receiver", FILTERED)
+    link = _link(mesh, load_policy(receiver, mesh.schema))
+    try:
+        link.run_once()
+    finally:
+        link.close()
+    west.execute("UPDATE contact SET address1_country = 'US' WHERE contactid = %s", (moves,))
+    cfg = write_config(tmp_path / "north.yaml", "eu-north", mesh.urls["eu-north"],
+                       {"eu-west": as_destination(mesh, "eu-west", "eu-north")},
+                       policy_dir=receiver)
+    local = cli("policy", "drift", "--config", str(cfg), "--local-only")
+    assert local.returncode == 0, local.stdout + local.stderr       # what we used to say
+    drift = cli("policy", "drift", "--config", str(cfg))
+    assert drift.returncode == 1, drift.stdout + drift.stderr
+    assert ("contact from eu-west: 1 row(s): delete — eu-west no longer sends these rows "
+            "to eu-north") in drift.stdout
+    done = cli("retract", "--config", str(cfg))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _north_keys(mesh) == {stays}
+    assert cli("policy", "drift", "--config", str(cfg)).returncode == 0
+    # an owner that cannot be reached is named, and our own policy still applies
+    gone = write_config(tmp_path / "north2.yaml", "eu-north", mesh.urls["eu-north"],
+                        {"eu-west": "postgresql://nobody@127.0.0.1:1/x?connect_timeout=2"},
+                        policy_dir=receiver)
+    out = cli("policy", "drift", "--config", str(gone))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "note: eu-west unreachable" in out.stdout and "Traceback" not in out.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shlex
 import shutil
@@ -12,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import click
+import psycopg.conninfo
 import pytest
 from ruamel.yaml import YAML
 
@@ -74,9 +76,12 @@ def promtool() -> str:
 @pytest.mark.parametrize("args", [["check", "rules", "alerts.yml"],
                                   ["test", "rules", "alerts.test.yml"],
                                   ["check", "config", "prometheus.yml"]])
-def test_promtool(args: list[str]) -> None:
-    proc = subprocess.run([promtool(), *args], cwd=OPS / "prometheus", capture_output=True,
-                          text=True, timeout=60)
+def test_promtool(args: list[str], tmp_path: Path) -> None:
+    # a copy, beside a token file as the deployment has (the scrape config names it)
+    shutil.copytree(OPS / "prometheus", tmp_path / "prometheus")
+    (tmp_path / "prometheus" / "metrics_token").write_text("t0ken\n")
+    proc = subprocess.run([promtool(), *args], cwd=tmp_path / "prometheus",
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout + proc.stderr
 
@@ -93,7 +98,8 @@ def check_cli(argv: list[str]) -> None:
     sub.make_context(name, rest, parent=ctx)
 
 
-def test_compose_file_matches_the_cli_the_configs_and_prometheus(monkeypatch) -> None:
+def test_compose_file_matches_the_cli_the_configs_and_prometheus(monkeypatch,
+                                                                 tmp_path: Path) -> None:
     compose = YAML(typ="safe").load((ROOT / "docker" / "compose.yml").read_text())
     services = compose["services"]
     regions = ["eu-west", "eu-north", "us-east"]
@@ -111,13 +117,35 @@ def test_compose_file_matches_the_cli_the_configs_and_prometheus(monkeypatch) ->
             assert (ROOT / "docker" / mounts["/etc/regionsync/policies"]).resolve().is_dir()
             for name in svc["environment"]:   # the secrets compose gives the container
                 monkeypatch.setenv(name, "from-compose")
-            cfg = load_config(cfg_src)
+            # the token is the compose secret; read here from a stand-in file
+            text = cfg_src.read_text()
+            assert "token_file: /run/secrets/metrics_token" in text
+            (tmp_path / "token").write_text("t0ken\n")
+            (tmp_path / f"{r}.yaml").write_text(
+                text.replace("/run/secrets/metrics_token", str(tmp_path / "token")))
+            cfg = load_config(tmp_path / f"{r}.yaml")
             assert cfg.region == r and cfg.metrics.port == 9187
             assert {p.name for p in cfg.peers} == set(regions) - {r}
+            # peers are read as the role each made for us, with certificate checks
+            for peer in cfg.peers:
+                info = psycopg.conninfo.conninfo_to_dict(peer.conninfo(where="peer"))
+                assert info["user"] == "regionsync_to_" + r.replace("-", "_")
+                assert info["sslmode"] == "verify-full" and info["sslrootcert"]
         daemon = services[f"regionsync-{r}"]
         assert any(p.endswith(":9187") for p in daemon["ports"])
-        assert daemon["depends_on"][f"migrate-{r}"]["condition"] == \
+        assert daemon["secrets"] == ["metrics_token"]
+        assert daemon["depends_on"][f"roles-{r}"]["condition"] == \
             "service_completed_successfully"
+        roles = services[f"roles-{r}"]
+        check_cli(entry + roles["command"])
+        assert "--destination-password-env" in roles["command"]
+        assert roles["depends_on"][f"migrate-{r}"]["condition"] == \
+            "service_completed_successfully"
+    # nothing is published beyond the host's loopback
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), (name, port)
+    assert compose["secrets"]["metrics_token"] == {"environment": "REGIONSYNC_METRICS_TOKEN"}
     prom = services["prometheus"]
     for v in prom["volumes"]:
         assert (ROOT / "docker" / v.split(":")[0]).resolve().is_file(), v
@@ -125,6 +153,10 @@ def test_compose_file_matches_the_cli_the_configs_and_prometheus(monkeypatch) ->
     targets = {t for c in scrape["scrape_configs"] for s in c["static_configs"]
                for t in s["targets"]}
     assert targets == {f"regionsync-{r}:9187" for r in regions}
+    (job,) = scrape["scrape_configs"]
+    assert job["authorization"]["credentials_file"] == "metrics_token"
+    assert {"source": "metrics_token", "target": "/etc/prometheus/metrics_token"} in \
+        prom["secrets"]
     assert "alerts.yml" in scrape["rule_files"]
     graf = services["grafana"]
     assert any(v.startswith("../ops/grafana/regionsync.json") for v in graf["volumes"])
@@ -158,3 +190,21 @@ def test_systemd_unit_is_hardened_and_runs_the_cli() -> None:
         argv = shlex.split(svc[key].replace("%i", "eu-west"))
         assert argv[0].endswith("/regionsync")
         check_cli(argv[1:])
+
+
+def test_the_compose_certificates_pass_a_hostname_check(tmp_path: Path) -> None:
+    """docker/make-certs.sh (the compose `certs` step): each server's certificate verifies
+    against the CA for its own host name, and for no other (what verify-full checks)."""
+    out = tmp_path / "certs"
+    subprocess.run(["sh", str(ROOT / "docker" / "make-certs.sh"), str(out), "pg-eu-west",
+                    "pg-us-east"], check=True, capture_output=True, timeout=120,
+                   env={**os.environ, "CERT_OWNER": f"{os.getuid()}:{os.getgid()}"})
+    def verify(host: str, cert: str) -> int:
+        return subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.crt"),
+                               "-verify_hostname", host, str(out / cert)],
+                              capture_output=True, timeout=60).returncode
+    assert verify("pg-eu-west", "pg-eu-west.crt") == 0
+    assert verify("pg-us-east", "pg-us-east.crt") == 0
+    assert verify("pg-eu-north", "pg-eu-west.crt") != 0
+    assert not (out / "ca.key").exists()              # nothing more can be signed
+    assert (out / "pg-eu-west.key").stat().st_mode & 0o077 == 0
