@@ -25,7 +25,7 @@ from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster, free_port
 
 from . import workload as w
-from .variants import ROOT, Native, Regionsync, copy_floor, fresh_db
+from .variants import POLICY, Native, Regionsync, copy_floor, fresh_db
 
 TARGETS = {  # workload -> minimum ratio regionsync / native
     "batch_1000": 1.0, "drain": 1.5, "initial_load": 1.0}
@@ -117,7 +117,7 @@ def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path) -> tuple[fl
         peers = "".join(f"  - name: {p}\n    url: {urls[p]}\n" for p in regions if p != r)
         cfg = tmp / f"mesh-{r}.yaml"
         cfg.write_text(f"region: {r}\ndatabase:\n  url: {urls[r]}\npeers:\n{peers}"
-                       f"policy_dir: {ROOT / 'policies'}\npoll_interval: 0.02\nforward: false\n"
+                       f"policy_dir: {POLICY}\npoll_interval: 0.02\nforward: false\n"
                        f"metrics:\n  port: {free_port()}\n")
         procs.append(subprocess.Popen([sys.executable, "-m", "sync.cli", "run", "--config",
                                        str(cfg)], stdout=subprocess.DEVNULL,
@@ -196,6 +196,10 @@ def main() -> None:
     ap.add_argument("--no-egress", action="store_true",
                     help="read the source as its owner instead of through the destination "
                          "role its policy made (to measure what egress enforcement costs)")
+    ap.add_argument("--row-filter", action="store_true",
+                    help="the source sends contact under a row filter every row matches "
+                         "(statecode >= 0): the worst case of the owner's per-destination "
+                         "sent set, where every row sent is recorded")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     n, kinds = args.rows, args.workloads.split(",")
@@ -226,7 +230,7 @@ def main() -> None:
             print("setting up: seeding sources and the initial syncs …", flush=True)
             native = Native(src, dst, n)
             rs = Regionsync(src, dst, n, tmp, args.page_size, args.poll_interval,
-                            egress=not args.no_egress)
+                            egress=not args.no_egress, row_filter=args.row_filter)
             rates: dict[tuple[str, str], list[float]] = defaultdict(list)
             lags: dict[tuple[str, str], list[float]] = defaultdict(list)
             writes: dict[tuple[str, str], list[float]] = defaultdict(list)  # source busy

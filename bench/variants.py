@@ -5,6 +5,7 @@ replication (publication with a column list), and the regionsync daemon (a separ
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,9 @@ from sync.testing.cluster import LocalCluster, free_port
 from . import workload as w
 
 ROOT = Path(__file__).resolve().parents[1]
+# The open example regime: every region holds the same columns (all but medical), so that
+# the mesh's convergence check can compare every synced column in every region.
+POLICY = ROOT / "policies" / "examples" / "shared-mesh"
 
 
 def fresh_db(cluster: LocalCluster, name: str) -> str:
@@ -121,7 +125,8 @@ class Regionsync:
     name = "regionsync"
 
     def __init__(self, src: LocalCluster, dst: LocalCluster, n: int, tmp: Path,
-                 page_size: int, poll_interval: float = 0.02, egress: bool = True) -> None:
+                 page_size: int, poll_interval: float = 0.02, egress: bool = True,
+                 row_filter: bool = False) -> None:
         self.src_c, self.dst_c, self.n, self.tmp, self.page_size = src, dst, n, tmp, page_size
         self.poll_interval = poll_interval
         self.src_url = fresh_db(src, "rs_src")
@@ -133,8 +138,16 @@ class Regionsync:
         self.peer_url = self.src_url
         if egress:
             schema = introspect(self.src)
-            apply_egress(self.src, load_policy(ROOT / "policies", schema), schema,
-                         ["eu-north"])
+            policies = POLICY
+            if row_filter:   # every row matches: each one sent is recorded in the sent set
+                policies = tmp / "owner-policies"
+                shutil.copytree(POLICY, policies, dirs_exist_ok=True)
+                f = policies / "regionsync.yaml"
+                text = f.read_text()
+                rule = "address1_country, birthdate, statecode]\n"
+                assert rule in text, "the shipped contact rule changed: update the bench"
+                f.write_text(text.replace(rule, rule + '    rows: "statecode >= 0"\n', 1))
+            apply_egress(self.src, load_policy(policies, schema), schema, ["eu-north"])
             self.peer_url = make_conninfo(self.src_url, user=role_for("eu-north"))
         self.ids = w.keys(self.src)
         self.proc: subprocess.Popen | None = None
@@ -151,7 +164,7 @@ class Regionsync:
         cfg = self.tmp / "eu-north.yaml"
         cfg.write_text(f"region: eu-north\ndatabase:\n  url: {self.dst_url}\npeers:\n"
                        f"  - name: eu-west\n    url: {self.peer_url}\n"
-                       f"policy_dir: {ROOT / 'policies'}\npoll_interval: {self.poll_interval}\n"
+                       f"policy_dir: {POLICY}\npoll_interval: {self.poll_interval}\n"
                        f"page_size: {self.page_size}\nleader_check_interval: 0.02\nforward: false\n"
                        f"metrics:\n  port: {self.port}\n")
         self.config = cfg

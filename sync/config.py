@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import psycopg.conninfo
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from sync import yamlfile
 from sync.errors import ConfigError
@@ -112,6 +120,48 @@ class BreakerConfig(BaseModel):
                                 description="how long it stays open before one probe")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(v: object) -> object:
+    """``7d``, ``12h``, ``30m``, ``45s`` or a number of seconds; ``null`` keeps forever."""
+    if isinstance(v, str) and v[-1:] in _UNITS and v[:-1].replace(".", "", 1).isdigit():
+        return float(v[:-1]) * _UNITS[v[-1]]
+    return v
+
+
+Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+
+
+class RetentionConfig(BaseModel):
+    """How long this region keeps what it records (durations like ``7d``, ``12h``, or
+    seconds; ``null``: forever)."""
+
+    model_config = ConfigDict(extra="forbid")
+    journal: Duration = Field(
+        7 * 86400, description="journal entries and tombstones older than this, once every "
+                               "peer has consumed them, are pruned")
+    expire_after: Duration = Field(
+        30 * 86400, description="older than this they are pruned even if a peer has not "
+                                "consumed them: that peer's token expires (it resyncs)")
+    conflict_log: Duration | None = Field(30 * 86400, description="losing versions")
+    integration_log: Duration | None = Field(30 * 86400, description="applied batches")
+    dead_letter: Duration | None = Field(30 * 86400,
+                                         description="dead letters not retried since")
+    egress_log: Duration | None = Field(None, description="the transfer record (auditors)")
+    resync_on_expiry: bool = Field(
+        True, description="a peer whose token expired is reloaded at once (no loss, no "
+                          "resurrection); false: it stops until `regionsync resync`")
+    interval: Duration = Field(60, description="seconds between pruning rounds")
+    batch: int = Field(1000, ge=1, le=100_000, description="rows per pruning statement")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetentionConfig:
+        if self.expire_after < self.journal:
+            raise ValueError("expire_after must be at least journal")
+        return self
+
+
 class RegionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     region: RegionName = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
@@ -127,6 +177,7 @@ class RegionConfig(BaseModel):
                                     "stay in foreign-key order)")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     forward: bool = Field(
         True, description="journal rows applied from peers so that regions pulling "
                           "`origins: any` from us receive them (a hub needs this); a mesh "

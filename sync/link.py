@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 
 from sync.apply.applier import Applier
+from sync.apply.erasure import follow
 from sync.apply.lanes import ApplyLanes
 from sync.db import state
 from sync.db.catalog import Schema, introspect
@@ -294,6 +295,9 @@ class PeerLink:
                                        policy_sha=policy.sha, batch_rows=rows,
                                        peer_has_seen=seen, view=view))
                 self._token_written = time.monotonic()   # the refresh counts from any write
+            if complete and self.target is not None:   # erasures the batch's deletes carried
+                follow(self.target, reader.conn, peer=self.peer, region=self.region,
+                       bound=snap.token, initial=token is None)
         self._record_egress(read_rows, snap.token)
         filtered = {}
         if pending is not None:
@@ -318,8 +322,7 @@ class PeerLink:
         return batch
 
     def _record_egress(self, read: Counter[str], token: str) -> None:
-        """Tell the owner what we read (its egress log), when we read as the role it made
-        for us: every batch with rows in it, backfills and dead-letter retries included."""
+        """Tell the owner what we read (its egress log) when we read as its role for us."""
         if self.granted is not None and any(read.values()):
             assert self.reader is not None
             self.reader.record_egress(dict(read), token)

@@ -19,7 +19,7 @@ from typing import Any
 from sync.testing.cluster import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-POLICIES = ROOT / "policies"
+POLICIES = ROOT / "policies" / "examples" / "shared-mesh"   # every region, same columns
 
 
 def write_config(path: Path, region: str, url: str, peers: Mapping[str, str], port: int = 0,

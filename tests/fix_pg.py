@@ -28,7 +28,7 @@ from sync.testing.verify import synced_rows
 REGIONS = ["eu-west", "eu-north", "us-east", "ap-south"]
 TEMPLATE = "regionsync_template"
 ROOT = Path(__file__).resolve().parent.parent
-POLICIES = ROOT / "policies"
+POLICIES = ROOT / "policies" / "examples" / "shared-mesh"   # every region, same columns
 _counter = itertools.count(1)
 
 

@@ -44,6 +44,7 @@ class ConflictRecorder:
                    tb.origin
             FROM {stage} s JOIN sync.tombstone tb ON tb.tablename = {tname} AND tb.pk = s.{pk}
             WHERE (s.modifiedon, s.sync_origin) < (tb.modifiedon, tb.origin)
+              AND tb.modifiedon <> 'infinity'    -- erased: a late version leaves no trace
               AND NOT EXISTS (SELECT 1 FROM public.{table} x WHERE x.{pk} = s.{pk})""").format(
             pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
             tname=sql.Literal(info.name),

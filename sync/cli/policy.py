@@ -243,6 +243,48 @@ def _drift(cfg, pol, schema, local_only: bool, conn=None):
         return items, notes + more, rule_for
 
 
+@policy.command("report")
+@policy_opt
+@config_opt
+@click.option("--regions", default=None, help="Comma-separated destination regions (default: "
+              "the config's peers, else every region the policy names, each pattern, and "
+              "'other regions').")
+@click.option("--against", default=None, metavar="SPEC",
+              help="Also show what changed against this policy (a directory, a file, or a git "
+                   "REV:path such as main:policies).")
+@click.option("--format", "fmt", type=click.Choice(["html", "markdown"]), default="html",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Write to this file (default: standard output).")
+def report(policy_dir: Path | None, config_path: Path | None, regions: str | None,
+           against: str | None, fmt: str, output: Path | None) -> None:
+    """The residency map: every table and column × destination region — crosses, crosses
+    for matching rows only (the filter in words), or stays home, with the rule's file:line
+    or the reason — as a self-contained HTML page or Markdown, with --against what changed."""
+    from sync.policy import report as rep
+    from sync.policy.review import diff as do_diff
+    from sync.policy.review import universe
+    from sync.policy.sources import load_spec
+    with _errors():
+        cfg, pol, schema, names = _context(config_path, policy_dir)
+        if regions:
+            dest = regions.split(",")
+        elif cfg is not None:
+            dest = sorted({*(names or [])[1:], *cfg.destination_regions()})
+        else:
+            dest = universe(None, pol)
+        changes = do_diff(load_spec(against), pol, dest) if against else None
+        made = rep.build(pol, schema, dest, home=cfg.region if cfg else None,
+                         changes=changes, against=against)
+    text = rep.html(made, pol) if fmt == "html" else rep.markdown(made)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"wrote {output} (policy {pol.sha}, {len(made.rows)} columns × "
+                   f"{len(dest)} regions)")
+
+
 @policy.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of policy files (shipped as policies/policy.schema.json)."""

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 EVERYONE = "regionsync_everyone"     # the permissive RLS policy that keeps other roles whole
 VIEWS = ("egress_change_set", "egress_tombstone", "egress_peer_state", "egress_grants",
-         "egress_me", "tracked_table")
+         "egress_me", "tracked_table", "egress_erasure", "egress_erasure_log",
+         "egress_horizon")
 # what a destination role may call (migrations 0008 and 0010)
 FUNCTIONS = ("record_egress(jsonb, text)", "egress_changes(text, text, text, boolean)",
              "egress_prepare(text, text, boolean)", "egress_held(text, uuid[])")

@@ -250,8 +250,8 @@ def edits(conns: dict[str, psycopg.Connection], echo) -> None:
 
 def report(conns: dict[str, psycopg.Connection], ports: dict[str, int], echo) -> None:
     echo(f"{'region':9} {'accounts':>8} {'contacts':>8} {'orders':>6} {'shipments':>9}"
-         f"  {'arrived from peers':>18}  {'foreign medical':>15}  {'medicalcase':>11}"
-         f"  {'conflicts':>9}")
+         f"  {'arrived from peers':>18}  {'foreign medical':>15}  {'foreign personal':>16}"
+         f"  {'medicalcase':>11}  {'conflicts':>9}")
     for r, c in conns.items():
         counts = [c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                   for t in ("account", "contact", "salesorder", "shipment")]
@@ -263,15 +263,22 @@ def report(conns: dict[str, psycopg.Connection], ports: dict[str, int], echo) ->
             "SELECT count(*) FROM contact WHERE lastname NOT LIKE %s AND "
             "(medical_notes IS NOT NULL OR implant_serial IS NOT NULL)",
             ("%-" + r.replace("-", "").upper(),)).fetchone()[0]
+        # e-mail, phone, birth date of people from other regions: EU regions only
+        foreign_personal = c.execute(
+            "SELECT count(*) FROM contact WHERE lastname NOT LIKE %s AND (emailaddress1 IS "
+            "NOT NULL OR telephone1 IS NOT NULL OR birthdate IS NOT NULL)",
+            ("%-" + r.replace("-", "").upper(),)).fetchone()[0]
         cases = c.execute("SELECT count(*), count(*) FILTER (WHERE sync_origin <> %s) "
                           "FROM medicalcase", (r,)).fetchone()
         conflicts = state.count_conflicts(c)
         echo(f"{r:9} {counts[0]:>8} {counts[1]:>8} {counts[2]:>6} {counts[3]:>9}"
-             f"  {arrived:>18}  {foreign_medical:>15}  {cases[0]:>5} ({cases[1]} foreign)"
+             f"  {arrived:>18}  {foreign_medical:>15}  {foreign_personal:>16}"
+             f"  {cases[0]:>5} ({cases[1]} foreign)"
              f"  {conflicts:>9}")
     phone = {r: c.execute("SELECT telephone1, sync_origin FROM contact "
                           "WHERE lastname = 'Last2-EUWEST'").fetchone() for r, c in conns.items()}
-    echo(f"\nconcurrent edit resolved identically everywhere (last writer wins): {phone}")
+    echo("\nconcurrent edit resolved identically in every EU region (last writer wins; "
+         f"us-east holds no phone numbers of EU contacts): {phone}")
     for r, c in conns.items():
         row = state.first_conflict(c)
         if row:

@@ -20,12 +20,15 @@ def test_demo_runs_end_to_end_and_removes_everything() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     rows = re.findall(r"^(eu-west|eu-north|us-east)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+"
-                      r"(\d+)\s+(\d+) \((\d+) foreign\)\s+(\d+)$", out, re.M)
+                      r"(\d+)\s+(\d+)\s+(\d+) \((\d+) foreign\)\s+(\d+)$", out, re.M)
     assert len(rows) == 3, out
     assert len({r[1:5] for r in rows}) == 1          # same counts everywhere
     for r in rows:
-        assert r[6] == "0" and r[8] == "0"            # no foreign medical data or cases
-    assert sum(int(r[9]) for r in rows) >= 1           # the concurrent edit was logged
+        assert r[6] == "0" and r[9] == "0"            # no foreign medical data or cases
+    personal = {r[0]: int(r[7]) for r in rows}        # the shipped policy's EU regime:
+    assert personal["us-east"] == 0                    # no EU contact details in the US,
+    assert personal["eu-north"] > 0 and personal["eu-west"] > 0   # shared within the EU
+    assert sum(int(r[10]) for r in rows) >= 1          # the concurrent edit was logged
     assert "all daemons stopped cleanly on SIGTERM (exit 0)" in out
     assert "clusters stopped and removed" in out
     assert set(glob.glob("/tmp/regionsync-*")) <= before
