@@ -24,6 +24,7 @@ import psycopg
 from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster, free_port
 
+from . import capture_tax
 from . import workload as w
 from .variants import POLICY, Native, Regionsync, copy_floor, fresh_db
 
@@ -200,6 +201,9 @@ def main() -> None:
                     help="the source sends contact under a row filter every row matches "
                          "(statecode >= 0): the worst case of the owner's per-destination "
                          "sent set, where every row sent is recorded")
+    ap.add_argument("--capture-tax-only", action="store_true",
+                    help="only the capture tax section (tracked vs untracked statements)")
+    ap.add_argument("--no-capture-tax", action="store_true", help="skip the capture tax")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     n, kinds = args.rows, args.workloads.split(",")
@@ -226,6 +230,14 @@ def main() -> None:
               "us-east": LocalCluster("us-east", settings=logical).start()}
         try:
             src, dst = cl["eu-west"], cl["eu-north"]
+            if not args.no_capture_tax:
+                url = fresh_db(src, "tax")
+                migrate(url, "eu-west")
+                print("capture tax: the same statements on a tracked table and an untracked "
+                      f"copy, {args.reps} repetitions, interleaved …", flush=True)
+                capture_tax.report(capture_tax.run(url, n, max(args.reps, 5)))
+                if args.capture_tax_only:
+                    return
             fresh_db(dst, "floor")
             print("setting up: seeding sources and the initial syncs …", flush=True)
             native = Native(src, dst, n)

@@ -133,6 +133,17 @@ def _seconds(v: object) -> object:
 Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 
 
+class ServeConfig(BaseModel):
+    """What this region grants each destination role at most (the owner's bulkhead)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_connections: int = Field(5, ge=-1, le=1000,
+                                 description="CONNECTION LIMIT of each destination role (-1: none)")
+    max_rows_per_minute: int | None = Field(
+        None, ge=1, description="rows served to one destination per minute; over it, its "
+                                "reader is told to retry after the window (null: no cap)")
+
+
 class RetentionConfig(BaseModel):
     """How long this region keeps what it records (durations like ``7d``, ``12h``, or
     seconds; ``null``: forever)."""
@@ -178,6 +189,11 @@ class RegionConfig(BaseModel):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    table_priorities: dict[str, int] = Field(
+        default_factory=dict, description="table -> priority (default 0): within a batch, "
+                                          "higher first where foreign keys allow (e.g. "
+                                          "account before bulk shipment history)")
     forward: bool = Field(
         True, description="journal rows applied from peers so that regions pulling "
                           "`origins: any` from us receive them (a hub needs this); a mesh "

@@ -92,6 +92,21 @@ class TokenRegression(PeerFatal):
     """The stored token is newer than the one we would write: another daemon is applying."""
 
 
+class Throttled(_LinkError):
+    """The owner caps what it serves us per minute (``serve.max_rows_per_minute``) and we
+    reached it: not a failure — ask again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, peer: str | None = None,
+                 retry_after: float = 1.0) -> None:
+        super().__init__(message, peer=peer)
+        self.retry_after = retry_after
+
+
+class TokenExpired(PeerFatal):
+    """The peer pruned its journal past our token (``retention.expire_after``) and
+    ``resync_on_expiry`` is off: only a reload (`regionsync resync`) can continue."""
+
+
 def _rebuild(cls: type, message: str, peer: str | None, sqlstate: str | None) -> SyncError:
     return cls(message, peer=peer, sqlstate=sqlstate)
 

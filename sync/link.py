@@ -21,14 +21,16 @@ from typing import Any
 import psycopg
 
 from sync.apply.applier import Applier
+from sync.apply.deadletters import DeadLetterRetry
 from sync.apply.erasure import follow
 from sync.apply.lanes import ApplyLanes
 from sync.db import state
 from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
+from sync.errors import TokenExpired
 from sync.policy.ingress import Granted, filtered_tables, link_rules
 from sync.policy.model import Policy, TableRule
-from sync.policy.retract import withdraw_narrowed
+from sync.policy.retract import remove_missing, withdraw_narrowed
 from sync.policy.view import policy_view, record_view_change
 from sync.records import BatchResult, Page, PageResult, ReadPlan, Streamed
 from sync.runtime.metrics import Metrics
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_REFRESH = 60.0   # seconds between token writes for batches with nothing in them
 
-class PeerLink:
+class PeerLink(DeadLetterRetry):
     """Everything needed to sync one peer into the local region.
 
     Lifecycle: created closed; ``run_once()`` connects lazily; ``close()`` drops both
@@ -52,7 +54,9 @@ class PeerLink:
                  metrics: Metrics | None = None, stop: threading.Event | None = None,
                  poll_interval: float = 1.0, forward: bool = True,
                  apply_connections: int = 2,
-                 max_rows_per_second: float | None = None) -> None:
+                 max_rows_per_second: float | None = None,
+                 resync_on_expiry: bool = True,
+                 priorities: dict[str, int] | None = None) -> None:
         self.region = region
         self.peer = peer
         self._peer_conninfo = peer_conninfo
@@ -83,6 +87,10 @@ class PeerLink:
         self.refused: dict[str, str] = {}
         self._throttle = TokenBucket(max_rows_per_second) if max_rows_per_second else None
         self._token_written = -TOKEN_REFRESH   # monotonic time of the last empty-batch token
+        self.resync_on_expiry = resync_on_expiry
+        self.priorities = priorities or {}   # table -> priority within a batch
+        self.reloading = False       # an initial load over copies already here (see _reload)
+        self.their_token: str | None = None    # the peer's token for our journal (retention)
 
     def _connect(self) -> tuple[SourceReader, Applier]:
         if self.reader is None or self.applier is None or self.source is None \
@@ -138,7 +146,8 @@ class PeerLink:
                 log.warning("peer %s: %s (ingress asks for more than egress grants)", self.peer,
                             note, extra={"peer": self.peer, "table": table})
         self.refused = notes
-        return rules, [self.schema.tables[t] for t in self.schema.topo_order(list(rules))]
+        return rules, [self.schema.tables[t]
+                       for t in self.schema.topo_order(list(rules), self.priorities)]
 
     def _token_due(self) -> bool:
         """Whether an empty batch should still move the token.
@@ -260,6 +269,9 @@ class PeerLink:
         assert self.schema is not None
         view = policy_view(self.schema, rules)
         token = applier.read_token()
+        if token is not None and reader.expired(token):
+            self._expired()
+            token = None
         if token is not None:
             stored = applier.read_view()
             if stored is not None and stored != view:
@@ -278,7 +290,7 @@ class PeerLink:
                 lag = max(0.0, (snap.source_now - pending.oldest_change).total_seconds())
             if self.health is not None:
                 self.health.read(lag, pending.total if pending is not None else 1)
-            seen = reader.token_for(self.region)
+            seen = self.their_token = reader.token_for(self.region)
             kind = "initial" if token is None else "delta"
             if kind == "initial":
                 for lane in self._appliers():
@@ -299,6 +311,8 @@ class PeerLink:
                 follow(self.target, reader.conn, peer=self.peer, region=self.region,
                        bound=snap.token, initial=token is None)
         self._record_egress(read_rows, snap.token)
+        if complete and token is None and self.reloading:
+            self._reload_done(tables)
         filtered = {}
         if pending is not None:
             filtered = {t: n - read_rows[t] for t, n in pending.keys.items() if n > read_rows[t]}
@@ -320,6 +334,29 @@ class PeerLink:
             log.info("peer %s: applied batch of %d rows (%s)", self.peer, rows,
                      ", ".join(f"{k}={n}" for k, n in counts.items()), extra=extra)
         return batch
+
+    def _expired(self) -> None:
+        """The peer pruned its journal past our token: what we missed is gone from it. With
+        ``resync_on_expiry`` we load from it afresh, then remove the copies it no longer
+        has (``_reload_done``); else the link stops until `regionsync resync`."""
+        assert self.target is not None
+        if self.metrics is not None:
+            self.metrics.token_expired.labels(self.peer, self.region).inc()
+        if not self.resync_on_expiry:
+            raise TokenExpired(f"token expired: {self.peer}'s journal no longer reaches back "
+                               "to it; run `regionsync resync`", peer=self.peer)
+        log.warning("peer %s: token expired (its journal was pruned past it); reloading",
+                    self.peer, extra={"peer": self.peer})
+        state.forget_peer(self.target, self.peer)
+        self.reloading = True
+
+    def _reload_done(self, tables: list) -> None:
+        """After a reload: copies from the peer that it no longer has (deleted while our
+        token was expired, their tombstones pruned) go, as withdrawals — no resurrection."""
+        assert self.target is not None and self.source is not None and self.schema is not None
+        remove_missing(self.target, self.source, self.schema, self._policy(), self.region,
+                       self.peer, [t.name for t in tables])
+        self.reloading = False
 
     def _record_egress(self, read: Counter[str], token: str) -> None:
         """Tell the owner what we read (its egress log) when we read as its role for us."""
@@ -345,44 +382,6 @@ class PeerLink:
                 self.health.applied()
             m.last_success.labels(*pair).set(time.time())
 
-    def retry_dead_letters(self, limit: int = 500,
-                           ids: list[int] | None = None) -> tuple[int, int]:
-        """Re-read dead letters' current rows from the peer and apply them again.
-
-        Without ``ids``: the retryable ones whose back-off has passed. Foreign-key and unique
-        violations are usually ordering effects between peers (a parent authored elsewhere
-        arrives a moment later), so they heal here; attempts back off exponentially
-        (2^attempts seconds, at most 5 minutes). With ``ids`` (an operator's `dlq retry`):
-        exactly those of this peer, now. Returns (tried, resolved).
-        """
-        reader, _ = self._connect()
-        assert self.target is not None
-        rows = (state.dead_letters_by_id(self.target, self.peer, ids) if ids is not None
-                else state.dead_letters_due(self.target, self.peer, limit))
-        if not rows:
-            self._count_dead_letters()
-            return 0, 0
-        started = self.target.execute("SELECT clock_timestamp()").fetchone()[0]
-        policy = self._policy()
-        rules, tables = self._plan_tables(policy)
-        wanted = {r[1] for r in rows}
-        tables = [t for t in tables if t.name in wanted]
-        plan = ReadPlan(keys=[r[2] for r in rows])
-        read = Counter[str]()
-        with reader.batch() as snap:
-            seen = reader.token_for(self.region)
-            for page in reader.pages(plan, tables, rules, self.page_size):
-                self._apply(page, peer_has_seen=seen, kind="retry", policy_sha=policy.sha)
-                for seg in page.segments:
-                    read[seg.table] += seg.rows
-        self._record_egress(read, snap.token)
-        resolved = state.resolve_dead_letters(self.target, [r[0] for r in rows], started)
-        if resolved:
-            log.info("peer %s: %d of %d dead letters resolved on retry", self.peer, resolved,
-                     len(rows))
-        self._count_dead_letters()
-        return len(rows), resolved
-
     def initial_size(self) -> int:
         """Rows an initial load from this peer would send now (for a progress bar's ETA)."""
         reader, _ = self._connect()
@@ -393,8 +392,3 @@ class PeerLink:
             for info in tables:
                 total += reader.count(info, rules[info.name], ReadPlan())
         return total
-
-    def _count_dead_letters(self) -> None:
-        if self.metrics and self.target is not None:
-            n = state.count_dead_letters(self.target, self.peer)
-            self.metrics.dead_letters.labels(self.peer, self.region).set(n)

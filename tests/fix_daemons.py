@@ -42,10 +42,11 @@ def write_config(path: Path, region: str, url: str, peers: Mapping[str, str], po
 
 
 def mesh_config(path: Path, urls: Mapping[str, str], region: str, port: int = 0,
-                **kw: Any) -> Path:
-    """A region.yaml for ``region`` pulling from every other region in ``urls``."""
+                peer_urls: Mapping[str, str] | None = None, **kw: Any) -> Path:
+    """A region.yaml for ``region`` pulling from every other region in ``urls`` (reached
+    at ``peer_urls`` instead when given: a proxy in between, say)."""
     return write_config(path, region, urls[region],
-                        {r: u for r, u in urls.items() if r != region}, port, **kw)
+                        {r: (peer_urls or urls)[r] for r in urls if r != region}, port, **kw)
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -85,13 +86,16 @@ def stop_daemon(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
 
 
 @contextmanager
-def mesh_daemons(tmp_path: Path, urls: Mapping[str, str], **config: Any
+def mesh_daemons(tmp_path: Path, urls: Mapping[str, str],
+                 peer_urls: Mapping[str, str] | None = None, **config: Any
                  ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    """One daemon per region in ``urls``, each pulling from every other region."""
+    """One daemon per region in ``urls``, each pulling from every other region; configs
+    and logs are ``tmp_path/<region>.yaml`` and ``.log`` (to restart one)."""
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for region in urls:
-            cfg = mesh_config(tmp_path / f"{region}.yaml", urls, region, free_port(), **config)
+            cfg = mesh_config(tmp_path / f"{region}.yaml", urls, region, free_port(),
+                              peer_urls, **config)
             procs[region] = start_daemon(cfg, tmp_path / f"{region}.log")
         yield procs
     finally:

@@ -244,6 +244,7 @@ def resync(config_path: Path, peer: str) -> None:
         policy = load_policy(cfg.policy_dir, introspect(conn))
         state.forget_peer(conn, peer)
     link = _peer_link(cfg, peer, policy)
+    link.reloading = True      # afterwards, copies the peer no longer has are removed
     try:
         total = link.initial_size()
         if sys.stderr.isatty():
@@ -299,13 +300,13 @@ def roles(config_path: Path, apply_: bool, daemon_role: str | None,
                     for stmt in local_role_statements(schema, daemon=daemon_role or daemon,
                                                       app=app_role):
                         conn.execute(stmt)
-            made = apply_egress(conn, policy, schema, cfg.destination_regions())
+            made = apply_egress(conn, policy, schema, cfg.destination_regions(), cfg.serve)
             if password_env is not None:
                 set_passwords(conn, made, os.environ[password_env])
             click.echo(f"policy {policy.sha} enforced for {', '.join(made) or 'no destination'}")
             return
         click.echo(script(policy, schema, cfg.destination_regions(), conn,
-                          daemon=daemon, app=app_role), nl=False)
+                          daemon=daemon, app=app_role, serve=cfg.serve), nl=False)
 
 
 @click.command()

@@ -6,6 +6,7 @@ real schema and the apply order follows the real foreign keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 
@@ -44,14 +45,32 @@ class TableInfo:
 class Schema:
     tables: dict[str, TableInfo]
 
-    def topo_order(self, names: list[str] | None = None) -> list[str]:
-        """Parents before children (the order for upserts; reverse it for deletes)."""
+    def topo_order(self, names: list[str] | None = None,
+                   priority: Mapping[str, int] | None = None) -> list[str]:
+        """Parents before children (the order for upserts; reverse it for deletes); among
+        the tables ready at each step, higher ``priority`` first, then by name. A table
+        counts with the highest priority of its descendants, so that the way to a
+        high-priority table is cleared first."""
         wanted = set(names if names is not None else self.tables)
         graph = {t: {p for p in self.tables[t].parents if p in wanted} for t in sorted(wanted)}
+        sorter = TopologicalSorter(graph)
         try:
-            return list(TopologicalSorter(graph).static_order())
+            sorter.prepare()
         except CycleError as exc:  # deferrable FKs make a cycle workable; keep a stable order
             raise SchemaError(f"foreign-key cycle between tracked tables: {exc.args[1]}") from exc
+        rank = dict(priority or {})
+        for table in reversed(list(TopologicalSorter(graph).static_order())):   # children first
+            for parent in graph[table]:
+                rank[parent] = max(rank.get(parent, 0), rank.get(table, 0))
+        out: list[str] = []
+        ready: list[str] = []
+        while sorter.is_active():
+            ready += sorter.get_ready()
+            ready.sort(key=lambda t: (-rank.get(t, 0), t))
+            table = ready.pop(0)
+            out.append(table)
+            sorter.done(table)
+        return out
 
 
 def introspect(conn: psycopg.Connection) -> Schema:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import psycopg
 
-SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres"
+# A session of ours never sits idle inside a transaction for long (between two tables of
+# a batch at most); one that does was abandoned (a hung client), and the server ends it
+# instead of holding its snapshot and locks. No statement_timeout: an initial load of a
+# large table is one long COPY by design.
+SESSION_OPTIONS = ("-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres "
+                   "-c idle_in_transaction_session_timeout=300000")
 # A peer that accepts TCP and then never answers (a frozen VM, a black-holed route) is
-# noticed by the kernel within about a minute instead of the default two hours.
+# noticed by the kernel within about a minute instead of the default two hours: by
+# keepalives while we wait, and by tcp_user_timeout while what we sent goes unacknowledged.
+# (A server whose processes are stopped but whose kernel runs still ACKs: the link waits,
+# alone, until it answers.)
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
-              "keepalives_count": 3}
+              "keepalives_count": 3, "tcp_user_timeout": 60000}
 
 
 def connect(conninfo: str, *, application_name: str) -> psycopg.Connection:

@@ -247,12 +247,14 @@ def record_policy(conn: Conn, sha: str, files: Any) -> None:
 
 
 def replace_egress_grants(conn: Conn, role: str, region: str, policy_sha: str,
-                          grants: list[tuple[str, list[str], str | None]]) -> None:
+                          grants: list[tuple[str, list[str], str | None]],
+                          max_rows_per_minute: int | None = None) -> None:
     """Record what ``role`` (for ``region``) may read: (table, columns, row filter SQL)."""
-    conn.execute("INSERT INTO sync.egress_role (role_name, region, policy_sha) "
-                 "VALUES (%s, %s, %s) ON CONFLICT (role_name) DO UPDATE SET "
-                 "policy_sha = EXCLUDED.policy_sha, granted_at = now()",
-                 (role, region, policy_sha))
+    conn.execute("INSERT INTO sync.egress_role (role_name, region, policy_sha, "
+                 "max_rows_per_minute) VALUES (%s, %s, %s, %s) ON CONFLICT (role_name) DO "
+                 "UPDATE SET policy_sha = EXCLUDED.policy_sha, granted_at = now(), "
+                 "max_rows_per_minute = EXCLUDED.max_rows_per_minute",
+                 (role, region, policy_sha, max_rows_per_minute))
     conn.execute("DELETE FROM sync.egress_table WHERE role_name = %s", (role,))
     for table, columns, row_filter in grants:
         conn.execute("INSERT INTO sync.egress_table (role_name, tablename, columns, row_filter)"

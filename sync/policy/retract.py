@@ -219,3 +219,24 @@ def withdraw_narrowed(conn: psycopg.Connection, schema: Schema, policy: Policy, 
         else:
             log.info("peer %s: withdrew %d row(s): %s", peer, n, item.line(),
                      extra={**extra, "rows": n})
+
+
+def remove_missing(conn: psycopg.Connection, owner: psycopg.Connection, schema: Schema,
+                   policy: Policy, region: str, peer: str, tables: list[str]) -> None:
+    """After a reload from ``peer`` (`resync`, or an expired token): copies from it that it
+    no longer has — deleted there while we could not follow, their tombstones pruned —
+    are removed as withdrawals (no tombstone, no echo), so nothing is resurrected."""
+    items = []
+    for table in tables:
+        keys = withheld_by_owner(conn, owner, schema, table, peer)
+        if keys:
+            items.append(Drift(table, peer, "delete_keys", (schema.tables[table].pk,),
+                               len(keys), f"no longer at {peer} (found by a reload)",
+                               tuple(keys)))
+    for item, n, error in retract(conn, policy, region, items):
+        if error:
+            log.error("peer %s: reload could not remove %s: %s", peer, item.line(), error,
+                      extra={"peer": peer, "table": item.table})
+        else:
+            log.info("peer %s: reload removed %d row(s): %s", peer, n, item.line(),
+                     extra={"peer": peer, "table": item.table, "rows": n})

@@ -35,6 +35,7 @@ from sync.errors import (
     PolicyError,
     SchemaError,
     SyncError,
+    Throttled,
     TransientError,
     describe,
     from_db,
@@ -47,6 +48,7 @@ from sync.runtime.breaker import Breaker, State
 from sync.runtime.http import StatusServer
 from sync.runtime.leader import LeaderLock
 from sync.runtime.metrics import Metrics
+from sync.runtime.retention import Pruner
 from sync.runtime.status import local_status
 from sync.source.egress import apply_egress
 
@@ -145,10 +147,12 @@ class Daemon:
                 page_size=cfg.page_size, metrics=self.metrics, stop=self._stop,
                 poll_interval=cfg.poll_interval, forward=cfg.forward,
                 apply_connections=cfg.apply_connections,
-                max_rows_per_second=peer.max_rows_per_second)
+                max_rows_per_second=peer.max_rows_per_second,
+                resync_on_expiry=cfg.retention.resync_on_expiry,
+                priorities=cfg.table_priorities)
         self.metrics.leader.labels(cfg.region).set(0)
         self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(len(cfg.peers) + 1)},
+            executors={"default": ThreadPoolExecutor(len(cfg.peers) + 2)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
             timezone=UTC)
         self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
@@ -159,6 +163,12 @@ class Daemon:
         for name in self._links:
             self._scheduler.add_job(self._poll, "interval", seconds=cfg.poll_interval,
                                     args=[name], id=f"poll-{name}", next_run_time=now)
+        self._pruner = Pruner(
+            self._local, cfg.retention, pullers=cfg.destination_regions(), stop=self._stop,
+            tokens=lambda: {n: link.their_token for n, link in self._links.items()},
+            on_pruned=lambda table, n: self.metrics.pruned.labels(table).inc(n))
+        self._scheduler.add_job(self._prune, "interval", seconds=cfg.retention.interval,
+                                id="prune")
         self._scheduler.start()
         log.info("region %s (%s): syncing from %s every %.1fs (policy %s)%s", cfg.region,
                  "leader" if self.is_leader else "standby: another daemon holds the leader "
@@ -252,6 +262,11 @@ class Daemon:
             self._failures[peer] = 0
             self._resume(peer)
             self._breaker_metric(peer, breaker.succeeded())
+        except Throttled as exc:     # the owner's retry-after: wait, without a failure
+            self._not_before[peer] = time.monotonic() + exc.retry_after
+            self.metrics.throttled.labels(peer, self.config.region).inc()
+            log.info("peer %s: %s", peer, describe(exc), extra={"peer": peer})
+            link.close()
         except TransientError as exc:
             unreachable = exc.sqlstate is None or exc.sqlstate.startswith("08")
             if unreachable:
@@ -270,6 +285,16 @@ class Daemon:
                       describe(exc), extra={"peer": peer})
             log.debug("traceback", exc_info=True)
             self._back_off(peer, link, exc, False)
+
+    def _prune(self) -> None:
+        """Retention (the leader's job): a failure is logged and tried next round."""
+        if not self.is_leader or self._stop.is_set():
+            return
+        try:
+            self._pruner.run_once()
+        except psycopg.Error as exc:
+            log.warning("pruning failed (%s); next round in %.0fs", describe(exc),
+                        self.config.retention.interval)
 
     def _breaker_metric(self, peer: str, state: State) -> State:
         self.metrics.breaker_state.labels(peer, self.config.region).set(int(state))
@@ -330,7 +355,7 @@ class Daemon:
             with connect(self._local, application_name=f"regionsync-{cfg.region}") as c:
                 state.record_policy(c, policy.sha, policy_fingerprint(policy))
                 if cfg.egress:
-                    apply_egress(c, policy, introspect(c), cfg.destination_regions())
+                    apply_egress(c, policy, introspect(c), cfg.destination_regions(), cfg.serve)
         except psycopg.Error as exc:
             log.error("policy %s: cannot enforce egress in the local database (%s); run "
                       "`regionsync roles --config %s --apply` as the tables' owner", policy.sha,

@@ -118,6 +118,16 @@ class Metrics:
         self.apply_retries = Counter("regionsync_apply_retries_total",
                                      "Page transactions rolled back by a deadlock or lock "
                                      "timeout and applied again", PAIR, registry=r)
+        self.token_expired = Counter("regionsync_token_expired_total",
+                                     "Times the peer's journal no longer held our token "
+                                     "(pruned past it): the link reloaded from the peer",
+                                     PAIR, registry=r)
+        self.throttled = Counter("regionsync_throttled_total",
+                                 "Polls the source answered with a retry-after (its "
+                                 "serve.max_rows_per_minute cap for us)", PAIR, registry=r)
+        self.pruned = Counter("regionsync_pruned_rows_total",
+                              "Rows deleted by retention, per sync table", ["table"],
+                              registry=r)
         self.leader = Gauge("regionsync_leader",
                             "1 on the active daemon of a region, 0 on a standby", ["region"],
                             registry=r)

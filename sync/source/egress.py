@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from sync.config import ServeConfig
 from sync.db import state
 from sync.db.catalog import Schema
 from sync.policy.model import Policy
@@ -44,7 +45,8 @@ VIEWS = ("egress_change_set", "egress_tombstone", "egress_peer_state", "egress_g
          "egress_horizon")
 # what a destination role may call (migrations 0008 and 0010)
 FUNCTIONS = ("record_egress(jsonb, text)", "egress_changes(text, text, text, boolean)",
-             "egress_prepare(text, text, boolean)", "egress_held(text, uuid[])")
+             "egress_prepare(text, text, boolean)", "egress_held(text, uuid[])",
+             "egress_admit()")
 
 
 def role_for(region: str) -> str:
@@ -97,7 +99,8 @@ class Current:
 
 def egress_statements(policy: Policy, schema: Schema, destinations: Iterable[str],
                       conn: psycopg.Connection | None = None,
-                      current: Current | None = None) -> list[sql.Composable]:
+                      current: Current | None = None,
+                      serve: ServeConfig | None = None) -> list[sql.Composable]:
     """Every statement that makes the database enforce ``policy`` for ``destinations``;
     with ``current``, row-level security that is already in force is not re-created."""
     stmts: list[sql.Composable] = []
@@ -128,7 +131,9 @@ def egress_statements(policy: Policy, schema: Schema, destinations: Iterable[str
             sql.SQL("GRANT SELECT ON {} TO {}").format(
                 sql.SQL(", ").join(sql.Identifier("sync", v) for v in VIEWS), role),
             sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
-                sql.SQL(", ").join(sql.SQL("sync." + f) for f in FUNCTIONS), role)]
+                sql.SQL(", ").join(sql.SQL("sync." + f) for f in FUNCTIONS), role),
+            sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
+                role, sql.Literal((serve or ServeConfig()).max_connections))]
         wanted = {g.table: g for g in grants if g.row_filter is not None}
         for table in sorted(schema.tables):
             g = wanted.get(table)
@@ -198,7 +203,7 @@ def mark_function(plans: dict[str, list[Grant]], schema: Schema) -> sql.Composab
 
 
 def apply_egress(conn: psycopg.Connection, policy: Policy, schema: Schema,
-                 destinations: Iterable[str]) -> list[str]:
+                 destinations: Iterable[str], serve: ServeConfig | None = None) -> list[str]:
     """Make the database enforce ``policy`` for ``destinations``, all or nothing, and record
     it. Returns the destination roles. Raises psycopg's error when the connection's role
     may not (CREATEROLE and table ownership are needed)."""
@@ -207,7 +212,7 @@ def apply_egress(conn: psycopg.Connection, policy: Policy, schema: Schema,
         # one regeneration at a time (two daemons, or a daemon and `regionsync roles`)
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('regionsync.egress'))")
         current = Current.read(conn)
-        for stmt in egress_statements(policy, schema, destinations, conn, current):
+        for stmt in egress_statements(policy, schema, destinations, conn, current, serve):
             conn.execute(stmt)
         state.forget_egress_except(conn, destinations)
         for destination in destinations:
@@ -217,7 +222,8 @@ def apply_egress(conn: psycopg.Connection, policy: Policy, schema: Schema,
                 conn, role_for(destination), destination, policy.sha,
                 [(g.table, list(g.columns),
                   g.row_filter.as_string(conn) if g.row_filter else None)
-                 for g in grants_for(policy, schema, destination)])
+                 for g in grants_for(policy, schema, destination)],
+                (serve or ServeConfig()).max_rows_per_minute)
     log.info("policy %s enforced for %s (roles %s)", policy.sha, ", ".join(destinations),
              ", ".join(role_for(d) for d in destinations))
     return [role_for(d) for d in destinations]
@@ -289,7 +295,7 @@ def local_role_statements(schema: Schema, *, daemon: str,
 
 def script(policy: Policy, schema: Schema, destinations: Iterable[str],
            conn: psycopg.Connection, *, daemon: str | None = None,
-           app: str | None = None) -> str:
+           app: str | None = None, serve: ServeConfig | None = None) -> str:
     """The statements as one SQL script, for a DBA to read or run with psql (as the
     tables' owner, with CREATEROLE). Passwords are never in it: set them with \\password
     or use certificate authentication."""
@@ -301,7 +307,8 @@ def script(policy: Policy, schema: Schema, destinations: Iterable[str],
         lines += [s.as_string(conn) + ";"
                   for s in local_role_statements(schema, daemon=daemon, app=app)]
     lines.append(f"-- egress for policy {policy.sha}: what each destination region may read")
-    lines += [s.as_string(conn) + ";" for s in egress_statements(policy, schema, destinations)]
+    lines += [s.as_string(conn) + ";"
+              for s in egress_statements(policy, schema, destinations, serve=serve)]
     lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
 

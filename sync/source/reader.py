@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema, TableInfo
+from sync.errors import Throttled
 from sync.policy.model import TableRule
 from sync.records import Kind, Origins, Page, Pending, ReadPlan, Segment, Snapshot
 from sync.wire import BINARY_TRAILER, DELETE_COLUMNS, WITHDRAW_COLUMNS, strip_binary_header
@@ -176,13 +177,26 @@ class SourceReader:
         # one round trip per poll: no row when we are not a destination role, one row with
         # NULLs when we are one with nothing granted
         rows = self.conn.execute(
-            "SELECT g.tablename, g.columns, g.row_filter IS NOT NULL FROM sync.egress_me m"
-            " LEFT JOIN sync.egress_grants g ON true").fetchall()
+            "SELECT g.tablename, g.columns, g.row_filter IS NOT NULL, sync.egress_admit()"
+            " FROM sync.egress_me m LEFT JOIN sync.egress_grants g ON true").fetchall()
         if not rows:
             self.owner_filtered = frozenset()
             return None
-        self.owner_filtered = frozenset(t for t, _, filtered in rows if filtered)
-        return {t: tuple(cols) for t, cols, _ in rows if t is not None}, self.owner_filtered
+        if rows[0][3]:
+            raise Throttled(f"{self.peer} caps what it serves us per minute; retrying in "
+                            f"{rows[0][3]:.0f}s", peer=self.peer, retry_after=rows[0][3])
+        self.owner_filtered = frozenset(t for t, _, filtered, _ in rows if filtered)
+        return {t: tuple(c) for t, c, _, _ in rows if t is not None}, self.owner_filtered
+
+    def expired(self, token: str) -> bool:
+        """Whether the peer pruned its journal past ``token`` (migration 0012's horizon):
+        changes we never read are gone from it. False for a peer without retention."""
+        try:
+            row = self.conn.execute("SELECT pg_snapshot_xmin(%s::pg_snapshot) <= h.pruned_xid"
+                                    " FROM sync.egress_horizon h", (token,)).fetchone()
+        except psycopg.errors.UndefinedTable:    # a peer not yet migrated to 0012
+            return False
+        return bool(row and row[0])
 
     def record_egress(self, rows: dict[str, int], token: str) -> None:
         """Tell the owner what we read in the batch that just ended (its egress log), in a

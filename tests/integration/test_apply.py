@@ -272,3 +272,17 @@ def test_a_peer_link_applies_within_its_rate_limit(mesh: Mesh) -> None:
     took = time.monotonic() - started
     assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 2500
     assert took >= 1.4, took     # one second's burst, then 1,000 rows a second
+
+
+def test_table_priorities_order_a_batch_where_foreign_keys_allow(mesh: Mesh) -> None:
+    schema = mesh.schema
+    plain = schema.topo_order()
+    assert plain.index("account") < plain.index("contact") < plain.index("salesorder") \
+        < plain.index("shipment")
+    urgent = schema.topo_order(priority={"shipment": 10})
+    # shipments first wherever their parents allow: before the unrelated medicalcase
+    assert urgent.index("shipment") < urgent.index("medicalcase")
+    assert urgent.index("salesorder") < urgent.index("shipment")        # never before a parent
+    last = schema.topo_order(priority={"account": -5, "medicalcase": 3})
+    assert last[0] == "account"                  # every other table is its descendant
+    assert last.index("medicalcase") < last.index("salesorder")

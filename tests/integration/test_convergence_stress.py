@@ -20,9 +20,11 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -64,14 +66,30 @@ class Writer(threading.Thread):
         self.tally = Tally()
         self.error: BaseException | None = None
         self._n = 0
+        # a fault that takes this region's database away pauses its application first
+        # (an interrupted commit's outcome would be unknown to the oracle), then resumes it
+        self.pause, self.idle = threading.Event(), threading.Event()
 
     def run(self) -> None:
+        conn: psycopg.Connection | None = None
         try:
-            with psycopg.connect(self.url, autocommit=False) as conn:
-                while not self.stop.is_set():
-                    self._transaction(conn)
+            while not self.stop.is_set():
+                if self.pause.is_set():
+                    self.idle.set()
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    time.sleep(0.05)
+                    continue
+                self.idle.clear()
+                if conn is None:
+                    conn = psycopg.connect(self.url, autocommit=False)
+                self._transaction(conn)
         except BaseException as exc:  # reported by the test, not lost in a thread
             self.error = exc
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _next_label(self) -> str:
         self._n += 1
@@ -105,8 +123,8 @@ class Writer(threading.Thread):
             conn.execute("SAVEPOINT ins")
             try:
                 conn.execute("INSERT INTO contact (contactid, firstname, lastname, telephone1, "
-                             "address1_country) VALUES (%s, %s, 'Stress', %s, 'IE')",
-                             (key, name, name))
+                             "address1_country, medical_notes) VALUES (%s, %s, 'Stress', %s, "
+                             "'IE', %s)", (key, name, name, f"secret-{self.region}"))
             except psycopg.errors.UniqueViolation:
                 conn.execute("ROLLBACK TO SAVEPOINT ins")
                 return []
@@ -177,27 +195,63 @@ def check_against_oracle(snap: dict[str, dict[uuid.UUID, tuple]],
     return problems
 
 
-def run_stress(mesh: Mesh, tmp_path: Path, seed: int, seconds: float) -> dict[str, object]:
+def leaks(mesh: Mesh) -> list[str]:
+    """Medical notes are written by each region's application; none may appear elsewhere."""
+    return [f"{r}: {n} row(s) with another region's medical notes" for r in REGIONS
+            if (n := mesh.one(r, "SELECT count(*) FROM contact WHERE medical_notes IS NOT NULL "
+                                 "AND medical_notes <> %s", (f"secret-{r}",)))]
+
+
+@dataclass
+class FaultContext:
+    """What a fault may touch while the writers run."""
+
+    mesh: Mesh
+    daemons: dict[str, Any]          # region -> its `regionsync run` process (replaceable)
+    writers: dict[str, Writer]
+    tmp_path: Path
+    ended: float = 0.0               # monotonic time the fault was over
+
+
+def run_stress(mesh: Mesh, tmp_path: Path, seed: int, seconds: float, *,
+               fault: Callable[[FaultContext], None] | None = None,
+               peer_urls: dict[str, str] | None = None) -> dict[str, object]:
+    """The workload and the oracle; with ``fault``, injected (in a thread) while the
+    writers run; it must be over before they stop."""
     rng = random.Random(seed)
     keys = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(60)]
     record: dict[uuid.UUID, list[Version]] = {}
     lock, stop = threading.Lock(), threading.Event()
     writers = [Writer(r, mesh.urls[r], keys, seed, stop, record, lock) for r in REGIONS]
-    with mesh_daemons(tmp_path, {r: mesh.urls[r] for r in REGIONS}, poll_interval=0.3,
-                      page_size=20) as daemons:
+    errors: list[BaseException] = []
+    # a failed peer is probed again after 5 s (the default, 60 s, bounds recovery in
+    # production the same way; here it would only make the runs longer)
+    with mesh_daemons(tmp_path, {r: mesh.urls[r] for r in REGIONS}, peer_urls,
+                      poll_interval=0.3, page_size=20,
+                      extra={"breaker": "{failures: 5, open_seconds: 5}"}) as daemons:
         for w in writers:
             w.start()
+        ctx = FaultContext(mesh, daemons, {w.region: w for w in writers}, tmp_path)
+        injector = threading.Thread(target=_inject, args=(fault, ctx, errors), daemon=True)
+        if fault is not None:
+            injector.start()
         time.sleep(seconds)     # the workload's length, not a wait for a condition
+        if fault is not None:
+            injector.join(120)
         stop.set()
+        stopped = time.monotonic()
         for w in writers:
             w.join(30)
-        snap = _quiet(mesh, timeout=90)
+        snap = _quiet(mesh, timeout=120)
+        converged_in = time.monotonic() - stopped
         alive = {r: p.poll() is None for r, p in daemons.items()}
+    assert not errors, f"the fault itself failed: {errors[0]!r}"
     for w in writers:
         assert w.error is None, f"{w.name}: {w.error!r}"
     assert all(alive.values()), f"a daemon died: {alive}"
-    problems = check_against_oracle(snap, record)
+    problems = check_against_oracle(snap, record) + leaks(mesh)
     stats = {"seed": seed, "keys": len(record),
+             "converged_s_after_writes": round(converged_in, 1),
              "statements": sum(w.tally.statements for w in writers),
              "transactions": sum(w.tally.transactions for w in writers),
              "rolled_back": [w.tally.rolled_back for w in writers],
@@ -207,6 +261,17 @@ def run_stress(mesh: Mesh, tmp_path: Path, seed: int, seconds: float) -> dict[st
     assert not problems, "\n".join(problems[:30])
     assert stats["versions"] > 100, "the writers committed too little to prove anything"
     return stats
+
+
+def _inject(fault: Callable[[FaultContext], None] | None, ctx: FaultContext,
+            errors: list[BaseException]) -> None:
+    try:
+        if fault is not None:
+            fault(ctx)
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        ctx.ended = time.monotonic()
 
 
 def test_three_daemons_and_three_writers_converge_to_last_writer_wins(

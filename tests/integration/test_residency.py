@@ -479,3 +479,32 @@ def test_policy_drift_asks_the_owner_not_our_stale_copy(mesh: Mesh, tmp_path: Pa
     out = cli("policy", "drift", "--config", str(gone))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "note: eu-west unreachable" in out.stdout and "Traceback" not in out.stderr
+
+
+def test_the_owner_caps_what_it_serves_each_destination(mesh: Mesh, tmp_path: Path,
+                                                        shipped_policy) -> None:
+    """serve.max_connections is the role's CONNECTION LIMIT; serve.max_rows_per_minute is
+    answered with a retry-after once a destination's last minute reaches it."""
+    from sync.config import ServeConfig
+    from sync.errors import Throttled
+    west = mesh.conn("eu-west")
+    apply_egress(west, shipped_policy, mesh.schema, ["eu-north"],
+                 ServeConfig(max_connections=2, max_rows_per_minute=5))
+    assert mesh.one("eu-west", "SELECT rolconnlimit FROM pg_roles WHERE rolname = %s",
+                    (role_for("eu-north"),)) == 2
+    for i in range(8):
+        contact(west, f"Capped{i}")
+    link = _link(mesh, shipped_policy)
+    try:
+        first = link.run_once()              # under the cap when it asked: served whole
+        assert first.rows == 8
+        contact(west, "Waits")
+        with pytest.raises(Throttled) as caught:
+            link.run_once()
+        assert 50 < caught.value.retry_after <= 60
+        assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 8
+        # the window passes (here: the owner's log is a minute older), and it flows again
+        west.execute("UPDATE sync.egress_log SET served_at = served_at - interval '61 s'")
+        assert link.run_once().rows == 1
+    finally:
+        link.close()
