@@ -29,11 +29,12 @@ from sync.db.catalog import introspect
 from sync.db.connect import connect
 from sync.db.migrate import migrate
 from sync.policy import load_policy
-from sync.source.egress import apply_egress, role_for
+from sync.source.egress import apply_egress, local_role_statements, role_for
 from sync.testing.cluster import clusters, find_pg_bin, free_port
 from sync.testing.verify import converged
 
 REGIONS = ["eu-west", "eu-north", "us-east"]
+DAEMON_ROLE = "regionsync_daemon"
 
 
 def shipped_policy_dir() -> Path:
@@ -48,7 +49,11 @@ def write_config(path: Path, region: str, urls: dict[str, str], port: int,
                  policy_dir: Path) -> None:
     cfg = {
         "region": region,
-        "database": {"url": urls[region]},
+        # its own database as the least-privilege role `regionsync roles` makes (no
+        # superuser, not the tables' owner): it cannot change grants, so egress is made
+        # by the owner (below) and not by the daemon
+        "database": {"url": make_conninfo(urls[region], user=DAEMON_ROLE)},
+        "egress": False,
         # each peer is read as the role its owner made for this region (least privilege)
         "peers": [{"name": p, "url": make_conninfo(urls[p], user=role_for(region))}
                   for p in urls if p != region],
@@ -192,8 +197,13 @@ def run_demo(rows: int = 200, keep_running: bool = False) -> None:
                  "stay home")
             for r in REGIONS:
                 made = apply_egress(conns[r], policy, schema, [p for p in REGIONS if p != r])
+                with conns[r].transaction():
+                    for stmt in local_role_statements(schema, daemon=DAEMON_ROLE, app=None):
+                        conns[r].execute(stmt)
                 echo(f"  {r:9} enforces it for its peers: roles {', '.join(made)} "
                      "(column grants, row security, journal views)")
+            echo(f"  every daemon runs as {DAEMON_ROLE}: no superuser, not the tables' owner; "
+                 "it reads its peers as the roles they made for it")
             with daemons(configs, tmpdir) as procs:
                 def alive() -> None:
                     for p in procs.values():

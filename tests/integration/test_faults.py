@@ -5,7 +5,7 @@ Each run must end with 0 lost, 0 resurrected, 0 unknown rows, 0 leaked medical n
 every region identical; the stats line prints how long the mesh took to converge after
 the writers stopped. CI runs each fault briefly; by hand, longer and harder:
 
-    REGIONSYNC_FAULT_SECONDS=60 REGIONSYNC_FAULT_HOLD=30 pytest -m stress -k faults
+    REGIONSYNC_FAULT_SECONDS=60 REGIONSYNC_FAULT_HOLD=30 pytest tests/integration/test_faults.py
 
 | fault | how |
 |---|---|

@@ -508,3 +508,29 @@ def test_the_owner_caps_what_it_serves_each_destination(mesh: Mesh, tmp_path: Pa
         assert link.run_once().rows == 1
     finally:
         link.close()
+
+
+def test_a_column_the_owner_stops_sending_is_cleared_abroad_within_one_poll(
+        mesh: Mesh, tmp_path: Path) -> None:
+    with_phone = OPEN.replace("[lastname, address1_country]",
+                              "[lastname, address1_country, telephone1]")
+    west = mesh.conn("eu-west")
+    apply_egress(west, load_policy(_policy_dir(tmp_path, "phone", with_phone), mesh.schema),
+                 mesh.schema, ["eu-north"])
+    cid = contact(west, "Caller")
+    west.execute("UPDATE contact SET telephone1 = '+353 1 234' WHERE contactid = %s", (cid,))
+    link = _link(mesh, load_policy(_policy_dir(tmp_path, "receiver", with_phone), mesh.schema))
+    try:
+        link.run_once()
+        assert mesh.one("eu-north", "SELECT telephone1 FROM contact") == "+353 1 234"
+        # the owner narrows its grant; nothing is written at the owner
+        apply_egress(west, load_policy(_policy_dir(tmp_path, "nophone", OPEN), mesh.schema),
+                     mesh.schema, ["eu-north"])
+        link.run_once()
+        assert "telephone1" in link.refused["contact"]          # said once, per table
+    finally:
+        link.close()
+    assert mesh.one("eu-north", "SELECT telephone1 FROM contact") is None
+    assert mesh.one("eu-north", "SELECT lastname FROM contact") == "Caller"
+    assert mesh.one("eu-west", "SELECT telephone1 FROM contact") == "+353 1 234"
+    assert sum(b.rows for b in mesh.pull("eu-west", "eu-north")) == 0     # no echo
