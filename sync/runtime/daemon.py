@@ -330,8 +330,9 @@ class Daemon:
 
     def _back_off(self, peer: str, link: PeerLink, exc: Exception, unreachable: bool) -> None:
         n = self._failures[peer] = self._failures.get(peer, 0) + 1
-        delay = min(MAX_BACKOFF, self.config.poll_interval * 2 ** (n - 1))
-        delay *= random.uniform(0.5, 1.0)
+        # exponential, capped, with full jitter: peers that failed together (a shared
+        # network path) do not retry together
+        delay = random.uniform(0, min(MAX_BACKOFF, self.config.poll_interval * 2 ** (n - 1)))
         self._not_before[peer] = time.monotonic() + delay
         self.metrics.apply_errors.labels(peer, self.config.region).inc()
         reason = describe(exc)

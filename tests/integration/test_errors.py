@@ -189,8 +189,10 @@ def test_daemon_waits_out_its_own_database_being_down(mesh: Mesh, tmp_path: Path
 
     west = mesh.conn("eu-west")
     port = free_port()
+    # recovery is bounded by the breaker's probe interval: short here, to keep the suite so
     cfg = write_config(tmp_path / "n.yaml", "eu-north", mesh.urls["eu-north"],
-                       {"eu-west": mesh.urls["eu-west"]}, port)
+                       {"eu-west": mesh.urls["eu-west"]}, port,
+                       extra={"breaker": "{failures: 5, open_seconds: 3}"})
     log = tmp_path / "d.log"
     daemon = start_daemon(cfg, log)
     local = mesh.clusters["eu-north"]

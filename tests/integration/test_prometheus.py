@@ -33,7 +33,8 @@ def prom_alerts(port: int) -> list[dict]:
 
 def start_daemon(tmp_path: Path, mesh: Mesh, region: str, port: int) -> subprocess.Popen:
     urls = {r: mesh.urls[r] for r in ("eu-west", "eu-north", "us-east")}
-    cfg = mesh_config(tmp_path / f"{region}.yaml", urls, region, port, poll_interval=0.5)
+    cfg = mesh_config(tmp_path / f"{region}.yaml", urls, region, port, poll_interval=0.5,
+                      extra={"breaker": "{failures: 5, open_seconds: 3}"})
     return run_daemon(cfg, tmp_path / f"{region}.log")
 
 
