@@ -91,6 +91,7 @@ class PeerLink(DeadLetterRetry):
         self.priorities = priorities or {}   # table -> priority within a batch
         self.reloading = False       # an initial load over copies already here (see _reload)
         self.their_token: str | None = None    # the peer's token for our journal (retention)
+        self.expired_at: float | None = None     # when our token last expired (/status)
 
     def _connect(self) -> tuple[SourceReader, Applier]:
         if self.reader is None or self.applier is None or self.source is None \
@@ -340,6 +341,7 @@ class PeerLink(DeadLetterRetry):
         ``resync_on_expiry`` we load from it afresh, then remove the copies it no longer
         has (``_reload_done``); else the link stops until `regionsync resync`."""
         assert self.target is not None
+        self.expired_at = time.time()
         if self.metrics is not None:
             self.metrics.token_expired.labels(self.peer, self.region).inc()
         if not self.resync_on_expiry:

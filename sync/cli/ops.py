@@ -318,8 +318,8 @@ def roles(config_path: Path, apply_: bool, daemon_role: str | None,
               show_default=True)
 def egress(config_path: Path, region: str | None, since, until, fmt: str) -> None:
     """What this region served to each destination (its egress log): per region and
-    table, batches, rows, first and last time, and the policy and column-set hashes in
-    force — the record of transfers an auditor asks for."""
+    table, batches, rows, first and last time, the policy hashes in force and the columns
+    served — the record of transfers an auditor asks for."""
     import csv
     from datetime import UTC
     _, conn = _open(config_path)
@@ -327,17 +327,19 @@ def egress(config_path: Path, region: str | None, since, until, fmt: str) -> Non
     until = until.replace(tzinfo=UTC) if until else None
     with conn:
         rows = state.egress_summary(conn, region=region, since=since, until=until)
-    headers = ["to", "table", "batches", "rows", "first", "last", "policy", "columns"]
+    headers = ["to", "table", "batches", "rows", "first", "last", "policy", "columns_sha",
+               "columns"]
     records = [dict(zip(headers, r, strict=True)) for r in rows]
     if fmt == "json":
         click.echo(json.dumps(records, indent=2, default=str))
-    elif fmt == "csv":
+    elif fmt == "csv":   # lists joined with ";", a column set's names with ","
         out = csv.writer(sys.stdout)
         out.writerow(headers)
         for r in rows:
-            out.writerow([";".join(v) if isinstance(v, list) else v for v in r])
+            out.writerow([*r[:6], ";".join(r[6]), ";".join(r[7]),
+                          ";".join(",".join(cols) for cols in r[8])])
     elif not rows:
         click.echo("nothing served in that period")
     else:
-        _table([[*r[:6], ", ".join(r[6]), ", ".join(c[:10] for c in r[7])] for r in rows],
-               headers)
+        _table([[*r[:6], ", ".join(r[6]), " | ".join(", ".join(cols) for cols in r[8])]
+                for r in rows], [*headers[:7], "columns"])

@@ -297,12 +297,15 @@ def egress_filters(conn: Conn) -> dict[tuple[str, str], str]:
 def egress_summary(conn: Conn, *, region: str | None, since: datetime | None,
                    until: datetime | None) -> list[tuple]:
     """Per destination region and table, between ``since`` and ``until``: batches, rows,
-    first and last time, the policy hashes and column-set hashes in force."""
+    first and last time, the policy hashes and column-set hashes in force, and the column
+    sets served (each a list of column names)."""
     return conn.execute("""
         SELECT l.region, t.key AS tablename, count(*), sum(t.value::bigint)::bigint,
                min(l.served_at),
                max(l.served_at), array_agg(DISTINCT l.policy_sha),
-               array_agg(DISTINCT l.columns_sha)
+               array_agg(DISTINCT l.columns_sha),
+               coalesce(jsonb_agg(DISTINCT l.columns -> t.key)
+                        FILTER (WHERE l.columns ? t.key), '[]'::jsonb)
         FROM sync.egress_log l CROSS JOIN LATERAL jsonb_each_text(l.tables) t
         WHERE (%(region)s::text IS NULL OR l.region = %(region)s)
           AND (%(since)s::timestamptz IS NULL OR l.served_at >= %(since)s)

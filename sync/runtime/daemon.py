@@ -397,6 +397,11 @@ class Daemon:
                            "state": ("stopped: " + self._stopped_links[name])
                            if name in self._stopped_links else "running",
                            "tables_refused": dict(self._links[name].refused),
+                           "token_expired_at": _iso(self._links[name].expired_at),
                            "breaker": self._breakers[name].state.name.lower().replace("_", "-")}
         return {"region": cfg.region, "role": "leader" if self.is_leader else "standby",
                 "policy": self.policy.current().sha if self.policy else None, "peers": peers}
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None

@@ -340,8 +340,16 @@ def test_the_owner_records_what_it_served_and_reports_it(mesh: Mesh, tmp_path: P
     (entry,) = json.loads(report.stdout)
     assert (entry["to"], entry["table"], entry["rows"], entry["policy"]) == (
         "eu-north", "contact", 2, [shipped_policy.sha])
+    # the columns served, by name, as the owner granted them — never a medical one
+    (served,) = entry["columns"]
+    assert "lastname" in served and "contactid" in served
+    assert not {"medical_notes", "implant_serial", "versionnumber"} & set(served)
     csv = cli("egress", "--config", str(cfg), "--format", "csv")
-    assert csv.stdout.splitlines()[0] == "to,table,batches,rows,first,last,policy,columns"
+    assert csv.stdout.splitlines()[0] == \
+        "to,table,batches,rows,first,last,policy,columns_sha,columns"
+    assert ",".join(served) in csv.stdout.splitlines()[1]
+    text = cli("egress", "--config", str(cfg))
+    assert "lastname" in text.stdout and text.returncode == 0
 
 
 def _link(mesh: Mesh, policy) -> PeerLink:

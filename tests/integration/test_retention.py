@@ -85,6 +85,7 @@ def test_a_peer_away_past_the_horizon_reloads_without_loss_or_resurrection(
     link = mesh.link("eu-north", "eu-west")
     batch = link.run_once()                 # expired: reloads at once
     assert batch.initial
+    assert link.expired_at is not None      # on /status as token_expired_at
     while batch.full:
         batch = link.run_once()
     north = {r[0]: r[1] for r in mesh.conn("eu-north").execute(

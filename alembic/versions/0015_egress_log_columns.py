@@ -1,0 +1,56 @@
+"""The egress log names the columns it served, not only their hash.
+
+An auditor reading the transfer record needs to see *which* columns of each table went
+to a destination under a policy; a hash of the column sets proves they did not change
+but says nothing to a person. ``sync.record_egress()`` now also records, per table read,
+the columns the destination role was granted at that moment (from the owner's own
+records, not from the reader).
+
+Revision ID: 0015
+Revises: 0014
+Create Date: 2026-11-29
+"""
+
+from alembic import op
+
+revision = "0015"
+down_revision = "0014"
+branch_labels = None
+depends_on = None
+
+UPGRADE = r"""
+ALTER TABLE sync.egress_log ADD COLUMN columns jsonb;
+
+CREATE OR REPLACE FUNCTION sync.record_egress(p_tables jsonb, p_token text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    SELECT e.role_name, e.region, e.policy_sha INTO r
+    FROM sync.egress_role e WHERE e.role_name = session_user;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'regionsync: % is not a destination role of this region', session_user
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    INSERT INTO sync.egress_log (role_name, region, tables, columns_sha, policy_sha, token,
+                                 columns)
+    SELECT r.role_name, r.region,
+           coalesce(jsonb_object_agg(t.tablename, (p_tables ->> t.tablename)::bigint)
+                    FILTER (WHERE p_tables ? t.tablename), '{}'::jsonb),
+           md5(coalesce(string_agg(t.tablename || ':' || array_to_string(t.columns, ','), ';'
+                                   ORDER BY t.tablename), '')),
+           r.policy_sha, p_token,
+           coalesce(jsonb_object_agg(t.tablename, to_jsonb(t.columns))
+                    FILTER (WHERE p_tables ? t.tablename), '{}'::jsonb)
+    FROM sync.egress_table t WHERE t.role_name = r.role_name;
+END $$;
+REVOKE ALL ON FUNCTION sync.record_egress(jsonb, text) FROM PUBLIC;
+"""
+
+
+def upgrade() -> None:
+    op.execute(UPGRADE)
+
+
+def downgrade() -> None:
+    op.execute("ALTER TABLE sync.egress_log DROP COLUMN columns")
