@@ -141,6 +141,10 @@ rules:
         assert {r[0] for r in conn.execute("SELECT pk FROM sync.egress_tombstone")} == {swede}
         # the sent set is the owner's alone
         for forbidden in ("SELECT * FROM sync.egress_sent",
+                          "SELECT * FROM sync.journal_since(NULL, NULL, NULL, false)",
+                          "SELECT * FROM sync.egress_withdrawal",
+                          "SELECT * FROM sync.erasure_log",
+                          "SELECT * FROM sync.journal_horizon",
                           "INSERT INTO sync.egress_sent VALUES ('regionsync_to_us_east', "
                           "'contact', gen_random_uuid())",
                           "SELECT sync.egress_mark('regionsync_to_us_east', 'contact', NULL, NULL, "
@@ -542,3 +546,24 @@ def test_a_column_the_owner_stops_sending_is_cleared_abroad_within_one_poll(
     assert mesh.one("eu-north", "SELECT lastname FROM contact") == "Caller"
     assert mesh.one("eu-west", "SELECT telephone1 FROM contact") == "+353 1 234"
     assert sum(b.rows for b in mesh.pull("eu-west", "eu-north")) == 0     # no echo
+
+
+def test_a_hostile_filter_value_cannot_break_out_of_the_generated_function(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """The owner compiles its filters into ``sync.egress_mark`` (SECURITY DEFINER); a value
+    that closes quotes or dollar quotes stays a value."""
+    evil = "a$$; DROP TABLE contact; --'$f$"
+    pol = load_policy(_policy_dir(tmp_path, "evil", OPEN + '    rows: "lastname != \'' +
+                                  evil.replace("'", "''") + '\'"\n'), mesh.schema)
+    west = mesh.conn("eu-west")
+    keep = contact(west, "Fine")
+    contact(west, evil)
+    apply_egress(west, pol, mesh.schema, ["eu-north"])
+    link = _link(mesh, load_policy(_policy_dir(tmp_path, "receiver", OPEN), mesh.schema))
+    try:
+        link.run_once()
+    finally:
+        link.close()
+    assert _north_keys(mesh) == {keep}
+    assert mesh.one("eu-west", "SELECT count(*) FROM contact") == 2
+    assert mesh.one("eu-west", "SELECT array_agg(pk) FROM sync.egress_sent") == [keep]
