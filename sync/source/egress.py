@@ -281,6 +281,9 @@ def local_role_statements(schema: Schema, *, daemon: str,
                 ).format(d),
         sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA sync TO {}").format(d),
         sql.SQL("GRANT USAGE ON SEQUENCE public.regionsync_versionnumber_seq TO {}").format(d),
+        # `regionsync migrate` as the daemon (systemd's ExecStartPre) checks the head and
+        # does nothing; upgrading stays the owner's
+        sql.SQL("GRANT SELECT ON public.alembic_version TO {}").format(d),
     ]
     if app:
         a = sql.Identifier(app)

@@ -247,6 +247,11 @@ def test_daemons_run_with_the_generated_least_privilege_roles(mesh: Mesh,
     try:
         for r in regions:
             peer = next(p for p in regions if p != r)
+            own = write_config(tmp_path / f"{r}-daemon.yaml", r,
+                               psycopg.conninfo.make_conninfo(mesh.urls[r],
+                                                              user=daemon_role[r]), {})
+            at_head = cli("migrate", "--config", str(own))   # as systemd's ExecStartPre does
+            assert at_head.returncode == 0, at_head.stderr
             cfg = write_config(
                 tmp_path / f"{r}.yaml", r,
                 psycopg.conninfo.make_conninfo(mesh.urls[r], user=daemon_role[r]),
