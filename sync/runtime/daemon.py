@@ -49,7 +49,7 @@ from sync.runtime.http import StatusServer
 from sync.runtime.leader import LeaderLock
 from sync.runtime.metrics import Metrics
 from sync.runtime.retention import Pruner
-from sync.runtime.status import local_status
+from sync.runtime.status import link_status, local_status
 from sync.source.egress import apply_egress
 
 log = logging.getLogger(__name__)
@@ -390,18 +390,9 @@ class Daemon:
             if name not in self._links:    # still waiting for the local database
                 peers[name] = {"state": "starting"}
                 continue
-            h = self.metrics.peer(name, cfg.region, cfg.poll_interval)
-            record = stored.get("peers", {}).get(name, {}) if isinstance(stored, dict) else {}
-            peers[name] = {**record, "lag_seconds": round(h.lag(), 3), "backlog": h.backlog,
-                           "reachable": h.reachable, "last_error": h.last_error,
-                           "state": ("stopped: " + self._stopped_links[name])
-                           if name in self._stopped_links else "running",
-                           "tables_refused": dict(self._links[name].refused),
-                           "token_expired_at": _iso(self._links[name].expired_at),
-                           "breaker": self._breakers[name].state.name.lower().replace("_", "-")}
+            peers[name] = link_status(
+                stored.get("peers", {}).get(name, {}) if isinstance(stored, dict) else {},
+                self.metrics.peer(name, cfg.region, cfg.poll_interval), self._links[name],
+                self._breakers[name].state.name, self._stopped_links.get(name))
         return {"region": cfg.region, "role": "leader" if self.is_leader else "standby",
                 "policy": self.policy.current().sha if self.policy else None, "peers": peers}
-
-
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -17,6 +18,20 @@ def local_status(conn: psycopg.Connection) -> dict[str, Any]:
     peers: dict[str, dict[str, Any]] = {}
     peers = state.peer_records(conn)
     return {"peers": peers}
+
+
+def link_status(record: dict[str, Any], health: Any, link: Any, breaker: str,
+                stopped: str | None) -> dict[str, Any]:
+    """One peer on /status: the local records, then what the running daemon knows of the
+    link (lag and reachability, state, breaker, tables the owner refuses, last expiry)."""
+    expired = link.expired_at
+    return {**record, "lag_seconds": round(health.lag(), 3), "backlog": health.backlog,
+            "reachable": health.reachable, "last_error": health.last_error,
+            "state": f"stopped: {stopped}" if stopped is not None else "running",
+            "tables_refused": dict(link.refused),
+            "token_expired_at": datetime.fromtimestamp(expired, UTC).isoformat()
+            if expired is not None else None,
+            "breaker": breaker.lower().replace("_", "-")}
 
 
 def peer_backlog(source: psycopg.Connection, *, peer: str, region: str, origins: str,
