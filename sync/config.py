@@ -206,6 +206,10 @@ class RegionConfig(BaseModel):
         True, description="make this database enforce the policy for each destination "
                           "(roles regionsync_to_<region>, column grants, row-level security) "
                           "whenever a policy is loaded; needs the tables' owner")
+    capture: Literal["auto", "c", "plpgsql"] = Field(
+        "auto", description="capture triggers: the C extension ext/regionsync_capture where "
+                            "the server has it (auto), required (c), or PL/pgSQL; applied "
+                            "by `regionsync migrate`")
     leader_check_interval: float = Field(
         2.0, gt=0, le=60, description="seconds between leader-lock checks (standby takeover)")
     source_file: Path | None = Field(None, exclude=True)

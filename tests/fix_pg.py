@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from sync.testing.verify import synced_rows
 REGIONS = ["eu-west", "eu-north", "us-east", "ap-south"]
 TEMPLATE = "regionsync_template"
 ROOT = Path(__file__).resolve().parent.parent
+CAPTURE = os.environ.get("REGIONSYNC_TEST_CAPTURE", "auto")   # auto, c or plpgsql
 POLICIES = ROOT / "policies" / "examples" / "shared-mesh"   # every region, same columns
 _counter = itertools.count(1)
 
@@ -40,7 +42,7 @@ def pg_clusters() -> Iterator[dict[str, LocalCluster]]:
         for region in REGIONS:
             started[region] = LocalCluster(region, fast=True).start()
             url = started[region].create_database(TEMPLATE)
-            migrate(url, region)
+            migrate(url, region, CAPTURE)
     except (SyncError, OSError) as exc:
         for c in started.values():
             c.remove()

@@ -43,7 +43,7 @@ def migrate(config_path: Path) -> None:
     from sync.config import load_config
     from sync.db.migrate import migrate as do_migrate
     cfg = load_config(config_path)
-    do_migrate(cfg.database.conninfo(where="database.url"), cfg.region)
+    do_migrate(cfg.database.conninfo(where="database.url"), cfg.region, cfg.capture)
     click.echo(f"region {cfg.region}: database at head")
 
 

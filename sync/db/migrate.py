@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 from alembic.config import Config
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
@@ -30,8 +30,12 @@ def alembic_dir() -> Path:
                       "package)")
 
 
-def migrate(conninfo: str, region: str) -> None:
-    """Upgrade to head, then record this database's region name (used by the capture triggers).
+CAPTURE_KINDS = ("auto", "c", "plpgsql")
+
+
+def migrate(conninfo: str, region: str, capture: str = "auto") -> None:
+    """Upgrade to head, record this database's region name (used by the capture triggers),
+    then put the capture triggers ``capture`` asks for in place (see `use_capture`).
 
     ``conninfo`` is anything libpq takes (a URL or ``key=value`` pairs, a password filled
     in from ``password_env``/``password_file``): the engine is handed psycopg connections
@@ -54,11 +58,13 @@ def migrate(conninfo: str, region: str) -> None:
                     key="region")
             conn.execute(text("INSERT INTO sync.settings (region) VALUES (:r) "
                               "ON CONFLICT (id) DO NOTHING"), {"r": region})
-            if current is None:
+            changed = use_capture(conn, capture)
+            if current is None or changed:
                 # the capture triggers and column defaults inline the region's name
                 conn.execute(text("SELECT sync.enable_change_tracking(tablename) "
                                   "FROM sync.tracked_table"))
-        log.info("region %s migrated to head", region)
+        log.info("region %s migrated to head (capture triggers: %s)", region,
+                 _capture_kind(engine))
     except DBAPIError as exc:   # SQLAlchemy's wrapper: classify psycopg's error inside it
         if isinstance(exc.orig, psycopg.Error):
             raise from_db(exc.orig, what="migrate") from exc
@@ -67,3 +73,49 @@ def migrate(conninfo: str, region: str) -> None:
         raise from_db(exc, what="migrate") from exc
     finally:
         engine.dispose()
+
+
+def _capture_kind(engine: Engine) -> str:
+    with engine.connect() as conn:
+        return str(conn.execute(text("SELECT sync.capture_kind()")).scalar())
+
+
+def use_capture(conn: Connection, capture: str) -> bool:
+    """Create or drop the C capture extension as ``capture`` says; True if that changed.
+
+    ``auto`` uses C when the server has the extension (``ext/regionsync_capture``, built
+    with ``make install``) and PL/pgSQL otherwise; ``c`` refuses to go on without it;
+    ``plpgsql`` re-attaches the PL/pgSQL triggers first, then drops the extension (the C
+    triggers depend on it).
+    """
+    if capture not in CAPTURE_KINDS:
+        raise ConfigError(f"capture must be one of {', '.join(CAPTURE_KINDS)}, not {capture!r}",
+                          key="capture")
+    installed = bool(conn.execute(text(
+        "SELECT count(*) FROM pg_extension WHERE extname = 'regionsync_capture'")).scalar())
+    owner = conn.execute(text("SELECT pg_has_role(nspowner, 'MEMBER') FROM pg_namespace "
+                              "WHERE nspname = 'sync'")).scalar()
+    if not owner:   # the daemon's own `migrate` checks the head; capture is the owner's
+        return False
+    available = bool(conn.execute(text(
+        "SELECT count(*) FROM pg_available_extensions WHERE name = 'regionsync_capture'")
+    ).scalar())
+    if capture == "plpgsql":
+        if installed:
+            conn.execute(text("SELECT sync.enable_plpgsql_capture(tablename) "
+                              "FROM sync.tracked_table"))
+            conn.execute(text("DROP EXTENSION regionsync_capture"))
+        return installed
+    if installed:
+        return False
+    if not available:
+        if capture == "c":
+            raise ConfigError(
+                "capture: c, but this PostgreSQL server has no regionsync_capture extension; "
+                "build and install it (make -C ext/regionsync_capture install, as root on the "
+                "database host) or set capture: auto", key="capture")
+        log.info("the regionsync_capture extension is not installed on this server: "
+                 "capture uses the PL/pgSQL triggers")
+        return False
+    conn.execute(text("CREATE EXTENSION regionsync_capture SCHEMA sync"))
+    return True

@@ -46,7 +46,7 @@ def test_migrate_is_idempotent(pg_clusters, tmp_path: Path) -> None:
             proc = cli("migrate", "--config", str(cfg))
             assert proc.returncode == 0, proc.stderr
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0015",)
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0016",)
             assert conn.execute("SELECT region FROM sync.settings").fetchone() == ("ap-south",)
         wrong = write_config(tmp_path / "w.yaml", "eu-west", url, {}, 0)
         proc = cli("migrate", "--config", str(wrong))

@@ -96,7 +96,7 @@ def test_a_delete_cannot_skip_its_tombstone_or_journal(mesh: Mesh,
     "UPDATE sync.peer_state SET token = '1:1:'",
     "SELECT * FROM sync.change_set",
     "SELECT sync.enable_change_tracking('contact')",
-    "ALTER TABLE contact DISABLE TRIGGER regionsync_capture_update_local",
+    "ALTER TABLE contact DISABLE TRIGGER regionsync_capture_update",
     "SET session_replication_role = replica",
 ])
 def test_the_application_has_no_way_into_the_sync_schema(app: psycopg.Connection,

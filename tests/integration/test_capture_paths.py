@@ -1,0 +1,233 @@
+"""Both capture paths keep one contract: the C triggers (ext/regionsync_capture) and the
+PL/pgSQL triggers they replace where the extension is not installed.
+
+Every test runs on each path, switched the way an operator switches it (`migrate` with
+``capture: c`` or ``capture: plpgsql``), writing as an ordinary application role (or as
+apply, a regionsync_apply member) and reading back rows, versions, tombstones and the
+journal. The whole suite runs on C when the extension is installed (``capture: auto``);
+``REGIONSYNC_TEST_CAPTURE=plpgsql pytest`` runs all of it on the fallback.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import psycopg.conninfo
+import pytest
+
+from sync.db.migrate import migrate
+from sync.errors import ConfigError
+from tests.fix_pg import Mesh
+from tests.integration.helpers import contact
+
+FUTURE = datetime(2099, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=["c", "plpgsql"])
+def kind(request: pytest.FixtureRequest, mesh: Mesh) -> str:
+    try:
+        migrate(mesh.urls["eu-west"], "eu-west", request.param)
+    except ConfigError as exc:
+        pytest.skip(f"the C capture extension is not installed here: {exc}")
+    owner = mesh.conn("eu-west")
+    assert owner.execute("SELECT sync.capture_kind()").fetchone() == (request.param,)
+    functions = {r[0] for r in owner.execute(
+        "SELECT p.proname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+        "WHERE t.tgrelid = 'public.contact'::regclass AND t.tgname LIKE 'regionsync_capture%'")}
+    c_functions = {"capture_before_update", "capture_after"}
+    assert (functions == c_functions) == (request.param == "c"), functions
+    return request.param
+
+
+@pytest.fixture
+def app(mesh: Mesh, kind: str) -> Iterator[psycopg.Connection]:
+    """eu-west's application: DML on the business tables, nothing of schema sync."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    owner = mesh.conn("eu-west")
+    owner.execute(f'CREATE ROLE "{role}" LOGIN')
+    owner.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+    owner.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public '
+                  f'TO "{role}"')
+    owner.execute(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+    conn = psycopg.connect(psycopg.conninfo.make_conninfo(mesh.urls["eu-west"], user=role),
+                           autocommit=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        owner.execute(f'DROP OWNED BY "{role}"')
+        owner.execute(f'DROP ROLE "{role}"')
+
+
+def _journal(mesh: Mesh, since: int = 0) -> list[tuple[str, str, list[uuid.UUID], list[int]]]:
+    return [(op, origin, list(pks), list(versions)) for op, origin, pks, versions in
+            mesh.conn("eu-west").execute(
+                "SELECT op, origin, pks, versions FROM sync.change_set "
+                "WHERE tablename = 'contact' AND id > %s ORDER BY id", (since,))]
+
+
+def _last_id(mesh: Mesh) -> int:
+    return mesh.one("eu-west", "SELECT coalesce(max(id), 0) FROM sync.change_set")
+
+
+def _row(mesh: Mesh, key: uuid.UUID) -> tuple:
+    return mesh.conn("eu-west").execute(
+        "SELECT versionnumber, modifiedon, sync_origin, createdon FROM contact "
+        "WHERE contactid = %s", (key,)).fetchone()
+
+
+def test_an_update_takes_a_version_its_time_and_this_region(
+        mesh: Mesh, app: psycopg.Connection) -> None:
+    keys = [contact(app, f"U{i}") for i in range(4)]
+    before = {k: _row(mesh, k) for k in keys}
+    mark = _last_id(mesh)
+    # two of four rows change; the writer's own system columns are ignored
+    app.execute("UPDATE contact SET firstname = CASE WHEN lastname IN ('U0', 'U1') "
+                "THEN 'Changed' ELSE firstname END, sync_origin = 'us-east', "
+                "modifiedon = %s, versionnumber = 1, createdon = %s WHERE contactid = ANY(%s)",
+                (FUTURE, FUTURE, keys))
+    after = {k: _row(mesh, k) for k in keys}
+    for k in keys[:2]:
+        version, modified, origin, created = after[k]
+        assert version > before[k][0] and modified > before[k][1] and modified < FUTURE
+        assert (origin, created) == ("eu-west", before[k][3])
+    for k in keys[2:]:
+        assert after[k] == before[k]          # a no-op update: nothing moves
+    assert _journal(mesh, mark) == [("u", "eu-west", keys[:2], [after[k][0] for k in keys[:2]])]
+
+
+def test_an_update_never_goes_back_in_time(mesh: Mesh, app: psycopg.Connection) -> None:
+    key = contact(app, "Ahead")
+    owner = mesh.conn("eu-west")
+    with owner.transaction():   # a version from a peer whose clock runs an hour ahead
+        owner.execute("SELECT set_config('regionsync.origin', 'eu-north', true)")
+        owner.execute("UPDATE contact SET modifiedon = %s, sync_origin = 'eu-north', "
+                      "firstname = 'Peer' WHERE contactid = %s",
+                      (datetime.now(UTC) + timedelta(hours=1), key))
+    peer_time = _row(mesh, key)[1]
+    app.execute("UPDATE contact SET firstname = 'Local' WHERE contactid = %s", (key,))
+    _, modified, origin, _ = _row(mesh, key)
+    assert origin == "eu-west" and modified == peer_time + timedelta(microseconds=1)
+
+
+def test_unchanged_large_and_equal_values_are_no_ops(mesh: Mesh,
+                                                     app: psycopg.Connection) -> None:
+    """Compared as `NEW IS NOT DISTINCT FROM OLD` does: a TOASTed value rewritten with the
+    same bytes is unchanged, and so is a value of another spelling that its type calls
+    equal."""
+    key = contact(app, "Big", medical="x" * 200_000 + str(uuid.uuid4()))
+    before = _row(mesh, key)
+    mark = _last_id(mesh)
+    app.execute("UPDATE contact SET medical_notes = medical_notes || '', "
+                "lastname = 'Big'::varchar WHERE contactid = %s", (key,))
+    assert _row(mesh, key) == before and _journal(mesh, mark) == []
+    app.execute("UPDATE contact SET medical_notes = medical_notes || '!' WHERE contactid = %s",
+                (key,))
+    assert _row(mesh, key)[0] > before[0] and len(_journal(mesh, mark)) == 1
+
+
+def test_a_forged_insert_is_stamped_as_a_local_write(mesh: Mesh,
+                                                     app: psycopg.Connection) -> None:
+    key = uuid.uuid4()
+    mark = _last_id(mesh)
+    app.execute("INSERT INTO contact (contactid, lastname, sync_origin, modifiedon, "
+                "versionnumber) VALUES (%s, 'Forger', 'eu-north', %s, 9000000000000)",
+                (key, FUTURE))
+    version, modified, origin, _ = _row(mesh, key)
+    assert origin == "eu-west" and modified < FUTURE and version < 9000000000000
+    assert _journal(mesh, mark) == [("i", "eu-west", [key], [version])]
+
+
+@pytest.mark.parametrize("others", [0, 5], ids=["one-tombstone", "more-than-the-rows"])
+def test_an_insert_goes_past_a_newer_tombstone(mesh: Mesh, app: psycopg.Connection,
+                                               others: int) -> None:
+    """A re-insert after a delete from a clock ahead of ours. With more future tombstones
+    than inserted rows the C path probes each key instead of matching the newest ones."""
+    owner = mesh.conn("eu-west")
+    ahead = datetime.now(UTC) + timedelta(minutes=10)
+    key, bystander = uuid.uuid4(), uuid.uuid4()
+    for pk in [key, *(uuid.uuid4() for _ in range(others))]:
+        owner.execute("INSERT INTO sync.tombstone (tablename, pk, modifiedon, origin) "
+                      "VALUES ('contact', %s, %s, 'eu-north')", (pk, ahead))
+    mark = _last_id(mesh)
+    app.execute("INSERT INTO contact (contactid, lastname) VALUES (%s, 'Back')", (key,))
+    version, modified, origin, _ = _row(mesh, key)
+    assert origin == "eu-west" and modified > ahead
+    app.execute("INSERT INTO contact (contactid, lastname) VALUES (%s, 'New')", (bystander,))
+    b_version, b_modified, _, _ = _row(mesh, bystander)
+    assert b_modified < ahead                  # untouched by tombstones of other keys
+    assert _journal(mesh, mark) == [("i", "eu-west", [key], [version]),
+                                    ("i", "eu-west", [bystander], [b_version])]
+
+
+def test_a_local_delete_leaves_a_newer_tombstone_and_a_journal_entry(
+        mesh: Mesh, app: psycopg.Connection) -> None:
+    keys = [contact(app, f"D{i}", medical=None) for i in range(3)]
+    modified = {k: _row(mesh, k)[1] for k in keys}
+    mark = _last_id(mesh)
+    app.execute("DELETE FROM contact WHERE contactid = ANY(%s)", (keys,))
+    tombs = dict(mesh.conn("eu-west").execute(
+        "SELECT pk, (modifiedon, origin)::text FROM sync.tombstone WHERE pk = ANY(%s)",
+        (keys,)).fetchall())
+    assert set(tombs) == set(keys)
+    for k in keys:
+        stamp = mesh.one("eu-west", "SELECT modifiedon FROM sync.tombstone WHERE pk = %s", (k,))
+        assert stamp > modified[k] and "eu-west" in tombs[k]
+    [(op, origin, pks, versions)] = _journal(mesh, mark)
+    assert (op, origin, sorted(pks)) == ("d", "eu-west", sorted(keys)) and len(versions) == 3
+
+
+def test_apply_journals_each_origin_and_can_journal_nothing(mesh: Mesh, kind: str) -> None:
+    owner = mesh.conn("eu-west")     # the owner is a regionsync_apply member
+    north, east = uuid.uuid4(), uuid.uuid4()
+    mark = _last_id(mesh)
+    with owner.transaction():
+        owner.execute("SELECT set_config('regionsync.origin', 'eu-north', true)")
+        owner.execute("INSERT INTO contact (contactid, lastname, sync_origin) VALUES "
+                      "(%s, 'N', 'eu-north'), (%s, 'E', 'us-east')", (north, east))
+        owner.execute("DELETE FROM contact WHERE contactid = %s", (east,))
+    journal = _journal(mesh, mark)
+    assert sorted((op, origin, pks) for op, origin, pks, _ in journal) == [
+        ("d", "eu-north", [east]), ("i", "eu-north", [north]), ("i", "us-east", [east])]
+    mark = _last_id(mesh)
+    with owner.transaction():        # a mesh member's apply forwards nothing
+        owner.execute("SELECT set_config('regionsync.origin', 'eu-north', true), "
+                      "set_config('regionsync.journal', 'off', true)")
+        owner.execute("UPDATE contact SET lastname = 'Quiet' WHERE contactid = %s", (north,))
+        owner.execute("DELETE FROM contact WHERE contactid = %s", (north,))
+    assert _journal(mesh, mark) == []
+
+
+def test_settings_do_not_let_the_application_skip_capture(mesh: Mesh,
+                                                          app: psycopg.Connection) -> None:
+    key = contact(app, "Sneaky")
+    mark = _last_id(mesh)
+    with app.transaction():
+        app.execute("SELECT set_config('regionsync.journal', 'off', true), "
+                    "set_config('regionsync.origin', 'eu-north', true), "
+                    "set_config('regionsync.stamped', 'on', true)")
+        app.execute("UPDATE contact SET lastname = 'Seen', sync_origin = 'eu-north' "
+                    "WHERE contactid = %s", (key,))
+    version, _, origin, _ = _row(mesh, key)
+    assert origin == "eu-west" and _journal(mesh, mark) == [("u", "eu-west", [key], [version])]
+
+
+def test_the_paths_switch_back_and_forth_without_losing_a_change(mesh: Mesh, kind: str) -> None:
+    """An operator moves a live region between the paths: each write is journalled once,
+    by whichever triggers were in place."""
+    owner = mesh.conn("eu-west")
+    other = "plpgsql" if kind == "c" else "c"
+    first = contact(owner, "Before")
+    migrate(mesh.urls["eu-west"], "eu-west", other)
+    second = contact(owner, "After")
+    owner.execute("UPDATE contact SET firstname = 'Both' WHERE contactid = ANY(%s)",
+                  ([first, second],))
+    migrate(mesh.urls["eu-west"], "eu-west", kind)
+    journal = _journal(mesh)
+    assert [(op, sorted(pks)) for op, _, pks, _ in journal][-3:] == [
+        ("i", [first]), ("i", [second]), ("u", sorted([first, second]))]
+    mesh.sync(["eu-west", "eu-north"])
+    assert mesh.one("eu-north", "SELECT count(*) FROM contact WHERE firstname = 'Both'") == 2
