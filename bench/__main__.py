@@ -112,7 +112,7 @@ def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path) -> tuple[fl
     regions = list(clusters)
     urls = {r: fresh_db(c, "mesh") for r, c in clusters.items()}
     for r in regions:
-        migrate(urls[r], r)
+        migrate(urls[r], r, w.CAPTURE)
     procs = []
     for r in regions:
         peers = "".join(f"  - name: {p}\n    url: {urls[p]}\n" for p in regions if p != r)
@@ -203,13 +203,16 @@ def main() -> None:
                          "sent set, where every row sent is recorded")
     ap.add_argument("--capture-tax-only", action="store_true",
                     help="only the capture tax section (tracked vs untracked statements)")
+    ap.add_argument("--capture", choices=["auto", "c", "plpgsql"], default="auto",
+                    help="the capture triggers of every bench database (auto: C if installed)")
     ap.add_argument("--no-capture-tax", action="store_true", help="skip the capture tax")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     n, kinds = args.rows, args.workloads.split(",")
+    w.CAPTURE = args.capture
     print(f"regionsync benchmark: {n:,} contact rows (~330 B, 2 medical columns excluded), "
           f"{args.reps} repetitions, page_size {args.page_size}, "
-          f"poll_interval {args.poll_interval}s")
+          f"poll_interval {args.poll_interval}s, capture {args.capture}")
     # The same server settings for every cluster and variant. A cache sized for the working
     # set (as any production server is; PostgreSQL's 128 MB default is not) so that the
     # 1M-row per-page figure measures regionsync, not buffer eviction; a WAL budget that
@@ -232,9 +235,9 @@ def main() -> None:
             src, dst = cl["eu-west"], cl["eu-north"]
             if not args.no_capture_tax:
                 url = fresh_db(src, "tax")
-                migrate(url, "eu-west")
-                print("capture tax: the same statements on a tracked table and an untracked "
-                      f"copy, {args.reps} repetitions, interleaved …", flush=True)
+                migrate(url, "eu-west", w.CAPTURE)
+                print(f"capture tax: the same statements with capture on, off and at the floor, "
+                      f"{max(args.reps, 5)} repetitions, interleaved …", flush=True)
                 capture_tax.report(capture_tax.run(url, n, max(args.reps, 5)))
                 if args.capture_tax_only:
                     return

@@ -130,7 +130,7 @@ class Regionsync:
         self.src_c, self.dst_c, self.n, self.tmp, self.page_size = src, dst, n, tmp, page_size
         self.poll_interval = poll_interval
         self.src_url = fresh_db(src, "rs_src")
-        migrate(self.src_url, "eu-west")
+        migrate(self.src_url, "eu-west", w.CAPTURE)
         self.src = psycopg.connect(self.src_url, autocommit=True)
         w.seed(self.src, n)
         # as in production: the source enforces its own policy, and the daemon reads it as
@@ -159,7 +159,7 @@ class Regionsync:
 
     def _new_target(self) -> None:
         self.dst_url = fresh_db(self.dst_c, "rs_dst")
-        migrate(self.dst_url, "eu-north")
+        migrate(self.dst_url, "eu-north", w.CAPTURE)
         self.dst = psycopg.connect(self.dst_url, autocommit=True)
         cfg = self.tmp / "eu-north.yaml"
         cfg.write_text(f"region: eu-north\ndatabase:\n  url: {self.dst_url}\npeers:\n"

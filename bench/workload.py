@@ -35,6 +35,9 @@ COPY_FLOOR_COLUMNS = ["contactid", "firstname", "lastname", "emailaddress1", "te
                       "address1_country", "birthdate", "statecode"]   # the 8 synced data columns
 
 
+# the capture triggers every bench database gets (`--capture`): auto, c or plpgsql
+CAPTURE = "auto"
+
 def seed(conn: psycopg.Connection, n: int, start: int = 1) -> None:
     conn.execute("""
         INSERT INTO contact (lastname, firstname, emailaddress1, telephone1, address1_country,

@@ -375,36 +375,22 @@ keep(const char *sql, int nargs, Oid *types)
 	return plan;
 }
 
-static SPIPlanPtr delete_local_plan = NULL; /* tombstones and the entry of a local delete */
-static SPIPlanPtr delete_apply_plan = NULL; /* the entry of apply's delete */
+static SPIPlanPtr tombstone_plan = NULL;	/* the tombstones of a local delete */
 
 static void
 prepare_plans(void)
 {
 	Oid			t[4] = {TEXTOID, TEXTOID, UUIDARRAYOID, TIMESTAMPTZARRAYOID};
 
-	if (delete_local_plan != NULL)
+	if (tombstone_plan != NULL)
 		return;
-	delete_local_plan = keep(
-		"WITH tomb AS ("
-		"  INSERT INTO sync.tombstone AS tb (tablename, pk, modifiedon, origin)"
-		"  SELECT $1, u.pk, greatest(clock_timestamp(), u.m + interval '1 microsecond'), $2"
-		"  FROM unnest($3, $4) AS u(pk, m)"
-		"  ON CONFLICT (tablename, pk) DO UPDATE"
-		"    SET modifiedon = greatest(EXCLUDED.modifiedon, tb.modifiedon + interval '1 microsecond'),"
-		"        origin = EXCLUDED.origin"
-		"  RETURNING tb.pk, tb.origin) "
-		"INSERT INTO sync.change_set (tablename, op, origin, pks, versions) "
-		"SELECT $1, 'd', origin, array_agg(pk), "
-		"       array_agg(nextval('public.regionsync_versionnumber_seq')) "
-		"FROM tomb GROUP BY origin", 4, t);
-	delete_apply_plan = keep(
-		"INSERT INTO sync.change_set (tablename, op, origin, pks, versions) "
-		"SELECT $1, 'd', d.origin, array_agg(d.pk), "
-		"       array_agg(nextval('public.regionsync_versionnumber_seq')) "
-		"FROM (SELECT u.pk, coalesce(tb.origin, $2) AS origin FROM unnest($3) AS u(pk) "
-		"      LEFT JOIN sync.tombstone tb ON tb.tablename = $1 AND tb.pk = u.pk) d "
-		"GROUP BY d.origin", 3, t);
+	tombstone_plan = keep(
+		"INSERT INTO sync.tombstone AS tb (tablename, pk, modifiedon, origin)"
+		" SELECT $1, u.pk, greatest(clock_timestamp(), u.m + interval '1 microsecond'), $2"
+		" FROM unnest($3, $4) AS u(pk, m)"
+		" ON CONFLICT (tablename, pk) DO UPDATE"
+		"   SET modifiedon = greatest(EXCLUDED.modifiedon, tb.modifiedon + interval '1 microsecond'),"
+		"       origin = EXCLUDED.origin", 4, t);
 }
 
 static Oid
@@ -869,38 +855,89 @@ after_update(const char *table, Row *olds, int nold, Row *news, int nnew)
 		journal_by_origin(table, 'u', news, pick, n);
 }
 
+/* Journal a delete: one entry per origin, each key with a fresh version (a delete has no
+ * row version of its own; the version orders it in the journal). */
+static void
+journal_deletes(const char *table, Row *rows, int n)
+{
+	int		   *pick = palloc(sizeof(int) * Max(n, 1));
+	Oid			seq = version_sequence();
+
+	for (int i = 0; i < n; i++)
+	{
+		pick[i] = i;
+		rows[i].version = nextval_internal(seq, false);
+		rows[i].version_null = false;
+	}
+	journal_by_origin(table, 'd', rows, pick, n);
+}
+
 static void
 after_delete(const char *table, const char *here, const char *applying, Row *rows, int n)
 {
-	Datum		args[4];
-	AsOwner		saved = enter_owner();
-
-	args[0] = CStringGetTextDatum(table);
 	if (applying == NULL)
 	{
+		/* local: tombstones newer than the rows they end (whatever the clocks say); an
+		 * upsert in SQL, which waits for and merges with a concurrent one */
+		Datum		args[4];
 		Datum	   *mods = palloc(sizeof(Datum) * Max(n, 1));
 		bool	   *mnulls = palloc(sizeof(bool) * Max(n, 1));
 		int			dims[1] = {n};
 		int			lbs[1] = {1};
+		AsOwner		saved;
 
 		for (int i = 0; i < n; i++)
 		{
 			mods[i] = TimestampTzGetDatum(rows[i].modifiedon);
 			mnulls[i] = rows[i].modifiedon_null;
+			rows[i].origin = (char *) here;
 		}
+		args[0] = CStringGetTextDatum(table);
 		args[1] = CStringGetTextDatum(here);
 		args[2] = uuid_array(rows, NULL, n);
 		args[3] = PointerGetDatum(construct_md_array(mods, mnulls, 1, dims, lbs, TIMESTAMPTZOID,
 													 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		run_plan(delete_local_plan, args, NULL);
+		saved = enter_owner();
+		run_plan(tombstone_plan, args, NULL);
+		leave_owner(saved);
 	}
 	else
 	{
-		args[1] = CStringGetTextDatum(applying);
-		args[2] = uuid_array(rows, NULL, n);
-		run_plan(delete_apply_plan, args, NULL);
+		/* apply (or retract): the deletion's origin was recorded by the caller in
+		 * sync.tombstone; without one, the applying origin */
+		Relation	trel = table_open(sync_relation("tombstone"), AccessShareLock);
+		Relation	pkey = index_open(sync_relation("tombstone_pkey"), AccessShareLock);
+		TupleDesc	desc = RelationGetDescr(trel);
+		int			a_org = column(desc, "origin", true, trel);
+		Datum		table_text = CStringGetTextDatum(table);
+		TupleTableSlot *slot = table_slot_create(trel, NULL);
+		char	   *fallback = pstrdup(applying);
+		IndexScanDesc scan;
+		ScanKeyData key[2];
+
+		PushActiveSnapshot(GetTransactionSnapshot());
+		scan = index_beginscan(trel, pkey, GetActiveSnapshot(), 2, 0);
+		for (int i = 0; i < n; i++)
+		{
+			bool		isnull = true;
+			Datum		origin = (Datum) 0;
+
+			ScanKeyEntryInitialize(&key[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+								   DEFAULT_COLLATION_OID, F_TEXTEQ, table_text);
+			ScanKeyEntryInitialize(&key[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+								   InvalidOid, F_UUID_EQ, UUIDPGetDatum(&rows[i].pk));
+			index_rescan(scan, key, 2, NULL, 0);
+			if (index_getnext_slot(scan, ForwardScanDirection, slot))
+				origin = slot_getattr(slot, a_org, &isnull);
+			rows[i].origin = isnull ? fallback : TextDatumGetCString(origin);
+		}
+		index_endscan(scan);
+		PopActiveSnapshot();
+		ExecDropSingleTupleTableSlot(slot);
+		index_close(pkey, NoLock);
+		table_close(trel, NoLock);
 	}
-	leave_owner(saved);
+	journal_deletes(table, rows, n);
 }
 
 /* The region's name: the trigger's argument, or sync.local_region() before it had one. */
