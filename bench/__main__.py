@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import statistics
 import subprocess
@@ -24,7 +25,7 @@ import psycopg
 from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster, free_port
 
-from . import capture_tax
+from . import capture_tax, pglogical_mesh
 from . import workload as w
 from .variants import POLICY, Native, Regionsync, copy_floor, fresh_db
 
@@ -107,7 +108,63 @@ def paced_lag(v, rate: float, seconds: float) -> list[float]:
     return [visible[i] - committed[i] for i in committed if i in visible]
 
 
-def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path) -> tuple[float, int]:
+def mesh_workload(conns: dict[str, psycopg.Connection], n: int) -> int:
+    """Each region seeds its own third at once, then edits and deletes the next region's
+    rows; returns the changes authored. Shared by regionsync's mesh and pglogical's; the
+    time the writes took is left in ``MESH_WRITES``."""
+    started = time.perf_counter()
+    regions = list(conns)
+    per = n // 3
+    threads = [threading.Thread(target=w.seed, args=(conns[r], per, 1 + i * per))
+               for i, r in enumerate(regions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = per * 3
+    w.wait_count(conns[regions[0]], total)
+    for i, r in enumerate(regions):   # each region edits and deletes others' rows
+        other = regions[(i + 1) % 3]
+        conns[r].execute("UPDATE contact SET telephone1 = %s WHERE sync_origin = %s AND "
+                         "contactid IN (SELECT contactid FROM contact WHERE sync_origin = %s"
+                         " ORDER BY contactid LIMIT %s)", (f"by-{r}", other, other, per // 10))
+        conns[r].execute("DELETE FROM contact WHERE contactid IN (SELECT contactid FROM "
+                         "contact WHERE sync_origin = %s ORDER BY contactid DESC LIMIT %s)",
+                         (other, per // 100))
+    MESH_WRITES.append(time.perf_counter() - started)
+    return total + 3 * (per // 10) + 3 * (per // 100)
+
+
+MESH_WRITES: list[float] = []
+
+
+def wait_converged(conns: dict[str, psycopg.Connection], timeout: float = 600) -> None:
+    def digest(c: psycopg.Connection) -> tuple:
+        return c.execute("SELECT count(*), md5(string_agg(contactid::text || "
+                         "coalesce(telephone1, '') || modifiedon::text, ',' ORDER BY "
+                         "contactid)) FROM contact").fetchone()
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        if len({digest(c) for c in conns.values()}) == 1:
+            return
+        time.sleep(0.05)
+    raise AssertionError("mesh did not converge")
+
+
+def check_medical_home(conns: dict[str, psycopg.Connection], n: int) -> None:
+    """A row's home region is the one that seeded its number range; medical values may
+    exist only there (sync_origin is the *last* writer, which may be another region)."""
+    per = n // 3
+    for i, (r, c) in enumerate(conns.items()):
+        lo, hi = 1 + i * per, (i + 1) * per
+        if c.execute("SELECT count(*) FROM contact WHERE medical_notes IS NOT NULL AND NOT "
+                     "(substring(lastname from 10)::int BETWEEN %s AND %s)", (lo, hi)
+                     ).fetchone()[0]:
+            raise AssertionError(f"medical values from another region found in {r}")
+
+
+def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path,
+               env: dict[str, str] | None = None) -> tuple[float, int]:
     """Three regions, inserts/updates/deletes authored in all three, three daemons."""
     regions = list(clusters)
     urls = {r: fresh_db(c, "mesh") for r, c in clusters.items()}
@@ -122,52 +179,16 @@ def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path) -> tuple[fl
                        f"metrics:\n  port: {free_port()}\n")
         procs.append(subprocess.Popen([sys.executable, "-m", "sync.cli", "run", "--config",
                                        str(cfg)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+                                      stderr=subprocess.DEVNULL,
+                                      env={**os.environ, **(env or {})}))
     conns = {r: psycopg.connect(urls[r], autocommit=True) for r in regions}
     try:
         time.sleep(2)
-        per = n // 3
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=w.seed, args=(conns[r], per, 1 + i * per))
-                   for i, r in enumerate(regions)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        total = per * 3
-        w.wait_count(conns[regions[0]], total)
-        for i, r in enumerate(regions):   # each region edits and deletes others' rows
-            other = regions[(i + 1) % 3]
-            conns[r].execute("UPDATE contact SET telephone1 = %s WHERE sync_origin = %s AND "
-                             "contactid IN (SELECT contactid FROM contact WHERE sync_origin = %s"
-                             " ORDER BY contactid LIMIT %s)", (f"by-{r}", other, other, per // 10))
-            conns[r].execute("DELETE FROM contact WHERE contactid IN (SELECT contactid FROM "
-                             "contact WHERE sync_origin = %s ORDER BY contactid DESC LIMIT %s)",
-                             (other, per // 100))
-        ops = total + 3 * (per // 10) + 3 * (per // 100)
-
-        def digest(c: psycopg.Connection) -> tuple:
-            return c.execute("SELECT count(*), md5(string_agg(contactid::text || "
-                             "coalesce(telephone1, '') || modifiedon::text, ',' ORDER BY "
-                             "contactid)) FROM contact").fetchone()
-        end = time.perf_counter() + 600
-        while time.perf_counter() < end:
-            ds = {digest(c) for c in conns.values()}
-            if len(ds) == 1:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("mesh did not converge")
+        ops = mesh_workload(conns, n)
+        wait_converged(conns)
         elapsed = time.perf_counter() - t0
-        # a row's home region is the one that seeded its number range; medical values may
-        # exist only there (sync_origin is the *last* writer, which may be another region)
-        for i, r in enumerate(regions):
-            lo, hi = 1 + i * per, (i + 1) * per
-            if conns[r].execute(
-                    "SELECT count(*) FROM contact WHERE medical_notes IS NOT NULL AND NOT "
-                    "(substring(lastname from 10)::int BETWEEN %s AND %s)", (lo, hi)
-                    ).fetchone()[0]:
-                raise AssertionError(f"medical values from another region found in {r}")
+        check_medical_home(conns, n)
         return elapsed, ops
     finally:
         for p in procs:
@@ -175,6 +196,38 @@ def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path) -> tuple[fl
             p.wait(60)
         for c in conns.values():
             c.close()
+
+
+def report_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path,
+                settings: dict[str, str]) -> bool:
+    """mixed_mesh, then the same workload on pglogical; True if regionsync is not slower.
+    Also the breakdown of the difference: how long the writers took (regionsync's pay
+    capture, pglogical's do not), how long each took to converge after the last write,
+    and regionsync with its daemons' sessions at synchronous_commit=off, as pglogical's
+    apply runs (not a supported setting: see the README)."""
+    MESH_WRITES.clear()
+    seconds, ops = mixed_mesh(clusters, n, tmp)
+    writes = MESH_WRITES[-1]
+    print(f"mixed_mesh: {ops:,} inserts/updates/deletes authored in 3 regions "
+          f"converged in {seconds:.2f}s = {ops / seconds:,.0f} changes/s (writers "
+          f"{writes:.2f}s, then {seconds - writes:.2f}s to converge)", flush=True)
+    aseconds, _ = mixed_mesh(clusters, n, tmp, env={"PGOPTIONS": "-c synchronous_commit=off"})
+    awrites = MESH_WRITES[-1]
+    print(f"  regionsync, daemons at synchronous_commit=off: {aseconds:.2f}s = "
+          f"{ops / aseconds:,.0f} changes/s (writers {awrites:.2f}s, then "
+          f"{aseconds - awrites:.2f}s)", flush=True)
+    anchor = pglogical_mesh.run(n, settings, mesh_workload, wait_converged, check_medical_home)
+    if anchor is None:
+        print("  pglogical mesh: n/a (apt-get install postgresql-15-pglogical)")
+        return False
+    pseconds, pops = anchor
+    pwrites = MESH_WRITES[-1]
+    ratio = (ops / seconds) / (pops / pseconds)
+    print(f"  pglogical mesh, same workload: converged in {pseconds:.2f}s = "
+          f"{pops / pseconds:,.0f} changes/s (writers {pwrites:.2f}s, then "
+          f"{pseconds - pwrites:.2f}s); regionsync / pglogical {ratio:.2f}× "
+          f"(target ≥ 1.0× {'PASS' if ratio >= 1.0 else 'FAIL'})")
+    return ratio >= 1.0
 
 
 def fmt(values: list[float]) -> str:
@@ -205,6 +258,8 @@ def main() -> None:
                     help="only the capture tax section (tracked vs untracked statements)")
     ap.add_argument("--capture", choices=["auto", "c", "plpgsql"], default="auto",
                     help="the capture triggers of every bench database (auto: C if installed)")
+    ap.add_argument("--mesh-only", action="store_true",
+                    help="only mixed_mesh and its pglogical anchor")
     ap.add_argument("--no-capture-tax", action="store_true", help="skip the capture tax")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -224,7 +279,7 @@ def main() -> None:
                "max_replication_slots": "10", "wal_retrieve_retry_interval": "20ms",
                "max_logical_replication_workers": "8", "max_sync_workers_per_subscription": "2"}
     print(f"machine: {platform.node()} · {platform.processor() or platform.machine()} · "
-          f"{__import__('os').cpu_count()} cores · PostgreSQL 15, fsync on, WAL logical, "
+          f"{os.cpu_count()} cores · PostgreSQL 15, fsync on, WAL logical, "
           + ", ".join(f"{k}={v}" for k, v in server.items()))
     with tempfile.TemporaryDirectory(prefix="regionsync-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -241,6 +296,9 @@ def main() -> None:
                 capture_tax.report(capture_tax.run(url, n, max(args.reps, 5)))
                 if args.capture_tax_only:
                     return
+            if args.mesh_only:
+                report_mesh(cl, n, tmp, logical)
+                return
             fresh_db(dst, "floor")
             print("setting up: seeding sources and the initial syncs …", flush=True)
             native = Native(src, dst, n)
@@ -304,11 +362,7 @@ def main() -> None:
                       f"p50 {statistics.median(lat) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
                       f"({len(lat)} transactions) — target p99 ≤ 1 s {'PASS' if ok else 'FAIL'}")
             if not args.no_mesh:
-                seconds, ops = mixed_mesh(cl, n, tmp)
-                print(f"mixed_mesh: {ops:,} inserts/updates/deletes authored in 3 regions "
-                      f"converged in {seconds:.2f}s = {ops / seconds:,.0f} changes/s "
-                      "(native: n/a — PostgreSQL 15 logical replication has no origin filter "
-                      "for a mesh)")
+                verdicts.append(report_mesh(cl, n, tmp, logical))
             if args.big and "drain" in kinds:
                 extra = 1_000_000 - n
                 print(f"growing the source by {extra:,} rows for the 1M checks …", flush=True)
