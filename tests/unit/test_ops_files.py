@@ -105,7 +105,7 @@ def test_compose_file_matches_the_cli_the_configs_and_prometheus(monkeypatch,
     regions = ["eu-west", "eu-north", "us-east"]
     entry = ["--log-format", "json"]       # the Dockerfile's ENTRYPOINT after `regionsync`
     for r in regions:
-        assert services[f"pg-{r}"]["image"].startswith("postgres:15")
+        assert services[f"pg-{r}"]["image"].startswith("regionsync-postgres:15")
         for kind in ("migrate", "regionsync"):
             svc = services[f"{kind}-{r}"]
             assert svc["image"] == "regionsync:latest"
@@ -160,6 +160,21 @@ def test_compose_file_matches_the_cli_the_configs_and_prometheus(monkeypatch,
     assert "alerts.yml" in scrape["rule_files"]
     graf = services["grafana"]
     assert any(v.startswith("../ops/grafana/regionsync.json") for v in graf["volumes"])
+
+
+def test_compose_databases_carry_the_c_capture_triggers() -> None:
+    """The region configs require the C path (`capture: c`), so every database service
+    must be built from the image that installs the extension, from the repository's own
+    source."""
+    compose = YAML(typ="safe").load((ROOT / "docker" / "compose.yml").read_text())
+    databases = {k: v for k, v in compose["services"].items() if k.startswith("pg-")}
+    assert len(databases) == 3
+    for svc in databases.values():
+        assert svc["build"]["dockerfile"] == "docker/postgres.Dockerfile"
+    text = (ROOT / "docker" / "postgres.Dockerfile").read_text()
+    assert "COPY ext/regionsync_capture" in text and "make -C /ext install" in text
+    for config in (ROOT / "docker" / "config").glob("*.yaml"):
+        assert YAML(typ="safe").load(config.read_text())["capture"] == "c", config
 
 
 def test_dockerfile_is_slim_non_root_with_healthcheck() -> None:
