@@ -163,6 +163,17 @@ def check_medical_home(conns: dict[str, psycopg.Connection], n: int) -> None:
             raise AssertionError(f"medical values from another region found in {r}")
 
 
+def timed_mesh(conns: dict[str, psycopg.Connection], n: int) -> tuple[float, int]:
+    """The workload, timed from the first write until every region holds the same rows;
+    then no medical value may have left its region. (seconds, changes authored)"""
+    t0 = time.perf_counter()
+    ops = mesh_workload(conns, n)
+    wait_converged(conns)
+    elapsed = time.perf_counter() - t0
+    check_medical_home(conns, n)
+    return elapsed, ops
+
+
 def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path,
                env: dict[str, str] | None = None) -> tuple[float, int]:
     """Three regions, inserts/updates/deletes authored in all three, three daemons."""
@@ -184,12 +195,7 @@ def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path,
     conns = {r: psycopg.connect(urls[r], autocommit=True) for r in regions}
     try:
         time.sleep(2)
-        t0 = time.perf_counter()
-        ops = mesh_workload(conns, n)
-        wait_converged(conns)
-        elapsed = time.perf_counter() - t0
-        check_medical_home(conns, n)
-        return elapsed, ops
+        return timed_mesh(conns, n)
     finally:
         for p in procs:
             p.terminate()
@@ -216,7 +222,7 @@ def report_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path,
     print(f"  regionsync, daemons at synchronous_commit=off: {aseconds:.2f}s = "
           f"{ops / aseconds:,.0f} changes/s (writers {awrites:.2f}s, then "
           f"{aseconds - awrites:.2f}s)", flush=True)
-    anchor = pglogical_mesh.run(n, settings, mesh_workload, wait_converged, check_medical_home)
+    anchor = pglogical_mesh.run(n, settings, timed_mesh)
     if anchor is None:
         print("  pglogical mesh: n/a (apt-get install postgresql-15-pglogical)")
         return False

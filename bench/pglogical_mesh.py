@@ -14,6 +14,7 @@ Needs Debian's ``postgresql-15-pglogical``; without it the bench prints n/a.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -48,8 +49,9 @@ def trust_output_plugin(cluster: LocalCluster) -> None:
             c.execute("SELECT pg_reload_conf()")
 
 
-def run(n: int, settings: dict[str, str], mesh_workload, wait_converged,
-        check_medical_home) -> tuple[float, int] | None:
+def run(n: int, settings: dict[str, str],
+        timed: Callable[[dict[str, psycopg.Connection], int], tuple[float, int]]
+        ) -> tuple[float, int] | None:
     """(seconds from the first write to convergence, changes authored) or None."""
     regions = ["eu-west", "eu-north", "us-east"]
     clusters: dict[str, LocalCluster] = {}
@@ -95,12 +97,7 @@ def run(n: int, settings: dict[str, str], mesh_workload, wait_converged,
                 raise AssertionError(f"pglogical subscriptions did not start replicating: "
                                      f"{status}; {clusters['eu-west'].log_tail(15)}")
             time.sleep(0.2)
-        t0 = time.perf_counter()
-        ops = mesh_workload(conns, n)
-        wait_converged(conns)
-        elapsed = time.perf_counter() - t0
-        check_medical_home(conns, n)
-        return elapsed, ops
+        return timed(conns, n)
     finally:
         for c in conns.values():
             c.close()

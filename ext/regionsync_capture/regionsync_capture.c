@@ -586,6 +586,20 @@ stamp_inserted(TriggerData *td, const char *table, const char *pkcol, const char
 		elog(ERROR, "regionsync: journal write failed: %s", SPI_result_code_string(rc));
 }
 
+/* The tombstone of (table, key) into slot, through a scan of sync.tombstone_pkey. */
+static bool
+tombstone_of(IndexScanDesc scan, Datum table_text, pg_uuid_t *pk, TupleTableSlot *slot)
+{
+	ScanKeyData key[2];
+
+	ScanKeyEntryInitialize(&key[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   DEFAULT_COLLATION_OID, F_TEXTEQ, table_text);
+	ScanKeyEntryInitialize(&key[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+						   InvalidOid, F_UUID_EQ, UUIDPGetDatum(pk));
+	index_rescan(scan, key, 2, NULL, 0);
+	return index_getnext_slot(scan, ForwardScanDirection, slot);
+}
+
 /* (tombstone time, origin) >= (row time, here), as the row comparison orders them */
 static bool
 at_least_as_new(TimestampTz tb_time, Datum tb_origin, TimestampTz row_time, Datum here)
@@ -687,12 +701,7 @@ shadowed_by_tombstone(const char *table, const char *here, Row *rows, int n,
 		scan = index_beginscan(trel, pkey, GetActiveSnapshot(), 2, 0);
 		for (int i = 0; i < n && !hit; i++)
 		{
-			ScanKeyEntryInitialize(&key[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
-								   DEFAULT_COLLATION_OID, F_TEXTEQ, table_text);
-			ScanKeyEntryInitialize(&key[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
-								   InvalidOid, F_UUID_EQ, UUIDPGetDatum(&rows[i].pk));
-			index_rescan(scan, key, 2, NULL, 0);
-			if (index_getnext_slot(scan, ForwardScanDirection, slot))
+			if (tombstone_of(scan, table_text, &rows[i].pk, slot))
 			{
 				bool		isnull;
 
@@ -913,7 +922,6 @@ after_delete(const char *table, const char *here, const char *applying, Row *row
 		TupleTableSlot *slot = table_slot_create(trel, NULL);
 		char	   *fallback = pstrdup(applying);
 		IndexScanDesc scan;
-		ScanKeyData key[2];
 
 		PushActiveSnapshot(GetTransactionSnapshot());
 		scan = index_beginscan(trel, pkey, GetActiveSnapshot(), 2, 0);
@@ -922,12 +930,7 @@ after_delete(const char *table, const char *here, const char *applying, Row *row
 			bool		isnull = true;
 			Datum		origin = (Datum) 0;
 
-			ScanKeyEntryInitialize(&key[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
-								   DEFAULT_COLLATION_OID, F_TEXTEQ, table_text);
-			ScanKeyEntryInitialize(&key[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
-								   InvalidOid, F_UUID_EQ, UUIDPGetDatum(&rows[i].pk));
-			index_rescan(scan, key, 2, NULL, 0);
-			if (index_getnext_slot(scan, ForwardScanDirection, slot))
+			if (tombstone_of(scan, table_text, &rows[i].pk, slot))
 				origin = slot_getattr(slot, a_org, &isnull);
 			rows[i].origin = isnull ? fallback : TextDatumGetCString(origin);
 		}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 
 import psycopg
+import psycopg.conninfo
 
 from tests.fix_daemons import wait_for
 
@@ -31,10 +34,28 @@ def contact(conn: psycopg.Connection, lastname: str, *, accountid: uuid.UUID | N
     return cid
 
 
+@contextlib.contextmanager
+def application_role(url: str, owner: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """A connection as a fresh application role: a login with DML on the business tables
+    and nothing of schema sync, as `regionsync roles --app-role` makes it."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    owner.execute(f'CREATE ROLE "{role}" LOGIN')
+    owner.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+    owner.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public '
+                  f'TO "{role}"')
+    conn = psycopg.connect(psycopg.conninfo.make_conninfo(url, user=role), autocommit=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        owner.execute(f'DROP OWNED BY "{role}"')
+        owner.execute(f'DROP ROLE "{role}"')
+
+
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `regionsync ARGS` as a user would (a separate process)."""
     return subprocess.run([sys.executable, "-m", "sync.cli", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=120)
 
 
-__all__ = ["account", "cli", "contact", "wait_for"]
+__all__ = ["account", "application_role", "cli", "contact", "wait_for"]

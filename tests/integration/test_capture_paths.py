@@ -21,7 +21,7 @@ import pytest
 from sync.db.migrate import migrate
 from sync.errors import ConfigError
 from tests.fix_pg import Mesh
-from tests.integration.helpers import contact
+from tests.integration.helpers import application_role, contact
 
 FUTURE = datetime(2099, 1, 1, tzinfo=UTC)
 
@@ -44,22 +44,9 @@ def kind(request: pytest.FixtureRequest, mesh: Mesh) -> str:
 
 @pytest.fixture
 def app(mesh: Mesh, kind: str) -> Iterator[psycopg.Connection]:
-    """eu-west's application: DML on the business tables, nothing of schema sync."""
-    role = f"app_{uuid.uuid4().hex[:8]}"
-    owner = mesh.conn("eu-west")
-    owner.execute(f'CREATE ROLE "{role}" LOGIN')
-    owner.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
-    owner.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public '
-                  f'TO "{role}"')
-    owner.execute(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
-    conn = psycopg.connect(psycopg.conninfo.make_conninfo(mesh.urls["eu-west"], user=role),
-                           autocommit=True)
-    try:
+    """eu-west's application: a login role with DML on the business tables only."""
+    with application_role(mesh.urls["eu-west"], mesh.conn("eu-west")) as conn:
         yield conn
-    finally:
-        conn.close()
-        owner.execute(f'DROP OWNED BY "{role}"')
-        owner.execute(f'DROP ROLE "{role}"')
 
 
 def _journal(mesh: Mesh, since: int = 0) -> list[tuple[str, str, list[uuid.UUID], list[int]]]:

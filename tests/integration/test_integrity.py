@@ -16,7 +16,7 @@ import psycopg.conninfo
 import pytest
 
 from tests.fix_pg import Mesh
-from tests.integration.helpers import contact
+from tests.integration.helpers import application_role, contact
 
 FUTURE = datetime(2099, 1, 1, tzinfo=UTC)
 
@@ -24,20 +24,8 @@ FUTURE = datetime(2099, 1, 1, tzinfo=UTC)
 @pytest.fixture
 def app(mesh: Mesh) -> Iterator[psycopg.Connection]:
     """eu-west's application: a login role with DML on the business tables only."""
-    role = f"app_{uuid.uuid4().hex[:8]}"
-    owner = mesh.conn("eu-west")
-    owner.execute(f'CREATE ROLE "{role}" LOGIN')
-    owner.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
-    owner.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public '
-                  f'TO "{role}"')
-    conn = psycopg.connect(psycopg.conninfo.make_conninfo(mesh.urls["eu-west"], user=role),
-                           autocommit=True)
-    try:
+    with application_role(mesh.urls["eu-west"], mesh.conn("eu-west")) as conn:
         yield conn
-    finally:
-        conn.close()
-        owner.execute(f'DROP OWNED BY "{role}"')
-        owner.execute(f'DROP ROLE "{role}"')
 
 
 def _row(mesh: Mesh, region: str, key: uuid.UUID) -> tuple | None:
