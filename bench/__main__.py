@@ -12,8 +12,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,11 +21,12 @@ from pathlib import Path
 import psycopg
 
 from sync.db.migrate import migrate
-from sync.testing.cluster import LocalCluster, free_port
+from sync.testing.cluster import LocalCluster
 
-from . import capture_tax, pglogical_mesh
+from . import capture_tax
 from . import workload as w
-from .variants import POLICY, Native, Regionsync, copy_floor, fresh_db
+from .mesh import report_mesh
+from .variants import Native, Regionsync, copy_floor, fresh_db
 
 TARGETS = {  # workload -> minimum ratio regionsync / native
     "batch_1000": 1.0, "drain": 1.5, "initial_load": 1.2}
@@ -106,134 +105,6 @@ def paced_lag(v, rate: float, seconds: float) -> list[float]:
     done.set()
     watcher.join(120)
     return [visible[i] - committed[i] for i in committed if i in visible]
-
-
-def mesh_workload(conns: dict[str, psycopg.Connection], n: int) -> int:
-    """Each region seeds its own third at once, then edits and deletes the next region's
-    rows; returns the changes authored. Shared by regionsync's mesh and pglogical's; the
-    time the writes took is left in ``MESH_WRITES``."""
-    started = time.perf_counter()
-    regions = list(conns)
-    per = n // 3
-    threads = [threading.Thread(target=w.seed, args=(conns[r], per, 1 + i * per))
-               for i, r in enumerate(regions)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    total = per * 3
-    w.wait_count(conns[regions[0]], total)
-    for i, r in enumerate(regions):   # each region edits and deletes others' rows
-        other = regions[(i + 1) % 3]
-        conns[r].execute("UPDATE contact SET telephone1 = %s WHERE sync_origin = %s AND "
-                         "contactid IN (SELECT contactid FROM contact WHERE sync_origin = %s"
-                         " ORDER BY contactid LIMIT %s)", (f"by-{r}", other, other, per // 10))
-        conns[r].execute("DELETE FROM contact WHERE contactid IN (SELECT contactid FROM "
-                         "contact WHERE sync_origin = %s ORDER BY contactid DESC LIMIT %s)",
-                         (other, per // 100))
-    MESH_WRITES.append(time.perf_counter() - started)
-    return total + 3 * (per // 10) + 3 * (per // 100)
-
-
-MESH_WRITES: list[float] = []
-
-
-def wait_converged(conns: dict[str, psycopg.Connection], timeout: float = 600) -> None:
-    def digest(c: psycopg.Connection) -> tuple:
-        return c.execute("SELECT count(*), md5(string_agg(contactid::text || "
-                         "coalesce(telephone1, '') || modifiedon::text, ',' ORDER BY "
-                         "contactid)) FROM contact").fetchone()
-    end = time.perf_counter() + timeout
-    while time.perf_counter() < end:
-        if len({digest(c) for c in conns.values()}) == 1:
-            return
-        time.sleep(0.05)
-    raise AssertionError("mesh did not converge")
-
-
-def check_medical_home(conns: dict[str, psycopg.Connection], n: int) -> None:
-    """A row's home region is the one that seeded its number range; medical values may
-    exist only there (sync_origin is the *last* writer, which may be another region)."""
-    per = n // 3
-    for i, (r, c) in enumerate(conns.items()):
-        lo, hi = 1 + i * per, (i + 1) * per
-        if c.execute("SELECT count(*) FROM contact WHERE medical_notes IS NOT NULL AND NOT "
-                     "(substring(lastname from 10)::int BETWEEN %s AND %s)", (lo, hi)
-                     ).fetchone()[0]:
-            raise AssertionError(f"medical values from another region found in {r}")
-
-
-def timed_mesh(conns: dict[str, psycopg.Connection], n: int) -> tuple[float, int]:
-    """The workload, timed from the first write until every region holds the same rows;
-    then no medical value may have left its region. (seconds, changes authored)"""
-    t0 = time.perf_counter()
-    ops = mesh_workload(conns, n)
-    wait_converged(conns)
-    elapsed = time.perf_counter() - t0
-    check_medical_home(conns, n)
-    return elapsed, ops
-
-
-def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path,
-               env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Three regions, inserts/updates/deletes authored in all three, three daemons."""
-    regions = list(clusters)
-    urls = {r: fresh_db(c, "mesh") for r, c in clusters.items()}
-    for r in regions:
-        migrate(urls[r], r, w.CAPTURE)
-    procs = []
-    for r in regions:
-        peers = "".join(f"  - name: {p}\n    url: {urls[p]}\n" for p in regions if p != r)
-        cfg = tmp / f"mesh-{r}.yaml"
-        cfg.write_text(f"region: {r}\ndatabase:\n  url: {urls[r]}\npeers:\n{peers}"
-                       f"policy_dir: {POLICY}\npoll_interval: 0.02\nforward: false\n"
-                       f"metrics:\n  port: {free_port()}\n")
-        procs.append(subprocess.Popen([sys.executable, "-m", "sync.cli", "run", "--config",
-                                       str(cfg)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL,
-                                      env={**os.environ, **(env or {})}))
-    conns = {r: psycopg.connect(urls[r], autocommit=True) for r in regions}
-    try:
-        time.sleep(2)
-        return timed_mesh(conns, n)
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(60)
-        for c in conns.values():
-            c.close()
-
-
-def report_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path,
-                settings: dict[str, str]) -> bool:
-    """mixed_mesh, then the same workload on pglogical; True if regionsync is not slower.
-    Also the breakdown of the difference: how long the writers took (regionsync's pay
-    capture, pglogical's do not), how long each took to converge after the last write,
-    and regionsync with its daemons' sessions at synchronous_commit=off, as pglogical's
-    apply runs (not a supported setting: see the README)."""
-    MESH_WRITES.clear()
-    seconds, ops = mixed_mesh(clusters, n, tmp)
-    writes = MESH_WRITES[-1]
-    print(f"mixed_mesh: {ops:,} inserts/updates/deletes authored in 3 regions "
-          f"converged in {seconds:.2f}s = {ops / seconds:,.0f} changes/s (writers "
-          f"{writes:.2f}s, then {seconds - writes:.2f}s to converge)", flush=True)
-    aseconds, _ = mixed_mesh(clusters, n, tmp, env={"PGOPTIONS": "-c synchronous_commit=off"})
-    awrites = MESH_WRITES[-1]
-    print(f"  regionsync, daemons at synchronous_commit=off: {aseconds:.2f}s = "
-          f"{ops / aseconds:,.0f} changes/s (writers {awrites:.2f}s, then "
-          f"{aseconds - awrites:.2f}s)", flush=True)
-    anchor = pglogical_mesh.run(n, settings, timed_mesh)
-    if anchor is None:
-        print("  pglogical mesh: n/a (apt-get install postgresql-15-pglogical)")
-        return False
-    pseconds, pops = anchor
-    pwrites = MESH_WRITES[-1]
-    ratio = (ops / seconds) / (pops / pseconds)
-    print(f"  pglogical mesh, same workload: converged in {pseconds:.2f}s = "
-          f"{pops / pseconds:,.0f} changes/s (writers {pwrites:.2f}s, then "
-          f"{pseconds - pwrites:.2f}s); regionsync / pglogical {ratio:.2f}× "
-          f"(target ≥ 1.0× {'PASS' if ratio >= 1.0 else 'FAIL'})")
-    return ratio >= 1.0
 
 
 def fmt(values: list[float]) -> str:

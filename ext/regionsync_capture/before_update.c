@@ -1,0 +1,167 @@
+/* before_update.c: the BEFORE UPDATE row trigger, versions and provenance. */
+#include "capture.h"
+
+PG_FUNCTION_INFO_V1(capture_before_update);
+
+typedef struct BeforeCache
+{
+	Oid			relid;
+	int			natts;
+	int			a_ver,
+				a_mod,
+				a_org,
+				a_cre;
+	Oid			seq;
+} BeforeCache;
+/* Equal as the row comparison `NEW IS NOT DISTINCT FROM OLD` sees it: bytes first, then
+ * the type's own equality (1.0 = 1.00), for types that have one. */
+static bool
+same_value(Form_pg_attribute att, Datum a, bool anull, Datum b, bool bnull)
+{
+	TypeCacheEntry *tc;
+
+	if (anull || bnull)
+		return anull && bnull;
+	if (datumIsEqual(a, b, att->attbyval, att->attlen))
+		return true;
+	if (att->attlen == -1)
+	{
+		struct varlena *va = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(a));
+		struct varlena *vb = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(b));
+
+		if (VARSIZE_ANY_EXHDR(va) == VARSIZE_ANY_EXHDR(vb) &&
+			memcmp(VARDATA_ANY(va), VARDATA_ANY(vb), VARSIZE_ANY_EXHDR(va)) == 0)
+			return true;
+		a = PointerGetDatum(va);
+		b = PointerGetDatum(vb);
+	}
+	tc = lookup_type_cache(att->atttypid, TYPECACHE_EQ_OPR_FINFO);
+	if (!OidIsValid(tc->eq_opr_finfo.fn_oid))
+		return false;
+	return DatumGetBool(FunctionCall2Coll(&tc->eq_opr_finfo, att->attcollation, a, b));
+}
+
+/*
+ * capture_before_update(region): versions and provenance of an updated row.
+ *
+ * A no-op update (nothing but system columns differ) keeps its version and gets no
+ * journal entry. Otherwise the row takes the next version; a local write also takes the
+ * time (never older than the version it replaces, whatever the clocks say) and this
+ * region as its origin. Apply (a regionsync_apply member with regionsync.origin set)
+ * brings its own time and origin; with regionsync.stamped on it brings its version too
+ * and the row is left alone.
+ */
+Datum
+capture_before_update(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	desc;
+	HeapTuple	newt,
+				out;
+	const char *applying = NULL;
+	int			a_ver,
+				a_mod,
+				a_org,
+				a_cre;
+	Datum	   *ov,
+			   *nv;
+	bool	   *on,
+			   *nn;
+	bool		changed = false;
+	Oid			seq;
+
+	rs_check_trigger(fcinfo, "capture_before_update", 1);
+	if (!TRIGGER_FIRED_BEFORE(td->tg_event) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+		!TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		ereport(ERROR, (errmsg("regionsync: capture_before_update() fires BEFORE UPDATE FOR EACH ROW")));
+	rel = td->tg_relation;
+	desc = RelationGetDescr(rel);
+	newt = td->tg_newtuple;
+
+	if (rs_is_apply_member())
+	{
+		const char *stamped = rs_apply_setting("regionsync.stamped");
+
+		if (stamped != NULL && strcmp(stamped, "on") == 0)
+			return PointerGetDatum(newt);
+		applying = rs_apply_setting("regionsync.origin");
+	}
+	{
+		/* per statement (the trigger's FmgrInfo lives that long): columns and sequence */
+		BeforeCache *c = fcinfo->flinfo->fn_extra;
+
+		if (c == NULL || c->relid != RelationGetRelid(rel) || c->natts != desc->natts)
+		{
+			c = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(BeforeCache));
+			c->relid = RelationGetRelid(rel);
+			c->natts = desc->natts;
+			c->a_ver = rs_column(desc, "versionnumber", true, rel) - 1;
+			c->a_mod = rs_column(desc, "modifiedon", true, rel) - 1;
+			c->a_org = rs_column(desc, "sync_origin", true, rel) - 1;
+			c->a_cre = rs_column(desc, "createdon", false, rel) - 1;
+			c->seq = rs_version_sequence();
+			fcinfo->flinfo->fn_extra = c;
+		}
+		a_ver = c->a_ver;
+		a_mod = c->a_mod;
+		a_org = c->a_org;
+		a_cre = c->a_cre;
+		seq = c->seq;
+	}
+
+	ov = palloc(sizeof(Datum) * desc->natts);
+	nv = palloc(sizeof(Datum) * desc->natts);
+	on = palloc(sizeof(bool) * desc->natts);
+	nn = palloc(sizeof(bool) * desc->natts);
+	heap_deform_tuple(td->tg_trigtuple, desc, ov, on);
+	heap_deform_tuple(newt, desc, nv, nn);
+
+	/* the system columns a local write cannot set: as they were */
+	nv[a_ver] = ov[a_ver];
+	nn[a_ver] = on[a_ver];
+	if (applying == NULL)
+	{
+		nv[a_mod] = ov[a_mod];
+		nn[a_mod] = on[a_mod];
+		nv[a_org] = ov[a_org];
+		nn[a_org] = on[a_org];
+		if (a_cre >= 0)
+		{
+			nv[a_cre] = ov[a_cre];
+			nn[a_cre] = on[a_cre];
+		}
+	}
+	for (int i = 0; i < desc->natts && !changed; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped)
+			changed = !same_value(att, ov[i], on[i], nv[i], nn[i]);
+	}
+	if (changed)
+	{
+		nv[a_ver] = Int64GetDatum(nextval_internal(seq, true));
+		nn[a_ver] = false;
+		if (applying == NULL)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+			TimestampTz prev = DatumGetTimestampTz(ov[a_mod]);
+
+			/* never older than the version it replaces, whatever the clocks say */
+			if (!on[a_mod] && TIMESTAMP_IS_NOEND(prev))
+				now = prev;
+			else if (!on[a_mod] && !TIMESTAMP_NOT_FINITE(prev) && prev >= now)
+				now = prev + 1;
+			nv[a_mod] = TimestampTzGetDatum(now);
+			nn[a_mod] = false;
+			nv[a_org] = CStringGetTextDatum(rs_region_name(td->tg_trigger->tgargs[0]));
+			nn[a_org] = false;
+		}
+	}
+	out = heap_form_tuple(desc, nv, nn);
+	out->t_data->t_ctid = newt->t_data->t_ctid;
+	out->t_self = newt->t_self;
+	out->t_tableOid = newt->t_tableOid;
+	return PointerGetDatum(out);
+}
