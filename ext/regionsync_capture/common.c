@@ -47,12 +47,15 @@ rs_check_trigger(FunctionCallInfo fcinfo, const char *fn, int nargs)
 	TriggerData *td;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR, (errmsg("regionsync: %s() is a trigger function", fn)));
+		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+						errmsg("regionsync: %s() is a trigger function", fn)));
 	td = (TriggerData *) fcinfo->context;
 	if (td->tg_trigger->tgnargs != nargs)
-		ereport(ERROR, (errmsg("regionsync: %s() takes %d trigger arguments", fn, nargs)));
+		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+						errmsg("regionsync: %s() takes %d trigger arguments", fn, nargs)));
 	if (RelationGetNamespace(td->tg_relation) != PG_PUBLIC_NAMESPACE)
-		ereport(ERROR, (errmsg("regionsync: %s() tracks tables in schema public only", fn)));
+		ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						errmsg("regionsync: %s() tracks tables in schema public only", fn)));
 }
 
 Oid

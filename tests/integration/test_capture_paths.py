@@ -218,3 +218,37 @@ def test_the_paths_switch_back_and_forth_without_losing_a_change(mesh: Mesh, kin
         ("i", [first]), ("i", [second]), ("u", sorted([first, second]))]
     mesh.sync(["eu-west", "eu-north"])
     assert mesh.one("eu-north", "SELECT count(*) FROM contact WHERE firstname = 'Both'") == 2
+
+
+def test_the_application_cannot_aim_the_c_triggers_at_its_own_table(mesh: Mesh) -> None:
+    """The extension is `trusted` and its triggers write the journal as the owner of
+    `sync`. An application role with a schema of its own tries to attach them to a
+    look-alike `contact` (to forge journal entries or tombstones for the real one): it
+    cannot name them, cannot execute them once it can, and they refuse a table outside
+    `public` anyway."""
+    try:
+        migrate(mesh.urls["eu-west"], "eu-west", "c")
+    except ConfigError as exc:
+        pytest.skip(f"the C capture extension is not installed here: {exc}")
+    owner = mesh.conn("eu-west")
+    with application_role(mesh.urls["eu-west"], owner) as app:
+        role = app.execute("SELECT current_user").fetchone()[0]
+        owner.execute(f'CREATE SCHEMA evil AUTHORIZATION "{role}"')
+        app.execute("CREATE TABLE evil.contact (contactid uuid PRIMARY KEY, "
+                    "versionnumber bigint, modifiedon timestamptz, sync_origin text)")
+        attach = ("CREATE TRIGGER forge AFTER DELETE ON evil.contact REFERENCING OLD TABLE "
+                  "AS o FOR EACH STATEMENT EXECUTE FUNCTION sync.capture_after('eu-north', "
+                  "'contactid', '1')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="schema sync"):
+            app.execute(attach)
+        owner.execute(f'GRANT USAGE ON SCHEMA sync TO "{role}"')   # a misconfiguration
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="capture_after"):
+            app.execute(attach)
+        # attached by someone who may (the owner), a table outside public is still refused
+        owner.execute(attach)
+        app.execute("INSERT INTO evil.contact VALUES (gen_random_uuid(), 1, now(), 'eu-north')")
+        tombstones = mesh.one("eu-west", "SELECT count(*) FROM sync.tombstone")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="schema public only"):
+            app.execute("DELETE FROM evil.contact")
+        assert mesh.one("eu-west", "SELECT count(*) FROM sync.tombstone") == tombstones
+        owner.execute("DROP SCHEMA evil CASCADE")
