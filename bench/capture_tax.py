@@ -24,7 +24,8 @@ from sync.source.egress import local_role_statements
 
 from . import workload as w
 
-Shape = Callable[[psycopg.Connection, list, str, bool], None]
+# (connection, keys, repetition tag, None or the region to journal as at the floor)
+Shape = Callable[[psycopg.Connection, list, str, str | None], None]
 
 # The floor: the same journal entry (and tombstones) written by the statement itself, a
 # CTE over its RETURNING rows with no trigger: what PostgreSQL charges for the rows
@@ -43,8 +44,8 @@ TOMBSTONES = ("t AS (INSERT INTO sync.tombstone AS tb (tablename, pk, modifiedon
 
 
 def _update(size: int) -> Shape:
-    def run(conn: psycopg.Connection, ids: list, rep: str, floor: bool) -> None:
-        p = {"marker": f"tax-{rep}", "region": REGION}
+    def run(conn: psycopg.Connection, ids: list, rep: str, floor: str | None) -> None:
+        p = {"marker": f"tax-{rep}", "region": floor}
         for i in range(0, 2000 if size == 1 else min(len(ids), 20_000), size):
             p["ids"] = ids[i:i + size]
             if floor:
@@ -58,7 +59,7 @@ def _update(size: int) -> Shape:
     return run
 
 
-def _insert(values: str, count: int, floor: bool) -> str:
+def _insert(values: str, floor: str | None) -> str:
     insert = ("INSERT INTO contact (lastname, firstname, address1_country) " + values)
     if not floor:
         return insert
@@ -66,20 +67,20 @@ def _insert(values: str, count: int, floor: bool) -> str:
             + JOURNAL.format(op="i", versions="versionnumber"))
 
 
-def _insert_single(conn: psycopg.Connection, ids: list, rep: str, floor: bool) -> None:
-    sql = _insert("VALUES (%(name)s, 'tax', 'IE')", 1, floor)
+def _insert_single(conn: psycopg.Connection, ids: list, rep: str, floor: str | None) -> None:
+    sql = _insert("VALUES (%(name)s, 'tax', 'IE')", floor)
     for i in range(2000):
-        conn.execute(sql, {"name": f"single-{rep}-{i}", "region": REGION})
+        conn.execute(sql, {"name": f"single-{rep}-{i}", "region": floor})
 
 
-def _insert_multi(conn: psycopg.Connection, ids: list, rep: str, floor: bool) -> None:
+def _insert_multi(conn: psycopg.Connection, ids: list, rep: str, floor: str | None) -> None:
     sql = _insert("SELECT 'multi-' || %(name)s || '-' || g, 'tax', 'IE' "
-                  "FROM generate_series(1, 1000) g", 1000, floor)
+                  "FROM generate_series(1, 1000) g", floor)
     for b in range(10):
-        conn.execute(sql, {"name": f"{rep}-{b}", "region": REGION})
+        conn.execute(sql, {"name": f"{rep}-{b}", "region": floor})
 
 
-def _copy(conn: psycopg.Connection, ids: list, rep: str, floor: bool) -> None:
+def _copy(conn: psycopg.Connection, ids: list, rep: str, floor: str | None) -> None:
     with conn.cursor().copy("COPY contact (lastname, firstname, address1_country) "
                             "FROM STDIN") as copy:
         for i in range(10_000):
@@ -87,12 +88,12 @@ def _copy(conn: psycopg.Connection, ids: list, rep: str, floor: bool) -> None:
 
 
 def _delete(size: int) -> Shape:
-    def run(conn: psycopg.Connection, ids: list, rep: str, floor: bool) -> None:
+    def run(conn: psycopg.Connection, ids: list, rep: str, floor: str | None) -> None:
         marker = "multi-" if size > 1 else "single-"
         victims = [r[0] for r in conn.execute(
             "SELECT contactid FROM contact WHERE lastname LIKE %s", (f"{marker}{rep}-%",))]
         for i in range(0, len(victims), size):
-            p = {"ids": victims[i:i + size], "region": REGION}
+            p = {"ids": victims[i:i + size], "region": floor}
             if floor:
                 conn.execute("WITH w AS (DELETE FROM contact WHERE contactid = ANY(%(ids)s) "
                              "RETURNING contactid, modifiedon), " + TOMBSTONES
@@ -103,7 +104,6 @@ def _delete(size: int) -> Shape:
     return run
 
 
-REGION = "eu-west"
 MODES = ("on", "off", "floor")
 SHAPES: list[tuple[str, Shape, bool]] = [   # (name, statements, has a floor)
     ("UPDATE 1 row × 2,000", _update(1), True),
@@ -119,11 +119,10 @@ SHAPES: list[tuple[str, Shape, bool]] = [   # (name, statements, has a floor)
 
 def run(url: str, n: int, reps: int) -> list[tuple[str, float, float, float | None]]:
     """(shape, capture on, capture off, floor ms or None), medians over ``reps``."""
-    global REGION
     with psycopg.connect(url, autocommit=True) as conn:
         if conn.execute("SELECT count(*) FROM contact").fetchone()[0] < n:
             w.seed(conn, n)
-        REGION = conn.execute("SELECT region FROM sync.settings").fetchone()[0]
+        region = conn.execute("SELECT region FROM sync.settings").fetchone()[0]
         ids = [r[0] for r in conn.execute("SELECT contactid FROM contact ORDER BY contactid "
                                           "LIMIT %s", (n,))]
         assert ids, "no rows to update"
@@ -154,7 +153,7 @@ def run(url: str, n: int, reps: int) -> list[tuple[str, float, float, float | No
                     mode(m)
                     started = time.perf_counter()
                     with conn.transaction():
-                        shape(conn, ids, f"{tag}{m[:2]}", m == "floor")
+                        shape(conn, ids, f"{tag}{m[:2]}", region if m == "floor" else None)
                     times.setdefault((name, m), []).append(time.perf_counter() - started)
         conn.execute("RESET ROLE")
         conn.execute("ALTER TABLE contact ENABLE TRIGGER USER")

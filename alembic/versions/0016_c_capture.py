@@ -39,10 +39,11 @@ DECLARE
     pkcol text := p_table || 'id';
     space integer := sync.key_lock_space(p_table);
     here text := coalesce((SELECT s.region FROM sync.settings s), '');
-    region_sql text := coalesce(quote_literal((SELECT s.region FROM sync.settings s)),
-                                'sync.local_region()');
     name text;
 BEGIN
+    -- what both paths share (column defaults for inserts, the TRUNCATE guard, the tracked
+    -- table's row) is the PL/pgSQL generator's; then its capture triggers give way
+    PERFORM sync.enable_plpgsql_capture(p_table);
     FOREACH name IN ARRAY ARRAY['regionsync_capture_before', 'regionsync_capture_insert',
                                 'regionsync_capture_update', 'regionsync_capture_delete'] LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON public.%I', name, p_table);
@@ -63,17 +64,6 @@ BEGIN
                    'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT '
                    'EXECUTE FUNCTION sync.capture_after(%L, %L, %L)',
                    p_table, here, pkcol, space);
-    -- inserts: system columns from defaults that need nothing of the sync schema
-    EXECUTE format('ALTER TABLE public.%I '
-                   'ALTER COLUMN versionnumber SET DEFAULT '
-                   'nextval(''public.regionsync_versionnumber_seq''), '
-                   'ALTER COLUMN modifiedon SET DEFAULT clock_timestamp(), '
-                   'ALTER COLUMN sync_origin SET DEFAULT %s', p_table, region_sql);
-    EXECUTE format('DROP TRIGGER IF EXISTS regionsync_refuse_truncate ON public.%I', p_table);
-    EXECUTE format('CREATE TRIGGER regionsync_refuse_truncate BEFORE TRUNCATE ON public.%I '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION sync.refuse_truncate()', p_table);
-    INSERT INTO sync.tracked_table (tablename, pk_column) VALUES (p_table, pkcol)
-    ON CONFLICT (tablename) DO NOTHING;
 END $enable$;
 
 CREATE OR REPLACE FUNCTION sync.enable_change_tracking(p_table text) RETURNS void

@@ -275,7 +275,7 @@ after_delete(const char *table, const char *here, const char *applying, Row *row
 }
 
 /*
- * capture_after(region, key rs_column, lock space): the journal of a statement, AFTER
+ * capture_after(region, key column, lock space): the journal of a statement, AFTER
  * INSERT / UPDATE / DELETE FOR EACH STATEMENT with its transition tables.
  */
 Datum

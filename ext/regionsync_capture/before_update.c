@@ -12,7 +12,10 @@ typedef struct BeforeCache
 				a_org,
 				a_cre;
 	Oid			seq;
+	Oid			user;			/* the writer member was asked for */
+	bool		member;			/* of regionsync_apply */
 } BeforeCache;
+
 /* Equal as the row comparison `NEW IS NOT DISTINCT FROM OLD` sees it: bytes first, then
  * the type's own equality (1.0 = 1.00), for types that have one. */
 static bool
@@ -79,16 +82,9 @@ capture_before_update(PG_FUNCTION_ARGS)
 	desc = RelationGetDescr(rel);
 	newt = td->tg_newtuple;
 
-	if (rs_is_apply_member())
 	{
-		const char *stamped = rs_apply_setting("regionsync.stamped");
-
-		if (stamped != NULL && strcmp(stamped, "on") == 0)
-			return PointerGetDatum(newt);
-		applying = rs_apply_setting("regionsync.origin");
-	}
-	{
-		/* per statement (the trigger's FmgrInfo lives that long): columns and sequence */
+		/* per statement (the trigger's FmgrInfo lives that long): columns, sequence and
+		 * whether the writer is apply, asked again only if the user changes */
 		BeforeCache *c = fcinfo->flinfo->fn_extra;
 
 		if (c == NULL || c->relid != RelationGetRelid(rel) || c->natts != desc->natts)
@@ -101,7 +97,21 @@ capture_before_update(PG_FUNCTION_ARGS)
 			c->a_org = rs_column(desc, "sync_origin", true, rel) - 1;
 			c->a_cre = rs_column(desc, "createdon", false, rel) - 1;
 			c->seq = rs_version_sequence();
+			c->user = InvalidOid;
 			fcinfo->flinfo->fn_extra = c;
+		}
+		if (c->user != GetUserId())
+		{
+			c->user = GetUserId();
+			c->member = rs_is_apply_member();
+		}
+		if (c->member)
+		{
+			const char *stamped = rs_apply_setting("regionsync.stamped");
+
+			if (stamped != NULL && strcmp(stamped, "on") == 0)
+				return PointerGetDatum(newt);
+			applying = rs_apply_setting("regionsync.origin");
 		}
 		a_ver = c->a_ver;
 		a_mod = c->a_mod;

@@ -2,6 +2,7 @@
 #include "capture.h"
 
 SPIPlanPtr rs_tombstone_plan = NULL;
+
 bool
 rs_is_apply_member(void)
 {

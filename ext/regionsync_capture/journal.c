@@ -83,7 +83,7 @@ rs_version_array(Row *rows, int *pick, int n)
 }
 
 /*
- * One journal entry, written as the SQL INSERT with the rs_column defaults would write it
+ * One journal entry, written as the SQL INSERT with the column defaults would write it
  * (id from its sequence, txid the top transaction's, changed_at the clock), without an
  * executor: planning and starting one per statement cost more than the write itself.
  * sync.change_set has no triggers, checks or expression indexes to skip; its only

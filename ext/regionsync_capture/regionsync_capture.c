@@ -8,7 +8,7 @@
  * tracking cost the application's own writes (python -m bench --capture-tax-only). Here
  *
  *   - the BEFORE UPDATE row trigger stamps versionnumber, modifiedon and sync_origin
- *     with no SQL at all (sequence, clock and rs_column comparison are direct calls), and
+ *     with no SQL at all (sequence, clock and column comparison are direct calls), and
  *   - the AFTER statement triggers read the transition tables natively (keys, versions,
  *     the forgery checks, the key-stripe locks) and write the journal row without an
  *     executor. Rare paths (a forged or tombstone-shadowed insert) run the same

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
@@ -63,8 +63,8 @@ def migrate(conninfo: str, region: str, capture: str = "auto") -> None:
                 # the capture triggers and column defaults inline the region's name
                 conn.execute(text("SELECT sync.enable_change_tracking(tablename) "
                                   "FROM sync.tracked_table"))
-        log.info("region %s migrated to head (capture triggers: %s)", region,
-                 _capture_kind(engine))
+            kind = conn.execute(text("SELECT sync.capture_kind()")).scalar()
+        log.info("region %s migrated to head (capture triggers: %s)", region, kind)
     except DBAPIError as exc:   # SQLAlchemy's wrapper: classify psycopg's error inside it
         if isinstance(exc.orig, psycopg.Error):
             raise from_db(exc.orig, what="migrate") from exc
@@ -73,11 +73,6 @@ def migrate(conninfo: str, region: str, capture: str = "auto") -> None:
         raise from_db(exc, what="migrate") from exc
     finally:
         engine.dispose()
-
-
-def _capture_kind(engine: Engine) -> str:
-    with engine.connect() as conn:
-        return str(conn.execute(text("SELECT sync.capture_kind()")).scalar())
 
 
 def use_capture(conn: Connection, capture: str) -> bool:
