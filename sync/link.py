@@ -281,11 +281,9 @@ class PeerLink(DeadLetterRetry):
         with reader.batch(bound) as snap:
             plan = ReadPlan(token=token, upto=bound)
             pending = None
-            only = None
             if token is not None:
                 distinct = [t for t, r in rules.items() if r.rows is not None]
                 pending = reader.pending(token, [t.name for t in tables], distinct, bound)
-                only = set(pending.changes)
             lag = 0.0
             if pending is not None and pending.oldest_change is not None:
                 lag = max(0.0, (snap.source_now - pending.oldest_change).total_seconds())
@@ -297,7 +295,7 @@ class PeerLink(DeadLetterRetry):
                 for lane in self._appliers():
                     lane.begin_initial_load([t.name for t in tables])
             streamed = self._apply_stream(
-                reader.pages(plan, tables, rules, self.page_size, only,
+                reader.pages(plan, tables, rules, self.page_size, pending,
                              withdraw=filtered_tables(rules, self.granted)),
                 peer_has_seen=seen, kind=kind, policy_sha=policy.sha)
             result, read_rows, rows = streamed.result, streamed.read, streamed.rows

@@ -51,10 +51,18 @@ class Pending:
     changes: dict[str, int]               # per table: journaled changes (a key may repeat)
     oldest_change: datetime | None
     keys: dict[str, int] = field(default_factory=dict)   # distinct keys, where asked
+    deletes: frozenset[str] = frozenset()   # tables with a delete in the range
+    sizes: dict[str, float] = field(default_factory=dict)   # the planner's row estimate
 
     @property
     def total(self) -> int:
         return sum(self.changes.values())
+
+    def wide(self, share: float) -> frozenset[str]:
+        """Tables whose changes reach ``share`` of their rows: reading them by one scan of
+        the table beats probing its key index once per change."""
+        return frozenset(t for t, n in self.changes.items()
+                         if self.sizes.get(t, -1) > 0 and n >= share * self.sizes[t])
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,10 @@ from sync.wire import BINARY_TRAILER, DELETE_COLUMNS, WITHDRAW_COLUMNS, strip_bi
 
 log = logging.getLogger(__name__)
 
+# A table whose pending changes reach this share of its rows is read by one scan (see
+# SourceReader._join_for): a probe per key costs ~30× a scanned row, so past ~3% the scan
+# wins; 5% leaves room for a stale row estimate.
+WIDE_SHARE = 0.05
 
 
 class SourceReader:
@@ -58,6 +62,8 @@ class SourceReader:
         # tables the owner sends us with a row filter (from ``grants``): it tells us only of
         # keys it has sent us, and a batch of them is bounded by ``prepare``
         self.owner_filtered: frozenset[str] = frozenset()
+        self._wide = False       # the current COPY hashes its keys (see _join_for)
+        self._nestloop, self._jit = "on", "on"   # the session's own, read by batch()
 
     def _origin_args(self) -> tuple[str, bool]:
         """(origin, exclude) for the owner's journal functions: see ``_origin_is_ours``."""
@@ -80,8 +86,10 @@ class SourceReader:
         ``bound`` (from ``prepare``) ends the batch earlier."""
         with self.conn.transaction():
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            token, now = self.conn.execute(
-                "SELECT pg_current_snapshot()::text, clock_timestamp()").fetchone()
+            token, now, self._nestloop, self._jit = self.conn.execute(
+                "SELECT pg_current_snapshot()::text, clock_timestamp(),"
+                " current_setting('enable_nestloop'), current_setting('jit')").fetchone()
+            self._wide = False
             yield Snapshot(bound or token, now)
 
     # -- SQL builders (only identifiers and literals; never a policy's raw text) ----------
@@ -206,12 +214,15 @@ class SourceReader:
 
     def pending(self, token: str, tables: Sequence[str], distinct: Sequence[str] = (),
                 upto: str | None = None) -> Pending:
-        """Changes per table beyond ``token`` and the oldest change time; for the tables in
+        """Changes per table beyond ``token``, the oldest change time, which tables had a
+        delete, and each table's size as the planner estimates it; for the tables in
         ``distinct``, also the distinct changed keys (an unnest and a sort: worth it only
         where a row filter makes reads differ from keys)."""
         if not tables:
             return Pending({}, None)
-        q = sql.SQL("SELECT c.tablename, sum(cardinality(c.pks)), min(c.changed_at)"
+        q = sql.SQL("SELECT c.tablename, sum(cardinality(c.pks)), min(c.changed_at),"
+                    " bool_or(c.op = 'd'), (SELECT r.reltuples FROM pg_catalog.pg_class r"
+                    "   WHERE r.oid = to_regclass('public.' || quote_ident(c.tablename)))"
                     " FROM {journal} WHERE c.tablename = ANY({tables})"
                     " GROUP BY c.tablename").format(
             tables=sql.Literal(list(tables)), journal=self._journal(token, upto))
@@ -225,7 +236,9 @@ class SourceReader:
                         " WHERE c.tablename = ANY({tables}) GROUP BY c.tablename").format(
                 tables=sql.Literal(wanted), journal=self._journal(token, upto))
             keys = {t: n for t, n in self.conn.execute(q).fetchall()}
-        return Pending({r[0]: int(r[1]) for r in rows}, oldest, keys)
+        return Pending({r[0]: int(r[1]) for r in rows}, oldest, keys,
+                       deletes=frozenset(r[0] for r in rows if r[3]),
+                       sizes={r[0]: float(r[4]) for r in rows if r[4] is not None})
 
     def withdraw_query(self, info: TableInfo, rule: TableRule,
                        plan: ReadPlan) -> tuple[sql.Composed, list[tuple[str, str]]]:
@@ -251,25 +264,28 @@ class SourceReader:
             visible=visible), params
 
     def pages(self, plan: ReadPlan, tables: Sequence[TableInfo], rules: dict[str, TableRule],
-              page_size: int, only: set[str] | None = None, deletes: bool = True,
+              page_size: int, pending: Pending | None = None, deletes: bool = True,
               withdraw: frozenset[str] = frozenset()) -> Iterator[Page]:
         """Stream the batch as pages of at least ``page_size`` rows (the last may be smaller).
 
-        Upserts parents first, then deletes and withdrawals children first. ``only``
-        restricts the read to tables known to have pending keys (saves a query per idle
-        table); ``withdraw`` names the row-filtered tables whose keys that left the filter
-        are sent as withdrawals (deltas only).
+        Upserts parents first, then deletes and withdrawals children first. ``pending``
+        (from ``pending()``, for this range) restricts the read to tables with changes and
+        the tombstone read to tables with a delete (a query each saved per batch), and picks
+        how each table is read (``_join_for``); ``withdraw`` names the row-filtered tables
+        whose keys that left the filter are sent as withdrawals (deltas only).
         """
         steps: list[tuple[Kind, TableInfo]] = [("upsert", t) for t in tables]
         if deletes:
             for t in reversed(tables):
-                steps.append(("delete", t))
+                if pending is None or t.name in pending.deletes:
+                    steps.append(("delete", t))
                 if t.name in withdraw and plan.token is not None:
                     steps.append(("withdraw", t))
+        wide = pending.wide(WIDE_SHARE) if pending is not None else frozenset()
         segments: list[Segment] = []
         in_page = 0
         for kind, info in steps:
-            if only is not None and info.name not in only:
+            if pending is not None and info.name not in pending.changes:
                 continue
             rule = rules[info.name]
             if kind == "delete":
@@ -279,6 +295,7 @@ class SourceReader:
                                 else self.withdraw_query)(info, rule, plan)
                 for name, value in params:  # bind the row filter's values (never in SQL text)
                     self.conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            self._join_for(kind == "upsert" and info.name in wide)
             columns = {"upsert": rule.wire_columns(info), "delete": DELETE_COLUMNS,
                        "withdraw": WITHDRAW_COLUMNS}[kind]
             binary = info.name in self.binary and kind != "withdraw"
@@ -304,8 +321,26 @@ class SourceReader:
             if chunks:
                 segments.append(Segment(info.name, kind, columns, b"".join(chunks), len(chunks),
                                         binary))
+        self._join_for(False)
         if segments:
             yield Page(tuple(segments))
+
+    def _join_for(self, wide: bool) -> None:
+        """Read a wide range (``Pending.wide``) by hashing its keys against one scan of the
+        table, a narrow one by an index probe per key.
+
+        The planner cannot tell them apart: the keys come out of a function (the owner's
+        journal, behind its security barrier) whose row count it cannot estimate, so it
+        always probes. Probing costs ~3 µs a key against ~0.1 µs a row for the scan, so a
+        drain of most of a table read 3× slower than it needs to. Joins by nested loop are
+        switched off for that one COPY; so is JIT, which a disabled node's cost would wake.
+        """
+        if wide == self._wide:
+            return
+        self.conn.execute("SELECT set_config('enable_nestloop', %s, true),"
+                          " set_config('jit', %s, true)",
+                          ("off", "off") if wide else (self._nestloop, self._jit))
+        self._wide = wide
 
 
 def binary_tables(ours: Schema, theirs: Schema) -> frozenset[str]:

@@ -1,0 +1,77 @@
+"""How the reader reads a batch from the peer: the plan must fit the batch's size.
+
+Observed through the peer's own statistics (``pg_stat_user_tables``), so each test shows
+what PostgreSQL did, not what the reader meant to do."""
+
+from __future__ import annotations
+
+import psycopg
+
+from tests.fix_pg import Mesh
+
+
+def _scans(conn: psycopg.Connection, reader: psycopg.Connection, relid: str) -> tuple[int, int]:
+    """(sequential scans, index scans) of ``relid`` so far, once the reader's backend has
+    flushed its statistics (PostgreSQL 15 keeps them in the backend until it goes idle)."""
+    reader.execute("SELECT pg_stat_force_next_flush()")
+    reader.execute("SELECT 1")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) "
+                        "FROM pg_stat_all_tables WHERE relid = %s::regclass",
+                        (relid,)).fetchone()
+
+
+def _seed(mesh: Mesh, rows: int) -> psycopg.Connection:
+    west = mesh.conn("eu-west")
+    west.execute("INSERT INTO contact (lastname) SELECT 'Row-' || g FROM generate_series(1, %s) g",
+                 (rows,))
+    west.execute("VACUUM ANALYZE contact")   # the planner's row estimate for the table
+    mesh.link("eu-north", "eu-west").run_once()
+    return west
+
+
+def test_a_batch_of_most_of_a_table_is_read_by_one_scan_a_small_one_by_key(mesh: Mesh) -> None:
+    """A drain of most of a table hashes its keys against one scan of the table (a probe
+    per key cost 3× as much); a batch of a few rows still probes the key index."""
+    west = _seed(mesh, 3000)
+    link = mesh.link("eu-north", "eu-west")
+    assert link.source is not None
+
+    west.execute("UPDATE contact SET firstname = 'wide' WHERE lastname <> 'Row-1'")
+    seq0, idx0 = _scans(west, link.source, "public.contact")
+    assert link.run_once().rows == 2999
+    seq1, idx1 = _scans(west, link.source, "public.contact")
+    assert (seq1 - seq0, idx1 - idx0) == (1, 0)
+
+    west.execute("UPDATE contact SET firstname = 'narrow' WHERE lastname IN ('Row-1', 'Row-2')")
+    assert link.run_once().rows == 2
+    seq2, idx2 = _scans(west, link.source, "public.contact")
+    assert seq2 == seq1 and idx2 - idx1 == 2
+
+    north = mesh.conn("eu-north")
+    assert north.execute("SELECT count(*) FILTER (WHERE firstname = 'wide'), "
+                         "count(*) FILTER (WHERE firstname = 'narrow') FROM contact"
+                         ).fetchone() == (2998, 2)
+    # the switch lasts one COPY: the reader's session is as it was
+    assert link.source.execute("SELECT current_setting('enable_nestloop'), "
+                               "current_setting('jit')").fetchone() == ("on", "on")
+
+
+def test_a_batch_without_deletes_does_not_read_tombstones(mesh: Mesh) -> None:
+    """The journal says which tables had a delete in the range; the others' tombstones are
+    not read (one query per table and batch saved), and a delete still arrives."""
+    west = _seed(mesh, 20)
+    link = mesh.link("eu-north", "eu-west")
+    assert link.source is not None
+    west.execute("UPDATE contact SET firstname = 'changed' WHERE lastname = 'Row-3'")
+    before = _scans(west, link.source, "sync.tombstone")
+    assert link.run_once().rows == 1
+    assert _scans(west, link.source, "sync.tombstone") == before
+
+    west.execute("DELETE FROM contact WHERE lastname = 'Row-4'")
+    batch = link.run_once()
+    assert batch.applied.get(("contact", "delete")) == 1
+    assert sum(_scans(west, link.source, "sync.tombstone")) > sum(before)
+    north = mesh.conn("eu-north")
+    assert north.execute("SELECT count(*), count(*) FILTER (WHERE firstname = 'changed') "
+                         "FROM contact").fetchone() == (19, 1)
