@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import psycopg
 
+from sync.records import ReadPlan
+from sync.wire import BINARY_TRAILER
 from tests.fix_pg import Mesh
 
 
@@ -75,3 +77,30 @@ def test_a_batch_without_deletes_does_not_read_tombstones(mesh: Mesh) -> None:
     north = mesh.conn("eu-north")
     assert north.execute("SELECT count(*), count(*) FILTER (WHERE firstname = 'changed') "
                          "FROM contact").fetchone() == (19, 1)
+
+
+def test_binary_pages_cut_on_every_boundary_carry_every_row_and_no_trailer(mesh: Mesh) -> None:
+    """Pages are cut without decoding rows; the binary trailer is the stream's last
+    message, so a page that ends with the table (or one row short of it) must not carry it
+    as a row, and a table with no row sends no page."""
+    west = mesh.conn("eu-west")
+    west.execute("INSERT INTO contact (lastname) SELECT 'Row-' || g FROM generate_series(1, 6) g")
+    link = mesh.link("us-east", "eu-west", page_size=7)
+    reader, _ = link._connect()
+    assert "contact" in reader.binary
+    rules, tables = link._plan_tables(mesh.policy)
+    contact = [t for t in tables if t.name == "contact"]
+    for page_size, expected in ((3, [3, 3]), (6, [6]), (7, [6]), (5, [5, 1])):
+        with reader.batch():
+            pages = list(reader.pages(ReadPlan(), contact, rules, page_size, deletes=False))
+        assert [p.rows for p in pages] == expected, page_size
+        assert all(s.binary and not s.data.endswith(BINARY_TRAILER)
+                   for p in pages for s in p.segments), page_size
+    # the rows as they apply: an initial load in one page of 7 (ending on the trailer)
+    assert link.run_once().rows == 6
+    assert mesh.rows("us-east", "contact") == mesh.rows("eu-west", "contact", "us-east")
+    east = mesh.conn("us-east")
+    east.execute("DELETE FROM contact")
+    west.execute("DELETE FROM contact")
+    with reader.batch():
+        assert list(reader.pages(ReadPlan(), contact, rules, 3, deletes=False)) == []
