@@ -34,6 +34,7 @@ from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema, TableInfo
 from sync.errors import Throttled
 from sync.policy.model import TableRule
 from sync.records import Kind, Origins, Page, Pending, ReadPlan, Segment, Snapshot
+from sync.source.copyout import copy_out
 from sync.wire import BINARY_TRAILER, DELETE_COLUMNS, WITHDRAW_COLUMNS, strip_binary_header
 
 log = logging.getLogger(__name__)
@@ -306,8 +307,8 @@ class SourceReader:
             # holding 5,000 small objects per page and joining them cost twice the CPU
             # (fresh memory for every page), on the thread every apply lane waits on.
             buf, rows, first, message = bytearray(), 0, binary, b""
-            with self.conn.cursor().copy(stmt) as copy:
-                for message in copy:  # one CopyData message per row
+            with contextlib.closing(copy_out(self.conn, stmt)) as messages:
+                for message in messages:  # one CopyData message per row
                     if first:
                         message, first = strip_binary_header(bytes(message)), False
                     buf += message
