@@ -23,18 +23,18 @@ import psycopg
 from sync.apply.applier import Applier
 from sync.apply.deadletters import DeadLetterRetry
 from sync.apply.erasure import follow
+from sync.apply.expiry import TokenExpiry
 from sync.apply.lanes import ApplyLanes
-from sync.db import state
 from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
-from sync.errors import TokenExpired
 from sync.policy.ingress import Granted, filtered_tables, link_rules
 from sync.policy.model import Policy, TableRule
-from sync.policy.retract import remove_missing, withdraw_narrowed
+from sync.policy.retract import withdraw_narrowed
 from sync.policy.view import policy_view, record_view_change
 from sync.records import BatchResult, Page, PageResult, ReadPlan, Streamed
 from sync.runtime.metrics import Metrics
 from sync.runtime.throttle import TokenBucket
+from sync.source.quiet import Idle, QuietPolls
 from sync.source.readahead import ReadAhead
 from sync.source.reader import SourceReader, binary_tables
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_REFRESH = 60.0   # seconds between token writes for batches with nothing in them
 
-class PeerLink(DeadLetterRetry):
+class PeerLink(DeadLetterRetry, QuietPolls, TokenExpiry):
     """Everything needed to sync one peer into the local region.
 
     Lifecycle: created closed; ``run_once()`` connects lazily; ``close()`` drops both
@@ -92,6 +92,7 @@ class PeerLink(DeadLetterRetry):
         self.reloading = False       # an initial load over copies already here (see _reload)
         self.their_token: str | None = None    # the peer's token for our journal (retention)
         self.expired_at: float | None = None     # when our token last expired (/status)
+        self._idle: Idle | None = None     # see QuietPolls
 
     def _connect(self) -> tuple[SourceReader, Applier]:
         if self.reader is None or self.applier is None or self.source is None \
@@ -134,6 +135,7 @@ class PeerLink(DeadLetterRetry):
                 conn.close()
         self.source = self.target = None
         self.reader = self.applier = None
+        self._idle = None     # a new session proves nothing about what happened meanwhile
         self._lanes, self._lane_conns = [], []
 
     def _plan_tables(self, policy: Policy):
@@ -264,8 +266,11 @@ class PeerLink(DeadLetterRetry):
         started = time.monotonic()
         self._progress_rows = 0
         reader, applier = self._connect()
-        self.granted = reader.grants()     # the owner may have changed what it sends us
         policy = self._policy()
+        if self._quiet(reader, applier, policy):
+            return self._quiet_batch(started)
+        self._idle = None
+        self.granted = reader.grants()     # the owner may have changed what it sends us
         rules, tables = self._plan_tables(policy)
         assert self.schema is not None
         view = policy_view(self.schema, rules)
@@ -306,6 +311,10 @@ class PeerLink(DeadLetterRetry):
                                        policy_sha=policy.sha, batch_rows=rows,
                                        peer_has_seen=seen, view=view))
                 self._token_written = time.monotonic()   # the refresh counts from any write
+            token_now = snap.token if self._token_written >= started else token
+            if complete and token is not None and not rows and pending is not None \
+                    and not pending.total and not self.reloading:
+                self._idle = Idle(snap.current, token_now, policy.sha)
             if complete and self.target is not None:   # erasures the batch's deletes carried
                 follow(self.target, reader.conn, peer=self.peer, region=self.region,
                        bound=snap.token, initial=token is None)
@@ -333,30 +342,6 @@ class PeerLink(DeadLetterRetry):
             log.info("peer %s: applied batch of %d rows (%s)", self.peer, rows,
                      ", ".join(f"{k}={n}" for k, n in counts.items()), extra=extra)
         return batch
-
-    def _expired(self) -> None:
-        """The peer pruned its journal past our token: what we missed is gone from it. With
-        ``resync_on_expiry`` we load from it afresh, then remove the copies it no longer
-        has (``_reload_done``); else the link stops until `regionsync resync`."""
-        assert self.target is not None
-        self.expired_at = time.time()
-        if self.metrics is not None:
-            self.metrics.token_expired.labels(self.peer, self.region).inc()
-        if not self.resync_on_expiry:
-            raise TokenExpired(f"token expired: {self.peer}'s journal no longer reaches back "
-                               "to it; run `regionsync resync`", peer=self.peer)
-        log.warning("peer %s: token expired (its journal was pruned past it); reloading",
-                    self.peer, extra={"peer": self.peer})
-        state.forget_peer(self.target, self.peer)
-        self.reloading = True
-
-    def _reload_done(self, tables: list) -> None:
-        """After a reload: copies from the peer that it no longer has (deleted while our
-        token was expired, their tombstones pruned) go, as withdrawals — no resurrection."""
-        assert self.target is not None and self.source is not None and self.schema is not None
-        remove_missing(self.target, self.source, self.schema, self._policy(), self.region,
-                       self.peer, [t.name for t in tables])
-        self.reloading = False
 
     def _record_egress(self, read: Counter[str], token: str) -> None:
         """Tell the owner what we read (its egress log) when we read as its role for us."""

@@ -42,6 +42,7 @@ class Page:
 class Snapshot:
     token: str                    # pg_snapshot text: the next token
     source_now: datetime          # the peer's clock, for lag without clock skew
+    current: str = ""             # the batch's own snapshot (``token`` unless bounded)
 
 
 @dataclass(frozen=True)

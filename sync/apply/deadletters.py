@@ -7,6 +7,7 @@ authored elsewhere arrives a moment later), so most dead letters heal on a later
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -18,10 +19,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Dead letters are looked at no more often than this (their back-off counts in seconds),
+# not on every poll: at a 20 ms poll interval that was two queries 50 times a second.
+CHECK_EVERY = 1.0
+
 
 class DeadLetterRetry:
     """The dead-letter part of ``PeerLink`` (a mixin: it uses the link's connections, plan
     and apply)."""
+
+    _dead_letters_checked = -CHECK_EVERY    # monotonic time of the last look
+
+    def retry_dead_letters_due(self: PeerLink) -> tuple[int, int]:
+        """``retry_dead_letters()`` once CHECK_EVERY seconds have passed since the last
+        look (the daemon calls this after every poll)."""
+        now = time.monotonic()
+        if now - self._dead_letters_checked < CHECK_EVERY:
+            return 0, 0
+        self._dead_letters_checked = now
+        return self.retry_dead_letters()
 
     def retry_dead_letters(self: PeerLink, limit: int = 500,
                            ids: list[int] | None = None) -> tuple[int, int]:

@@ -256,7 +256,7 @@ class Daemon:
                     if not (batch.full and batch.complete):
                         break
                 if not self._stop.is_set():
-                    link.retry_dead_letters()
+                    link.retry_dead_letters_due()
             except psycopg.Error as exc:      # the database edge: classify once, here
                 raise from_db(exc, peer=peer) from exc
             self._failures[peer] = 0

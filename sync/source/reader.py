@@ -92,7 +92,11 @@ class SourceReader:
                 "SELECT pg_current_snapshot()::text, clock_timestamp(),"
                 " current_setting('enable_nestloop'), current_setting('jit')").fetchone()
             self._wide = False
-            yield Snapshot(bound or token, now)
+            yield Snapshot(bound or token, now, token)
+
+    def snapshot(self) -> str:
+        """The peer's current snapshot, outside any batch: one short round trip."""
+        return self.conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0]
 
     # -- SQL builders (only identifiers and literals; never a policy's raw text) ----------
     def _origin_is_ours_to_read(self, column: sql.Composable) -> sql.Composable:
