@@ -174,7 +174,7 @@ def main() -> None:
                 if args.capture_tax_only:
                     return
             if args.mesh_only:
-                report_mesh(cl, n, tmp, logical)
+                report_mesh(cl, n, tmp, logical, max(args.reps, 3))
                 return
             fresh_db(dst, "floor")
             print("setting up: seeding sources and the initial syncs …", flush=True)
@@ -239,7 +239,7 @@ def main() -> None:
                       f"p50 {statistics.median(lat) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
                       f"({len(lat)} transactions) — target p99 ≤ 1 s {'PASS' if ok else 'FAIL'}")
             if not args.no_mesh:
-                verdicts.append(report_mesh(cl, n, tmp, logical))
+                verdicts.append(report_mesh(cl, n, tmp, logical, max(args.reps, 3)))
             if args.big and "drain" in kinds:
                 extra = 1_000_000 - n
                 print(f"growing the source by {extra:,} rows for the 1M checks …", flush=True)
