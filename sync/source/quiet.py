@@ -45,6 +45,8 @@ class QuietPolls:
         if self._idle is None:
             return False
         snapshot, token, sha = self._idle
+        if token != snapshot and self._token_due():   # the empty batch's token, not yet
+            return False                               # written: a full poll writes it
         return (policy.sha == sha and reader.snapshot() == snapshot
                 and applier.read_token() == token)
 

@@ -104,3 +104,20 @@ def test_dead_letters_are_looked_at_once_a_second_not_on_every_poll(mesh: Mesh,
     clock[0] += deadletters.CHECK_EVERY
     link.retry_dead_letters_due()
     assert len(looked) == 2
+
+
+def test_a_quiet_link_still_moves_its_token_once_the_refresh_is_due(mesh: Mesh) -> None:
+    """A transaction at the peer that journals nothing for us (here one that only takes
+    an id) moves the peer's snapshot but not our token until the refresh is due; a quiet
+    spell must not postpone that write for ever (the owner prunes its journal by the
+    tokens its pullers show)."""
+    west, link = _idle_link(mesh)
+    west.execute("SELECT pg_current_xact_id()")
+    assert link.run_once().rows == 0          # not due yet: the token stays behind
+    assert link._idle is not None and link._idle.token != link._idle.snapshot
+    behind = link.applier.read_token()
+    assert link.run_once().rows == 0          # quiet
+    assert link.applier.read_token() == behind
+    link._token_written -= 3600               # the refresh is due
+    assert link.run_once().rows == 0
+    assert link.applier.read_token() == link._idle.snapshot != behind
