@@ -304,6 +304,7 @@ class PeerLink(DeadLetterRetry, QuietPolls, TokenExpiry):
                              withdraw=filtered_tables(rules, self.granted)),
                 peer_has_seen=seen, kind=kind, policy_sha=policy.sha)
             result, read_rows, rows = streamed.result, streamed.read, streamed.rows
+            token_now = token          # ours once this batch is done
             complete = streamed.complete
             if complete and (streamed.last is not None or rows or (
                     snap.token != token and self._token_due())):
@@ -311,7 +312,7 @@ class PeerLink(DeadLetterRetry, QuietPolls, TokenExpiry):
                                        policy_sha=policy.sha, batch_rows=rows,
                                        peer_has_seen=seen, view=view))
                 self._token_written = time.monotonic()   # the refresh counts from any write
-            token_now = snap.token if self._token_written >= started else token
+                token_now = snap.token
             if complete and token is not None and not rows and pending is not None \
                     and not pending.total and not self.reloading:
                 self._idle = Idle(snap.current, token_now, policy.sha)

@@ -54,10 +54,9 @@ class QuietPolls:
         assert self._idle is not None
         if self.health is not None:
             self.health.read(0.0, 0)
-        batch = BatchResult(peer=self.peer, rows=0, token=self._idle[1] or "", initial=False,
+        batch = BatchResult(peer=self.peer, rows=0, token=self._idle.token or "", initial=False,
                             full=False, complete=True, lag_seconds=0.0, source_now=None,
                             applied={}, conflicts={}, dead_letters={}, filtered={},
                             retries=0)
         self._record(batch, time.monotonic() - started)
         return batch
-

@@ -65,7 +65,6 @@ class SourceReader:
         # keys it has sent us, and a batch of them is bounded by ``prepare``
         self.owner_filtered: frozenset[str] = frozenset()
         self._wide = False       # the current COPY hashes its keys (see _join_for)
-        self._nestloop, self._jit = "on", "on"   # the session's own, read by batch()
 
     def _origin_args(self) -> tuple[str, bool]:
         """(origin, exclude) for the owner's journal functions: see ``_origin_is_ours``."""
@@ -88,9 +87,8 @@ class SourceReader:
         ``bound`` (from ``prepare``) ends the batch earlier."""
         with self.conn.transaction():
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            token, now, self._nestloop, self._jit = self.conn.execute(
-                "SELECT pg_current_snapshot()::text, clock_timestamp(),"
-                " current_setting('enable_nestloop'), current_setting('jit')").fetchone()
+            token, now = self.conn.execute(
+                "SELECT pg_current_snapshot()::text, clock_timestamp()").fetchone()
             self._wide = False
             yield Snapshot(bound or token, now, token)
 
@@ -343,9 +341,8 @@ class SourceReader:
         """
         if wide == self._wide:
             return
-        self.conn.execute("SELECT set_config('enable_nestloop', %s, true),"
-                          " set_config('jit', %s, true)",
-                          ("off", "off") if wide else (self._nestloop, self._jit))
+        self.conn.execute("SET LOCAL enable_nestloop = off; SET LOCAL jit = off" if wide else
+                          "SET LOCAL enable_nestloop TO DEFAULT; SET LOCAL jit TO DEFAULT")
         self._wide = wide
 
 

@@ -52,6 +52,19 @@ def application_role(url: str, owner: psycopg.Connection) -> Iterator[psycopg.Co
         owner.execute(f'DROP ROLE "{role}"')
 
 
+def peer_scans(conn: psycopg.Connection, reader: psycopg.Connection,
+               relid: str) -> tuple[int, int]:
+    """(sequential scans, index scans) of ``relid`` at the peer so far, once the reader's
+    backend has flushed its statistics (PostgreSQL 15 keeps them in the backend until it
+    goes idle)."""
+    reader.execute("SELECT pg_stat_force_next_flush()")
+    reader.execute("SELECT 1")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) "
+                        "FROM pg_stat_all_tables WHERE relid = %s::regclass",
+                        (relid,)).fetchone()
+
+
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `regionsync ARGS` as a user would (a separate process)."""
     return subprocess.run([sys.executable, "-m", "sync.cli", *args], capture_output=True,

@@ -12,18 +12,12 @@ import psycopg
 
 from sync.db import state
 from tests.fix_pg import Mesh
-from tests.integration.helpers import contact
+from tests.integration.helpers import contact, peer_scans
 
 
 def _journal_reads(west: psycopg.Connection, reader: psycopg.Connection) -> int:
-    """Index and sequential scans of the peer's journal so far (the reader's backend flushes
-    its statistics first: PostgreSQL 15 keeps them until the backend goes idle)."""
-    reader.execute("SELECT pg_stat_force_next_flush()")
-    reader.execute("SELECT 1")
-    west.execute("SELECT pg_stat_clear_snapshot()")
-    return west.execute("SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM "
-                        "pg_stat_all_tables WHERE relid = 'sync.change_set'::regclass"
-                        ).fetchone()[0]
+    """Scans of the peer's journal so far."""
+    return sum(peer_scans(west, reader, "sync.change_set"))
 
 
 def _idle_link(mesh: Mesh):

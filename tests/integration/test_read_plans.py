@@ -10,17 +10,7 @@ import psycopg
 from sync.records import ReadPlan
 from sync.wire import BINARY_TRAILER
 from tests.fix_pg import Mesh
-
-
-def _scans(conn: psycopg.Connection, reader: psycopg.Connection, relid: str) -> tuple[int, int]:
-    """(sequential scans, index scans) of ``relid`` so far, once the reader's backend has
-    flushed its statistics (PostgreSQL 15 keeps them in the backend until it goes idle)."""
-    reader.execute("SELECT pg_stat_force_next_flush()")
-    reader.execute("SELECT 1")
-    conn.execute("SELECT pg_stat_clear_snapshot()")
-    return conn.execute("SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) "
-                        "FROM pg_stat_all_tables WHERE relid = %s::regclass",
-                        (relid,)).fetchone()
+from tests.integration.helpers import peer_scans
 
 
 def _seed(mesh: Mesh, rows: int) -> psycopg.Connection:
@@ -40,14 +30,14 @@ def test_a_batch_of_most_of_a_table_is_read_by_one_scan_a_small_one_by_key(mesh:
     assert link.source is not None
 
     west.execute("UPDATE contact SET firstname = 'wide' WHERE lastname <> 'Row-1'")
-    seq0, idx0 = _scans(west, link.source, "public.contact")
+    seq0, idx0 = peer_scans(west, link.source, "public.contact")
     assert link.run_once().rows == 2999
-    seq1, idx1 = _scans(west, link.source, "public.contact")
+    seq1, idx1 = peer_scans(west, link.source, "public.contact")
     assert (seq1 - seq0, idx1 - idx0) == (1, 0)
 
     west.execute("UPDATE contact SET firstname = 'narrow' WHERE lastname IN ('Row-1', 'Row-2')")
     assert link.run_once().rows == 2
-    seq2, idx2 = _scans(west, link.source, "public.contact")
+    seq2, idx2 = peer_scans(west, link.source, "public.contact")
     assert seq2 == seq1 and idx2 - idx1 == 2
 
     north = mesh.conn("eu-north")
@@ -66,14 +56,14 @@ def test_a_batch_without_deletes_does_not_read_tombstones(mesh: Mesh) -> None:
     link = mesh.link("eu-north", "eu-west")
     assert link.source is not None
     west.execute("UPDATE contact SET firstname = 'changed' WHERE lastname = 'Row-3'")
-    before = _scans(west, link.source, "sync.tombstone")
+    before = peer_scans(west, link.source, "sync.tombstone")
     assert link.run_once().rows == 1
-    assert _scans(west, link.source, "sync.tombstone") == before
+    assert peer_scans(west, link.source, "sync.tombstone") == before
 
     west.execute("DELETE FROM contact WHERE lastname = 'Row-4'")
     batch = link.run_once()
     assert batch.applied.get(("contact", "delete")) == 1
-    assert sum(_scans(west, link.source, "sync.tombstone")) > sum(before)
+    assert sum(peer_scans(west, link.source, "sync.tombstone")) > sum(before)
     north = mesh.conn("eu-north")
     assert north.execute("SELECT count(*), count(*) FILTER (WHERE firstname = 'changed') "
                          "FROM contact").fetchone() == (19, 1)
