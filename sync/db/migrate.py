@@ -10,11 +10,12 @@ from pathlib import Path
 
 import psycopg
 from alembic.config import Config
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from alembic import command
+from sync.capture.install import use_capture
 from sync.errors import ConfigError, SchemaError, from_db
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,6 @@ def alembic_dir() -> Path:
             return candidate
     raise SchemaError("regionsync's alembic migrations are not installed (reinstall the "
                       "package)")
-
-
-CAPTURE_KINDS = ("auto", "c", "plpgsql")
 
 
 def migrate(conninfo: str, region: str, capture: str = "auto") -> None:
@@ -73,44 +71,3 @@ def migrate(conninfo: str, region: str, capture: str = "auto") -> None:
         raise from_db(exc, what="migrate") from exc
     finally:
         engine.dispose()
-
-
-def use_capture(conn: Connection, capture: str) -> bool:
-    """Create or drop the C capture extension as ``capture`` says; True if that changed.
-
-    ``auto`` uses C when the server has the extension (``ext/regionsync_capture``, built
-    with ``make install``) and PL/pgSQL otherwise; ``c`` refuses to go on without it;
-    ``plpgsql`` re-attaches the PL/pgSQL triggers first, then drops the extension (the C
-    triggers depend on it).
-    """
-    if capture not in CAPTURE_KINDS:
-        raise ConfigError(f"capture must be one of {', '.join(CAPTURE_KINDS)}, not {capture!r}",
-                          key="capture")
-    installed = bool(conn.execute(text(
-        "SELECT count(*) FROM pg_extension WHERE extname = 'regionsync_capture'")).scalar())
-    owner = conn.execute(text("SELECT pg_has_role(nspowner, 'MEMBER') FROM pg_namespace "
-                              "WHERE nspname = 'sync'")).scalar()
-    if not owner:   # the daemon's own `migrate` checks the head; capture is the owner's
-        return False
-    available = bool(conn.execute(text(
-        "SELECT count(*) FROM pg_available_extensions WHERE name = 'regionsync_capture'")
-    ).scalar())
-    if capture == "plpgsql":
-        if installed:
-            conn.execute(text("SELECT sync.enable_plpgsql_capture(tablename) "
-                              "FROM sync.tracked_table"))
-            conn.execute(text("DROP EXTENSION regionsync_capture"))
-        return installed
-    if installed:
-        return False
-    if not available:
-        if capture == "c":
-            raise ConfigError(
-                "capture: c, but this PostgreSQL server has no regionsync_capture extension; "
-                "build and install it (make -C ext/regionsync_capture install, as root on the "
-                "database host) or set capture: auto", key="capture")
-        log.info("the regionsync_capture extension is not installed on this server: "
-                 "capture uses the PL/pgSQL triggers")
-        return False
-    conn.execute(text("CREATE EXTENSION regionsync_capture SCHEMA sync"))
-    return True

@@ -1,0 +1,9 @@
+CREATE OR REPLACE FUNCTION sync.egress_mark(p_role name, p_table text, p_from text, p_to text, p_origin text, p_exclude boolean)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+END $function$;
+REVOKE ALL ON FUNCTION sync.egress_mark(name, text, text, text, text, boolean) FROM PUBLIC;

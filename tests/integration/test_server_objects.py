@@ -1,0 +1,59 @@
+"""The server-side objects are written down once: the database holds what the files in
+``sync/capture/sql/`` say, on both capture paths, and no file changes without a migration
+that applies it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sync.capture.drift import definition_problems, migration_pins, pin_problems
+from sync.capture.objects import all_objects
+from sync.db.migrate import migrate
+from sync.errors import ConfigError
+from tests.fix_pg import Mesh
+
+
+@pytest.mark.parametrize("kind", ["c", "plpgsql"])
+def test_the_database_holds_what_the_files_say(mesh: Mesh, kind: str) -> None:
+    try:
+        migrate(mesh.urls["eu-west"], "eu-west", kind)
+    except ConfigError as exc:
+        pytest.skip(f"the C capture extension is not installed here: {exc}")
+    conn = mesh.conn("eu-west")
+    assert conn.execute("SELECT sync.capture_kind()").fetchone() == (kind,)
+    assert definition_problems(conn) == []
+    # and the check can fail: a function replaced behind the migrations' back is found
+    conn.execute("CREATE OR REPLACE FUNCTION sync.capture_kind() RETURNS text LANGUAGE sql "
+                 "STABLE AS $$ SELECT 'c' $$")
+    assert definition_problems(conn) == [
+        "functions/sync.capture_kind.sql: the database holds another definition of "
+        "sync.capture_kind"]
+
+
+def test_triggers_and_stray_objects_are_compared_too(mesh: Mesh) -> None:
+    conn = mesh.conn("eu-west")
+    conn.execute("DROP TRIGGER regionsync_refuse_truncate ON public.shipment")
+    conn.execute("CREATE VIEW sync.unlisted AS SELECT 1 AS one")
+    assert sorted(definition_problems(conn)) == [
+        "sync.unlisted is in the database but has no file under sync/capture/sql/",
+        "table shipment: its capture triggers are not what sync.enable_change_tracking "
+        "makes today"]
+
+
+def test_every_file_is_pinned_at_its_text_by_its_last_migration() -> None:
+    pins = migration_pins()
+    assert [rev for rev, _ in pins][:1] == ["0017"]
+    assert pin_problems(all_objects(), pins) == []
+
+
+def test_a_file_edited_without_a_migration_is_named(tmp_path: Path) -> None:
+    objects = all_objects()
+    i = next(i for i, o in enumerate(objects) if o.name == "sync.journal_since")
+    edited = tmp_path / objects[i].path.name
+    edited.write_text(objects[i].text().replace("RETURNS", "RETURNS  ", 1))
+    objects[i] = dataclasses.replace(objects[i], path=edited)
+    assert [p.split(";")[0] for p in pin_problems(objects, migration_pins())] == [
+        "functions/sync.journal_since.sql: changed since migration 0017 applied it"]
