@@ -11,7 +11,8 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-Kind = Literal["upsert", "delete", "withdraw"]   # withdraw: no longer ours to hold
+SegmentKind = Literal["upsert", "delete", "withdraw"]   # withdraw: no longer ours to hold
+BatchKind = Literal["delta", "initial", "backfill", "retry"]   # why a batch is read
 Origins = Literal["peer", "any"]
 
 
@@ -20,7 +21,7 @@ class Segment:
     """Rows of one table and kind inside a page, as COPY text."""
 
     table: str
-    kind: Kind
+    kind: SegmentKind
     columns: tuple[str, ...]
     data: bytes                   # the rows' COPY data (binary: without header and trailer)
     rows: int
@@ -114,7 +115,7 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class Streamed:
-    """Pages applied by ``PeerLink._apply_stream``, and the last one, held back."""
+    """Pages applied by ``PageSink.stream``, and the last one, held back."""
 
     result: PageResult
     read: Counter[str]          # rows read per table

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,7 +21,7 @@ from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
 from sync.db.migrate import migrate
 from sync.errors import SyncError
-from sync.link import PeerLink
+from sync.link import LinkSettings, PeerLink
 from sync.policy import Policy, load_policy
 from sync.records import BatchResult
 from sync.testing.cluster import LocalCluster
@@ -32,6 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CAPTURE = os.environ.get("REGIONSYNC_TEST_CAPTURE", "auto")   # auto, c or plpgsql
 POLICIES = ROOT / "policies" / "examples" / "shared-mesh"   # every region, same columns
 _counter = itertools.count(1)
+_LINK_PARTS = {"policy", "metrics", "stop", "clock"}   # PeerLink's own; the rest: settings
+
+
+def new_link(**kw: Any) -> PeerLink:
+    """A link from keyword arguments: ``LinkSettings`` fields and ``PeerLink``'s parts."""
+    parts = {k: kw.pop(k) for k in list(kw) if k in _LINK_PARTS}
+    return PeerLink(LinkSettings(**kw), **parts)
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +85,7 @@ class Mesh:
         key = (target, source)
         if key not in self.links:
             kw.setdefault("policy", lambda: self.policy)
-            self.links[key] = PeerLink(region=target, peer=source,
+            self.links[key] = new_link(region=target, peer=source,
                                        peer_conninfo=self.urls[source],
                                        local_conninfo=self.urls[target], **kw)
         return self.links[key]

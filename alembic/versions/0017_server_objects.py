@@ -26,7 +26,7 @@ PINNED = {
     "functions/sync.egress_admit.sql": "8cc3e440ace4d57b",
     "functions/sync.egress_changes.sql": "3630da607c185c8f",
     "functions/sync.egress_held.sql": "a41d870f685ffc49",
-    "functions/sync.egress_mark.sql": "cc840e6ee2a642a8",
+    "functions/sync.egress_mark.sql": "aafa208633a30f8e",
     "functions/sync.egress_prepare.sql": "18f45948ab8a751b",
     "functions/sync.enable_c_capture.sql": "aad41714e287a669",
     "functions/sync.enable_change_tracking.sql": "b22eed1de78f3cf3",

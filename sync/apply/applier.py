@@ -30,7 +30,7 @@ from sync.apply.rowfallback import RowFallback
 from sync.db import state
 from sync.db.catalog import Schema, TableInfo
 from sync.errors import TokenRegression
-from sync.records import Page, PageResult, Segment
+from sync.records import BatchKind, Page, PageResult, Segment
 from sync.wire import copy_in, ident_list
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Applier:
                                   "applying to this region?", peer=self.peer)
 
     # -- pages ----------------------------------------------------------------------------
-    def apply_page(self, page: Page, *, policy_sha: str, kind: str = "delta",
+    def apply_page(self, page: Page, *, policy_sha: str, kind: BatchKind = "delta",
                    token: str | None = None, batch_rows: int = 0,
                    peer_has_seen: str | None = None,
                    view: dict[str, Any] | None = None) -> PageResult:
@@ -153,7 +153,7 @@ class Applier:
                 raise
         raise AssertionError("unreachable")
 
-    def _apply_page(self, page: Page, *, policy_sha: str, kind: str, token: str | None,
+    def _apply_page(self, page: Page, *, policy_sha: str, kind: BatchKind, token: str | None,
                     batch_rows: int, peer_has_seen: str | None,
                     view: dict[str, Any] | None) -> PageResult:
         result = PageResult()

@@ -24,6 +24,9 @@ from sync.db.migrate import alembic_dir
 
 # the per-table functions the PL/pgSQL generator writes (checked through the triggers)
 GENERATED = re.compile(r"^capture_(before|after)_")
+# functions whose body is made from the policy at run time (sync.source.egress): their
+# signature, options and privileges are compared, not the body
+POLICY_MADE = {"sync.egress_mark"}
 
 
 def migration_pins() -> list[tuple[str, dict[str, str]]]:
@@ -58,8 +61,10 @@ def pin_problems(objects: Iterable[ServerObject],
 
 def _function(conn: psycopg.Connection, name: str) -> list[tuple]:
     schema, _, fn = name.partition(".")
+    body = "replace(pg_get_functiondef(p.oid), p.prosrc, '')" if name in POLICY_MADE \
+        else "pg_get_functiondef(p.oid)"
     return conn.execute(
-        "SELECT pg_get_functiondef(p.oid), p.proacl::text, obj_description(p.oid, 'pg_proc') "
+        f"SELECT {body}, p.proacl::text, obj_description(p.oid, 'pg_proc') "
         "FROM pg_proc p WHERE p.pronamespace = %s::regnamespace AND p.proname = %s "
         "ORDER BY p.oid", (schema, fn)).fetchall()
 

@@ -41,14 +41,10 @@ def _open(config_path: Path):
 
 
 def _peer_link(cfg, name: str, policy):
-    """A one-off link from peer ``name`` into this region, outside the daemon."""
+    """A one-off link from peer ``name`` into this region, outside the daemon: built as the
+    daemon builds it (the peer's rate limit and the table priorities apply to a resync)."""
     from sync.link import PeerLink
-    peer = next(p for p in cfg.peers if p.name == name)
-    return PeerLink(region=cfg.region, peer=name,
-                    peer_conninfo=peer.conninfo(where=f"peers[{name}].url"),
-                    local_conninfo=cfg.database.conninfo(where="database.url"),
-                    policy=lambda: policy, origins=peer.origins, page_size=cfg.page_size,
-                    forward=cfg.forward, apply_connections=cfg.apply_connections)
+    return PeerLink.from_config(cfg, name, policy=lambda: policy)
 
 
 def _table(rows: list[list[Any]], headers: list[str]) -> None:
@@ -244,7 +240,7 @@ def resync(config_path: Path, peer: str) -> None:
         policy = load_policy(cfg.policy_dir, introspect(conn))
         state.forget_peer(conn, peer)
     link = _peer_link(cfg, peer, policy)
-    link.reloading = True      # afterwards, copies the peer no longer has are removed
+    link.reload()      # afterwards, copies the peer no longer has are removed
     try:
         total = link.initial_size()
         if sys.stderr.isatty():

@@ -122,6 +122,13 @@ def put_dead_letter(conn: Conn, peer: str, table: str, key: Any, *, op: str,
          retryable))
 
 
+def now(conn: Conn) -> datetime:
+    """The database's clock now (``clock_timestamp()``): what later writes compare with."""
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0]
+
+
 def dead_letters_due(conn: Conn, peer: str, limit: int) -> list[tuple[int, str, UUID]]:
     """(id, table, key) of ``peer``'s retryable dead letters whose back-off has passed
     (2^attempts seconds, at most 5 minutes)."""

@@ -16,6 +16,7 @@ import random
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +55,18 @@ from sync.source.egress import apply_egress
 
 log = logging.getLogger(__name__)
 
+
+@dataclass
+class PeerRun:
+    """The daemon's state for one peer: its link, breaker and back-off."""
+
+    link: PeerLink
+    breaker: Breaker
+    failures: int = 0               # consecutive failed batches (back-off)
+    not_before: float = 0.0         # monotonic: no poll before this
+    stopped: str | None = None      # why the link stopped, while it is stopped
+
+
 MAX_BACKOFF = 60.0
 STOPPED_RECHECK = 300.0   # a stopped link is tried again this often (the cause may be fixed)
 
@@ -68,12 +81,7 @@ class Daemon:
         self._stopped = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
         self._http: StatusServer | None = None
-        self._links: dict[str, PeerLink] = {}
-        self._failures: dict[str, int] = {}
-        self._stopped_links: dict[str, str] = {}     # peer -> why it stopped
-        self._breakers = {p.name: Breaker(config.breaker.failures, config.breaker.open_seconds)
-                          for p in config.peers}
-        self._not_before: dict[str, float] = {}
+        self._peers: dict[str, PeerRun] = {}
         self._local = config.database.conninfo(where="database.url")
         self._lock = LeaderLock(self._local, config.region)
         self.is_leader = False
@@ -140,16 +148,10 @@ class Daemon:
                                    on_loaded=self._policy_loaded,
                                    on_refused=self._policy_refused)
         for peer in cfg.peers:
-            self._links[peer.name] = PeerLink(
-                region=cfg.region, peer=peer.name,
-                peer_conninfo=peer.conninfo(where=f"peers[{peer.name}].url"),
-                local_conninfo=self._local, policy=self.policy.current, origins=peer.origins,
-                page_size=cfg.page_size, metrics=self.metrics, stop=self._stop,
-                poll_interval=cfg.poll_interval, forward=cfg.forward,
-                apply_connections=cfg.apply_connections,
-                max_rows_per_second=peer.max_rows_per_second,
-                resync_on_expiry=cfg.retention.resync_on_expiry,
-                priorities=cfg.table_priorities)
+            link = PeerLink.from_config(cfg, peer.name, policy=self.policy.current,
+                                        metrics=self.metrics, stop=self._stop)
+            self._peers[peer.name] = PeerRun(
+                link, Breaker(cfg.breaker.failures, cfg.breaker.open_seconds))
         self.metrics.leader.labels(cfg.region).set(0)
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(len(cfg.peers) + 2)},
@@ -160,12 +162,12 @@ class Daemon:
         self._check_leader()
         self._scheduler.add_job(self._check_leader, "interval",
                                 seconds=cfg.leader_check_interval, id="leader")
-        for name in self._links:
+        for name in self._peers:
             self._scheduler.add_job(self._poll, "interval", seconds=cfg.poll_interval,
                                     args=[name], id=f"poll-{name}", next_run_time=now)
         self._pruner = Pruner(
             self._local, cfg.retention, pullers=cfg.destination_regions(), stop=self._stop,
-            tokens=lambda: {n: link.their_token for n, link in self._links.items()},
+            tokens=lambda: {n: p.link.peer_has_seen for n, p in self._peers.items()},
             on_pruned=lambda table, n: self.metrics.pruned.labels(table).inc(n))
         self._scheduler.add_job(self._prune, "interval", seconds=cfg.retention.interval,
                                 id="prune")
@@ -173,7 +175,7 @@ class Daemon:
         log.info("region %s (%s): syncing from %s every %.1fs (policy %s)%s", cfg.region,
                  "leader" if self.is_leader else "standby: another daemon holds the leader "
                  "lock; taking over when it goes",
-                 ", ".join(self._links) or "no peers", cfg.poll_interval,
+                 ", ".join(self._peers) or "no peers", cfg.poll_interval,
                  self.policy.current().sha,
                  f"; metrics on http://{cfg.metrics.host}:{self.http_port}/metrics"
                  if self.http_port else "", extra={"region": cfg.region})
@@ -192,8 +194,8 @@ class Daemon:
             threading.Thread(target=shutdown, name="regionsync-shutdown", daemon=True).start()
             if not done.wait(timeout):
                 log.warning("polls still running after %.0fs; exiting anyway", timeout)
-        for link in self._links.values():
-            link.close()
+        for run in self._peers.values():
+            run.link.close()
         self._lock.release()
         if self._http is not None:
             self._http.stop()
@@ -216,6 +218,10 @@ class Daemon:
         requested.wait()
         self.stop()
 
+    def link(self, peer: str) -> PeerLink:
+        """The running link for ``peer`` (KeyError before `start` made it)."""
+        return self._peers[peer].link
+
     # -- leadership -----------------------------------------------------------------------
     def _check_leader(self) -> None:
         region = self.config.region
@@ -226,7 +232,7 @@ class Daemon:
         if not self.is_leader and not self._stop.is_set() and self._lock.try_acquire():
             self.is_leader = True
             log.info("region %s: this daemon is the leader", region)
-            for name in self._links:   # take over at once, not at the next poll tick
+            for name in self._peers:   # take over at once, not at the next poll tick
                 with contextlib.suppress(JobLookupError):
                     self._scheduler.modify_job(f"poll-{name}", next_run_time=datetime.now(UTC))
         elif not self.is_leader:
@@ -235,13 +241,13 @@ class Daemon:
 
     # -- jobs -----------------------------------------------------------------------------
     def _poll(self, peer: str) -> None:
-        link = self._links[peer]
+        run = self._peers[peer]
+        link = run.link
         if not self.is_leader and not self._stop.is_set():
             self._warm(peer, link)
-        if not self.is_leader or self._stop.is_set() \
-                or time.monotonic() < self._not_before.get(peer, 0.0):
+        if not self.is_leader or self._stop.is_set() or time.monotonic() < run.not_before:
             return
-        breaker = self._breakers[peer]
+        breaker = run.breaker
         if not breaker.allow():
             return
         self._breaker_metric(peer, breaker.state)
@@ -259,11 +265,11 @@ class Daemon:
                     link.retry_dead_letters_due()
             except psycopg.Error as exc:      # the database edge: classify once, here
                 raise from_db(exc, peer=peer) from exc
-            self._failures[peer] = 0
+            run.failures = 0
             self._resume(peer)
             self._breaker_metric(peer, breaker.succeeded())
         except Throttled as exc:     # the owner's retry-after: wait, without a failure
-            self._not_before[peer] = time.monotonic() + exc.retry_after
+            run.not_before = time.monotonic() + exc.retry_after
             self.metrics.throttled.labels(peer, self.config.region).inc()
             log.info("peer %s: %s", peer, describe(exc), extra={"peer": peer})
             link.close()
@@ -305,18 +311,21 @@ class Daemon:
         /status, in regionsync_link_stopped and in one log line, and is tried again every
         STOPPED_RECHECK seconds in case the cause was fixed."""
         reason = describe(exc)
-        if self._stopped_links.get(peer) != reason:
+        run = self._peers[peer]
+        if run.stopped != reason:
             log.error("peer %s: link stopped: %s", peer, reason,
                       extra={"peer": peer, "error": type(exc).__name__})
-        self._stopped_links[peer] = reason
+        run.stopped = reason
         self.metrics.link_stopped.labels(peer, self.config.region).set(1)
         if link.health is not None:
             link.health.failed(f"stopped: {reason}", False)
-        self._not_before[peer] = time.monotonic() + STOPPED_RECHECK
+        run.not_before = time.monotonic() + STOPPED_RECHECK
         link.close()
 
     def _resume(self, peer: str) -> None:
-        if self._stopped_links.pop(peer, None) is not None:
+        run = self._peers[peer]
+        if run.stopped is not None:
+            run.stopped = None
             log.info("peer %s: link running again", peer, extra={"peer": peer})
             self.metrics.link_stopped.labels(peer, self.config.region).set(0)
 
@@ -329,11 +338,13 @@ class Daemon:
             log.debug("standby: peer %s not reachable yet (%s)", peer, exc)
 
     def _back_off(self, peer: str, link: PeerLink, exc: Exception, unreachable: bool) -> None:
-        n = self._failures[peer] = self._failures.get(peer, 0) + 1
+        run = self._peers[peer]
+        run.failures += 1
+        n = run.failures
         # exponential, capped, with full jitter: peers that failed together (a shared
         # network path) do not retry together
         delay = random.uniform(0, min(MAX_BACKOFF, self.config.poll_interval * 2 ** (n - 1)))
-        self._not_before[peer] = time.monotonic() + delay
+        run.not_before = time.monotonic() + delay
         self.metrics.apply_errors.labels(peer, self.config.region).inc()
         reason = describe(exc)
         if link.health is not None:
@@ -387,12 +398,13 @@ class Daemon:
             stored = {"error": f"local database unreachable: {type(exc).__name__}"}
         peers: dict[str, Any] = {}
         for name in (p.name for p in cfg.peers):
-            if name not in self._links:    # still waiting for the local database
+            run = self._peers.get(name)
+            if run is None:    # still waiting for the local database
                 peers[name] = {"state": "starting"}
                 continue
             peers[name] = link_status(
                 stored.get("peers", {}).get(name, {}) if isinstance(stored, dict) else {},
-                self.metrics.peer(name, cfg.region, cfg.poll_interval), self._links[name],
-                self._breakers[name].state.name, self._stopped_links.get(name))
+                self.metrics.peer(name, cfg.region, cfg.poll_interval), run.link,
+                run.breaker.state.name, run.stopped)
         return {"region": cfg.region, "role": "leader" if self.is_leader else "standby",
                 "policy": self.policy.current().sha if self.policy else None, "peers": peers}

@@ -33,7 +33,7 @@ from psycopg import sql
 from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema, TableInfo
 from sync.errors import Throttled
 from sync.policy.model import TableRule
-from sync.records import Kind, Origins, Page, Pending, ReadPlan, Segment, Snapshot
+from sync.records import Origins, Page, Pending, ReadPlan, Segment, SegmentKind, Snapshot
 from sync.source.copyout import copy_out
 from sync.wire import BINARY_TRAILER, DELETE_COLUMNS, WITHDRAW_COLUMNS, strip_binary_header
 
@@ -278,7 +278,7 @@ class SourceReader:
         how each table is read (``_join_for``); ``withdraw`` names the row-filtered tables
         whose keys that left the filter are sent as withdrawals (deltas only).
         """
-        steps: list[tuple[Kind, TableInfo]] = [("upsert", t) for t in tables]
+        steps: list[tuple[SegmentKind, TableInfo]] = [("upsert", t) for t in tables]
         if deletes:
             for t in reversed(tables):
                 if pending is None or t.name in pending.deletes:
@@ -352,7 +352,7 @@ def _is_trailer(message: bytes | memoryview) -> bool:
     return len(message) == 2 and bytes(message) == BINARY_TRAILER
 
 
-def _segment(table: str, kind: Kind, columns: tuple[str, ...], buf: bytearray, rows: int,
+def _segment(table: str, kind: SegmentKind, columns: tuple[str, ...], buf: bytearray, rows: int,
              binary: bool, ends_stream: bool) -> Segment:
     """A segment of the rows in ``buf``; when the stream's last message (the binary
     trailer) is in it, that message is not a row."""

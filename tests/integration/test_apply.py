@@ -116,7 +116,8 @@ rules:
                  (keep,))
     west.execute("UPDATE contact SET lastname = 'Gone again' WHERE contactid = %s", (keep,))
     link = mesh.link("eu-north", "eu-west")
-    reader, applier = link._connect()
+    session = link.conns.open()
+    reader, applier = session.reader, session.applier
     with reader.batch():   # two changes of one row: the backlog counts changes, keys once
         pending = reader.pending(applier.read_token(), ["account", "contact"], ["contact"])
     assert (pending.changes, pending.keys, pending.total) == ({"contact": 2}, {"contact": 1}, 2)
@@ -214,8 +215,8 @@ def test_binary_copy_where_types_match_and_text_where_they_differ(mesh: Mesh) ->
         west.execute("UPDATE contact SET birthdate = '1999-12-31', statecode = 1")
     link = mesh.link("eu-north", "eu-west")
     link.run_once()
-    assert link.reader is not None
-    assert "contact" in link.reader.binary and "account" not in link.reader.binary
+    reader = link.conns.open().reader
+    assert "contact" in reader.binary and "account" not in reader.binary
     for table in ("account", "contact"):
         assert mesh.rows("eu-north", table) == mesh.rows("eu-west", table, "eu-north"), table
     north = mesh.conn("eu-north")
@@ -242,7 +243,7 @@ def test_parallel_apply_keeps_foreign_key_order_and_uses_every_connection(mesh: 
                      "'O-' || c.contactid, c.accountid, c.contactid FROM contact c")
     link = mesh.link("eu-north", "eu-west", page_size=7, apply_connections=3)
     link.run_once()
-    lanes = link._appliers()
+    lanes = link.conns.lanes()
     steps: dict[int, list[str]] = {i: [] for i in range(len(lanes))}
     for i, lane in enumerate(lanes):
         lane.fault_hook = steps[i].append

@@ -84,8 +84,7 @@ class ApplyActor:
 
     @property
     def pid(self) -> int:
-        assert self.link.target is not None
-        return self.link.target.info.backend_pid
+        return self.link.conns.open().target.info.backend_pid
 
     def source_write(self, key: uuid.UUID, op: str) -> Version:
         conn = self.mesh.conn(self.peer)
@@ -103,7 +102,7 @@ class ApplyActor:
 
         def body() -> None:
             try:
-                self.link.applier.fault_hook = hook   # type: ignore[union-attr]
+                self.link.conns.open().applier.fault_hook = hook
                 self.link.run_once()
             except BaseException as exc:
                 self.error = exc

@@ -1,4 +1,4 @@
-"""Invariants 2-5 (README, "Invariants and their tests") against real PostgreSQL."""
+"""Invariants 2-5 (docs/design.md, "Invariants and their tests") against real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -121,14 +121,14 @@ def test_failure_mid_page_moves_neither_data_nor_token(mesh: Mesh, step: str) ->
     def fail(name: str) -> None:
         if name == step:
             raise Boom(name)
-    link._connect()[1].fault_hook = fail
+    link.conns.open().applier.fault_hook = fail
     with pytest.raises(Boom):
         link.run_once()
     assert mesh.one("eu-north", "SELECT count(*) FROM account") == 0
     assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 0
     assert mesh.one("eu-north", "SELECT token FROM sync.peer_state WHERE peer='eu-west'") \
         == token_before
-    link._connect()[1].fault_hook = None
+    link.conns.open().applier.fault_hook = None
     batch = link.run_once()
     assert batch.rows == 2
     assert mesh.rows("eu-north", "contact") == mesh.rows("eu-west", "contact")
@@ -154,7 +154,7 @@ def test_a_batch_of_several_pages_commits_its_token_after_every_page(mesh: Mesh)
     def fail(name: str) -> None:
         if name == "token":
             raise Boom(name)
-    main = link._connect()[1]
+    main = link.conns.open().applier
     original = main.apply_page
 
     def token_fails(page, **kw):   # only the token's own transaction fails
@@ -183,8 +183,8 @@ def test_replayed_batch_has_no_effect(mesh: Mesh) -> None:
         contact(west, f"P{i}")
     mesh.pull("eu-north", "eu-west")
     west.execute("UPDATE contact SET firstname = 'v2'")
-    link = mesh.link("eu-north", "eu-west")
-    link.page_size = 3
+    mesh.links.pop(("eu-north", "eu-west")).close()
+    link = mesh.link("eu-north", "eu-west", page_size=3)
     old = mesh.one("eu-north", "SELECT token FROM sync.peer_state")
     link.run_once()
     journal = mesh.one("eu-north", "SELECT count(*) FROM sync.change_log")
@@ -227,7 +227,7 @@ def test_token_never_moves_backwards(mesh: Mesh) -> None:
     contact(mesh.conn("eu-west"), "T")
     mesh.sync()
     link = mesh.link("eu-north", "eu-west")
-    applier = link._connect()[1]
+    applier = link.conns.open().applier
     newer = mesh.one("eu-north", "SELECT token FROM sync.peer_state")
     with pytest.raises(TokenRegression, match="would move backwards"):
         applier._save_token("1:1:", 0, False, None, None)
@@ -255,7 +255,7 @@ def test_initial_load_into_an_empty_table_falls_back_when_a_key_clashes(mesh: Me
     shared = contact(west, "FromWest")
     other = contact(west, "Other")
     link = mesh.link("eu-north", "eu-west")
-    applier = link._connect()[1]
+    applier = link.conns.open().applier
     raced = []
 
     def race(step: str) -> None:

@@ -15,13 +15,12 @@ import pytest
 
 from sync.config import RegionConfig
 from sync.db.migrate import migrate
-from sync.link import PeerLink
 from sync.policy import load_policy
 from sync.runtime.daemon import Daemon
 from sync.runtime.metrics import Metrics
 from sync.testing.cluster import LocalCluster, free_port
 from tests.fix_daemons import mesh_config
-from tests.fix_pg import POLICIES, Mesh
+from tests.fix_pg import POLICIES, Mesh, new_link
 from tests.integration.helpers import account, cli, contact, wait_for
 
 
@@ -57,7 +56,7 @@ def test_lag_is_unaffected_by_a_skewed_clock(pg_clusters, skewed: str) -> None:
                     "SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
             assert 590 < skew < 610                       # really ten minutes behind
             metrics = Metrics()
-            link = PeerLink(region="us-east", peer="eu-west", peer_conninfo=src,
+            link = new_link(region="us-east", peer="eu-west", peer_conninfo=src,
                             local_conninfo=tgt, policy=lambda: load_policy(POLICIES),
                             metrics=metrics)
             link.run_once()                               # initial load (empty)
@@ -105,9 +104,11 @@ def test_one_leader_per_region_and_the_standby_takes_over(mesh: Mesh) -> None:
             {"source": "eu-west", "target": "eu-north", "table": "contact", "op": "insert"}) \
             is None
         # a hot standby: connections open and schemas read, ready to apply at once
-        standby = second._links["eu-west"]
-        wait_for(lambda: standby.target is not None and standby.schema is not None)
-        assert len(standby._appliers()) == 2 and not standby.target.closed
+        standby = second.link("eu-west")
+        wait_for(lambda: standby.conns.session is not None
+                 and len(standby.conns.session.lanes) == 2)
+        assert not any(c.closed for c in (standby.conns.session.target,
+                                          *standby.conns.session.lane_conns))
         first.stop()
         wait_for(lambda: second.is_leader, 10)
         contact(mesh.conn("eu-west"), "AfterFailover")

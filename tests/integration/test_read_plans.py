@@ -27,17 +27,17 @@ def test_a_batch_of_most_of_a_table_is_read_by_one_scan_a_small_one_by_key(mesh:
     per key cost 3× as much); a batch of a few rows still probes the key index."""
     west = _seed(mesh, 3000)
     link = mesh.link("eu-north", "eu-west")
-    assert link.source is not None
+    assert link.conns.session is not None
 
     west.execute("UPDATE contact SET firstname = 'wide' WHERE lastname <> 'Row-1'")
-    seq0, idx0 = peer_scans(west, link.source, "public.contact")
+    seq0, idx0 = peer_scans(west, link.conns.open().source, "public.contact")
     assert link.run_once().rows == 2999
-    seq1, idx1 = peer_scans(west, link.source, "public.contact")
+    seq1, idx1 = peer_scans(west, link.conns.open().source, "public.contact")
     assert (seq1 - seq0, idx1 - idx0) == (1, 0)
 
     west.execute("UPDATE contact SET firstname = 'narrow' WHERE lastname IN ('Row-1', 'Row-2')")
     assert link.run_once().rows == 2
-    seq2, idx2 = peer_scans(west, link.source, "public.contact")
+    seq2, idx2 = peer_scans(west, link.conns.open().source, "public.contact")
     assert seq2 == seq1 and idx2 - idx1 == 2
 
     north = mesh.conn("eu-north")
@@ -45,7 +45,7 @@ def test_a_batch_of_most_of_a_table_is_read_by_one_scan_a_small_one_by_key(mesh:
                          "count(*) FILTER (WHERE firstname = 'narrow') FROM contact"
                          ).fetchone() == (2998, 2)
     # the switch lasts one COPY: the reader's session is as it was
-    assert link.source.execute("SELECT current_setting('enable_nestloop'), "
+    assert link.conns.open().source.execute("SELECT current_setting('enable_nestloop'), "
                                "current_setting('jit')").fetchone() == ("on", "on")
 
 
@@ -54,16 +54,16 @@ def test_a_batch_without_deletes_does_not_read_tombstones(mesh: Mesh) -> None:
     not read (one query per table and batch saved), and a delete still arrives."""
     west = _seed(mesh, 20)
     link = mesh.link("eu-north", "eu-west")
-    assert link.source is not None
+    assert link.conns.session is not None
     west.execute("UPDATE contact SET firstname = 'changed' WHERE lastname = 'Row-3'")
-    before = peer_scans(west, link.source, "sync.tombstone")
+    before = peer_scans(west, link.conns.open().source, "sync.tombstone")
     assert link.run_once().rows == 1
-    assert peer_scans(west, link.source, "sync.tombstone") == before
+    assert peer_scans(west, link.conns.open().source, "sync.tombstone") == before
 
     west.execute("DELETE FROM contact WHERE lastname = 'Row-4'")
     batch = link.run_once()
     assert batch.applied.get(("contact", "delete")) == 1
-    assert sum(peer_scans(west, link.source, "sync.tombstone")) > sum(before)
+    assert sum(peer_scans(west, link.conns.open().source, "sync.tombstone")) > sum(before)
     north = mesh.conn("eu-north")
     assert north.execute("SELECT count(*), count(*) FILTER (WHERE firstname = 'changed') "
                          "FROM contact").fetchone() == (19, 1)
@@ -76,9 +76,10 @@ def test_binary_pages_cut_on_every_boundary_carry_every_row_and_no_trailer(mesh:
     west = mesh.conn("eu-west")
     west.execute("INSERT INTO contact (lastname) SELECT 'Row-' || g FROM generate_series(1, 6) g")
     link = mesh.link("us-east", "eu-west", page_size=7)
-    reader, _ = link._connect()
+    session = link.conns.open()
+    reader = session.reader
     assert "contact" in reader.binary
-    rules, tables = link._plan_tables(mesh.policy)
+    rules, tables = link.plan.tables(mesh.policy, session)
     contact = [t for t in tables if t.name == "contact"]
     for page_size, expected in ((3, [3, 3]), (6, [6]), (7, [6]), (5, [5, 1])):
         with reader.batch():

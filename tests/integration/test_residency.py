@@ -15,10 +15,10 @@ import psycopg.conninfo
 import pytest
 
 from sync.link import PeerLink
-from sync.policy import load_policy
+from sync.policy import Policy, load_policy
 from sync.source.egress import apply_egress, role_for
 from tests.fix_daemons import write_config
-from tests.fix_pg import POLICIES, Mesh
+from tests.fix_pg import POLICIES, Mesh, new_link
 from tests.integration.helpers import cli, contact
 
 SECRETS = ("HIV positive; on ART", "PACEMAKER-SN-4711", "Hypertension stage 2")
@@ -68,7 +68,7 @@ def test_a_hostile_receiver_policy_gets_nothing_the_owner_does_not_grant(
     apply_egress(mesh.conn("eu-west"), shipped_policy, mesh.schema, ["eu-north", "us-east"])
     hostile = load_policy(_policy_dir(tmp_path, "hostile", HOSTILE), mesh.schema)
     # through its role: the contact arrives, nothing medical does
-    link = PeerLink(region="eu-north", peer="eu-west",
+    link = new_link(region="eu-north", peer="eu-west",
                     peer_conninfo=as_destination(mesh, "eu-west", "eu-north"),
                     local_conninfo=mesh.urls["eu-north"], policy=lambda: hostile)
     try:
@@ -82,7 +82,7 @@ def test_a_hostile_receiver_policy_gets_nothing_the_owner_does_not_grant(
     assert not _holds_secret(mesh, "eu-north")
     # the same hostile policy with the owner's own credentials (what the README used to
     # show) would have taken everything: the role is what protects the data
-    owner_creds = PeerLink(region="us-east", peer="eu-west", peer_conninfo=mesh.urls["eu-west"],
+    owner_creds = new_link(region="us-east", peer="eu-west", peer_conninfo=mesh.urls["eu-west"],
                            local_conninfo=mesh.urls["us-east"], policy=lambda: hostile)
     try:
         owner_creds.run_once()
@@ -291,7 +291,7 @@ rules:
     west = mesh.conn("eu-west")
     apply_egress(west, owner_policy, mesh.schema, ["eu-north"])
     moving, staying = contact(west, "Moving", country="IE"), contact(west, "Staying")
-    link = PeerLink(region="eu-north", peer="eu-west",
+    link = new_link(region="eu-north", peer="eu-west",
                     peer_conninfo=as_destination(mesh, "eu-west", "eu-north"),
                     local_conninfo=mesh.urls["eu-north"], policy=lambda: receiver_policy)
     try:
@@ -324,7 +324,7 @@ def test_the_owner_records_what_it_served_and_reports_it(mesh: Mesh, tmp_path: P
     west = mesh.conn("eu-west")
     apply_egress(west, shipped_policy, mesh.schema, ["eu-north"])
     receiver = [load_policy(_policy_dir(tmp_path, "narrow", OPEN), mesh.schema)]
-    link = PeerLink(region="eu-north", peer="eu-west",
+    link = new_link(region="eu-north", peer="eu-west",
                     peer_conninfo=as_destination(mesh, "eu-west", "eu-north"),
                     local_conninfo=mesh.urls["eu-north"], policy=lambda: receiver[0])
     try:
@@ -361,8 +361,8 @@ def test_the_owner_records_what_it_served_and_reports_it(mesh: Mesh, tmp_path: P
     assert "lastname" in text.stdout and text.returncode == 0
 
 
-def _link(mesh: Mesh, policy) -> PeerLink:
-    return PeerLink(region="eu-north", peer="eu-west",
+def _link(mesh: Mesh, policy: Policy) -> PeerLink:
+    return new_link(region="eu-north", peer="eu-west",
                     peer_conninfo=as_destination(mesh, "eu-west", "eu-north"),
                     local_conninfo=mesh.urls["eu-north"], policy=lambda: policy)
 

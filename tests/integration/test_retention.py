@@ -8,7 +8,7 @@ import uuid
 
 from sync.config import RetentionConfig
 from sync.runtime.retention import Pruner
-from tests.fix_pg import Mesh
+from tests.fix_pg import Mesh, new_link
 from tests.integration.helpers import contact
 
 
@@ -98,14 +98,13 @@ def test_a_peer_away_past_the_horizon_reloads_without_loss_or_resurrection(
 
 def test_an_expired_token_stops_the_link_when_reloading_is_off(mesh: Mesh) -> None:
     from sync.errors import TokenExpired
-    from sync.link import PeerLink
     west = mesh.conn("eu-west")
     contact(west, "A")
     mesh.pull("eu-north", "eu-west")
     contact(west, "B")
     time.sleep(0.3)
     _pruner(mesh, "eu-west", ["eu-north"], journal=0.1, expire_after=0.2).run_once()
-    link = PeerLink(region="eu-north", peer="eu-west", peer_conninfo=mesh.urls["eu-west"],
+    link = new_link(region="eu-north", peer="eu-west", peer_conninfo=mesh.urls["eu-west"],
                     local_conninfo=mesh.urls["eu-north"], policy=lambda: mesh.policy,
                     resync_on_expiry=False)
     try:

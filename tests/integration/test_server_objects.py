@@ -13,17 +13,30 @@ from sync.capture.drift import definition_problems, migration_pins, pin_problems
 from sync.capture.objects import all_objects
 from sync.db.migrate import migrate
 from sync.errors import ConfigError
+from sync.policy import load_policy
+from sync.source.egress import apply_egress
 from tests.fix_pg import Mesh
 
 
 @pytest.mark.parametrize("kind", ["c", "plpgsql"])
-def test_the_database_holds_what_the_files_say(mesh: Mesh, kind: str) -> None:
+def test_the_database_holds_what_the_files_say(mesh: Mesh, kind: str,
+                                               tmp_path: Path) -> None:
     try:
         migrate(mesh.urls["eu-west"], "eu-west", kind)
     except ConfigError as exc:
         pytest.skip(f"the C capture extension is not installed here: {exc}")
     conn = mesh.conn("eu-west")
     assert conn.execute("SELECT sync.capture_kind()").fetchone() == (kind,)
+    assert definition_problems(conn) == []
+    # enforcing a policy with row filters rewrites sync.egress_mark's body, nothing else
+    (tmp_path / "filtered.yaml").write_text(
+        "classification: {contact.medical_notes: [medical], contact.implant_serial: [medical]}\n"
+        "never_leaves_region: [medical]\n"
+        "rules:\n  contact:\n    columns: [lastname, address1_country]\n"
+        "    rows: \"address1_country = 'IE'\"\n")
+    apply_egress(conn, load_policy(tmp_path, mesh.schema), mesh.schema, ["eu-north", "us-east"])
+    assert "egress_sent" in conn.execute(
+        "SELECT prosrc FROM pg_proc WHERE oid = 'sync.egress_mark'::regproc").fetchone()[0]
     assert definition_problems(conn) == []
     # and the check can fail: a function replaced behind the migrations' back is found
     conn.execute("CREATE OR REPLACE FUNCTION sync.capture_kind() RETURNS text LANGUAGE sql "

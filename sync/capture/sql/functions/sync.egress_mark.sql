@@ -1,3 +1,8 @@
+-- The owner's row filters as static SQL, one branch per destination and row-filtered
+-- table: `sync.source.egress.mark_function` regenerates the body from the policy each time
+-- the policy is enforced (`regionsync roles --apply`, a daemon with `egress: true`). This
+-- file is its signature, options and privileges, with the body a region has before any
+-- destination has a row filter.
 CREATE OR REPLACE FUNCTION sync.egress_mark(p_role name, p_table text, p_from text, p_to text, p_origin text, p_exclude boolean)
  RETURNS void
  LANGUAGE plpgsql

@@ -1,0 +1,99 @@
+"""The connections one link holds, and what is built on them.
+
+A link reads its peer on one connection (``source``) and applies on one or more local
+ones (``target``, then one per extra apply lane). Both schemas are read when the session
+opens, so a reconnect after a failure also re-reads what the peer sends in binary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+
+from sync.apply.applier import Applier
+from sync.db.catalog import Schema, introspect
+from sync.db.connect import connect
+from sync.link.settings import LinkSettings
+from sync.source.reader import SourceReader, binary_tables
+
+
+@dataclass(frozen=True)
+class Session:
+    """One open session of a link: every member is usable while it is open."""
+
+    source: psycopg.Connection
+    target: psycopg.Connection
+    schema: Schema                 # the local schema (what apply writes)
+    reader: SourceReader
+    applier: Applier               # the main lane, on ``target``
+    lanes: list[Applier] = field(default_factory=list)   # the applier, then one per extra
+    lane_conns: list[psycopg.Connection] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return not (self.source.closed or self.target.closed)
+
+
+class LinkConnections:
+    """Opens a `Session` on demand and closes it.
+
+    Lifecycle: created closed; ``open()`` returns the open session (reconnecting if a
+    connection was lost); ``close()`` drops every connection; also a context manager.
+    Not thread-safe: one link, one job."""
+
+    def __init__(self, settings: LinkSettings) -> None:
+        self.settings = settings
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session | None:
+        """The open session, if there is one (for status and tests: never opens)."""
+        return self._session if self._session is not None and self._session.alive else None
+
+    def open(self) -> Session:
+        if self._session is not None and self._session.alive:
+            return self._session
+        self.close()
+        s = self.settings
+        target = connect(s.local_conninfo,
+                         application_name=f"regionsync-{s.region}-apply-{s.peer}")
+        try:
+            source = connect(s.peer_conninfo, application_name=f"regionsync-{s.region}-poll")
+        except BaseException:
+            target.close()
+            raise
+        schema = introspect(target)
+        reader = SourceReader(source, peer=s.peer, region=s.region, origins=s.origins,
+                              binary=binary_tables(schema, introspect(source)))
+        applier = Applier(target, schema, peer=s.peer, region=s.region, journal=s.forward,
+                          origins=s.origins)
+        self._session = Session(source, target, schema, reader, applier, [applier])
+        return self._session
+
+    def lanes(self) -> list[Applier]:
+        """The appliers for parallel apply: the main one and one per extra local
+        connection (``apply_connections``), opened on first use."""
+        session = self.open()
+        s = self.settings
+        while len(session.lanes) < s.apply_connections:
+            conn = connect(s.local_conninfo, application_name=(
+                f"regionsync-{s.region}-apply-{s.peer}-{len(session.lanes) + 1}"))
+            session.lane_conns.append(conn)
+            session.lanes.append(Applier(conn, session.schema, peer=s.peer, region=s.region,
+                                         journal=s.forward, origins=s.origins))
+        return session.lanes
+
+    def close(self) -> None:
+        session, self._session = self._session, None
+        if session is None:
+            return
+        for conn in (session.source, session.target, *session.lane_conns):
+            if not conn.closed:
+                conn.close()
+
+    def __enter__(self) -> LinkConnections:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
