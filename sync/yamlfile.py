@@ -59,7 +59,8 @@ def line_of(doc: Any, loc: tuple[Any, ...]) -> int | None:
 
 
 def _model_names(cls: type = BaseModel) -> set[str]:
-    out = set()
+    out: set[str] = set()
+    sub: type
     for sub in cls.__subclasses__():
         out |= {sub.__name__} | _model_names(sub)
     return out

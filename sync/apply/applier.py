@@ -29,6 +29,7 @@ from sync.apply.conflicts import ConflictRecorder
 from sync.apply.rowfallback import RowFallback
 from sync.db import state
 from sync.db.catalog import Schema, TableInfo
+from sync.db.connect import one_row, scalar
 from sync.errors import TokenRegression
 from sync.records import BatchKind, Page, PageResult, Segment
 from sync.wire import copy_in, ident_list
@@ -79,16 +80,16 @@ class Applier:
         """Note which tables are empty: an initial load into them needs no merge."""
         self._direct = set()
         for name in tables:
-            empty = self.conn.execute(sql.SQL(
+            empty = scalar(self.conn.execute(sql.SQL(
                 "SELECT NOT EXISTS (SELECT 1 FROM public.{}) AND NOT EXISTS "
                 "(SELECT 1 FROM sync.tombstone WHERE tablename = %s)").format(
-                sql.Identifier(name)), (name,)).fetchone()[0]
+                sql.Identifier(name)), (name,)))
             if empty:
                 self._direct.add(name)
 
     def _no_tombstones(self, info: TableInfo) -> bool:
-        return self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM sync.tombstone "
-                                 "WHERE tablename = %s)", (info.name,)).fetchone()[0]
+        return scalar(self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM sync.tombstone "
+                                 "WHERE tablename = %s)", (info.name,)))
 
     def _copy_direct(self, info: TableInfo, seg: Segment, result: PageResult) -> bool:
         """COPY a page straight into an empty table; False (nothing changed) on a clash."""
@@ -312,7 +313,7 @@ class Applier:
             q = stmt.format(table=table, cols=ident_list(cols), scols=ident_list(cols, "s"),
                             stage=stage, one=one, tname=sql.Literal(info.name), pk=pk,
                             updates=updates, wins=sql.SQL(">=" if backfill else ">"))
-            ins, upd = self.conn.execute(q, params).fetchone()
+            ins, upd = one_row(self.conn.execute(q, params))
             if ins:
                 ins -= self.conn.execute(recheck.format(
                     table=table, stage=stage, one=one, pk=pk, tname=sql.Literal(info.name)),
@@ -383,8 +384,8 @@ class Applier:
             # row locks in key order first, as the upserts take them
             self.conn.execute(lock_rows.format(table=table, pk=pk, stage=stage, one=one), params)
             self.conn.execute(stmt.format(tname=tname, stage=stage, one=one), params)
-            n = self.conn.execute(delete.format(table=table, stage=stage, pk=pk, one=one),
-                                  params).fetchone()[0]
+            n = scalar(self.conn.execute(delete.format(table=table, stage=stage, pk=pk, one=one),
+                                  params))
             result.applied[(info.name, "delete")] += n
 
         self.rows.bulk_or_rows(info, stage, "delete", lambda: run(sql.SQL("true")),

@@ -15,7 +15,6 @@ the record could come back), and the receipts. No value of the record.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +24,7 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
+from sync.db import state
 from sync.db.catalog import Schema
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,7 @@ def purge(conn: psycopg.Connection, table: str, key: UUID) -> dict[str, int]:
     """Every value of ``table``/``key`` this region holds beside the row itself: losing
     versions in the conflict log, dead letters, and the key in journal entries other than
     deletes (a delete's entry carries the erasure to the regions that pull from here)."""
-    removed = {
-        "conflict_log": conn.execute("DELETE FROM sync.conflict_log WHERE tablename = %s "
-                                     "AND pk = %s", (table, key)).rowcount,
-        "dead_letter": conn.execute("DELETE FROM sync.dead_letter WHERE tablename = %s "
-                                    "AND pk = %s", (table, key)).rowcount}
+    removed = state.purge_records(conn, table, key)
     whole = conn.execute("DELETE FROM sync.change_set WHERE tablename = %s AND op <> 'd' "
                          "AND pks = ARRAY[%s]::uuid[]", (table, key)).rowcount
     part = conn.execute("""
@@ -81,13 +77,10 @@ def carry_out(conn: psycopg.Connection, region: str, requested_by: str,
     out = []
     for request_id, table, key in requests:
         removed = {**(extra or {}).get(key, {}), **purge(conn, table, key)}
-        row = conn.execute(
-            "INSERT INTO sync.erasure_log (requested_by, request_id, tablename, pk, region,"
-            " removed) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (requested_by, request_id)"
-            " DO NOTHING RETURNING erased_at", (requested_by, request_id, table, key, region,
-                                                 json.dumps(removed))).fetchone()
-        if row is not None:
-            out.append(Receipt(region, table, key, requested_by, request_id, removed, row[0]))
+        at = state.record_receipt(conn, requested_by=requested_by, request_id=request_id,
+                                  table=table, key=key, region=region, removed=removed)
+        if at is not None:
+            out.append(Receipt(region, table, key, requested_by, request_id, removed, at))
             log.info("erased %s %s here (request %s#%d)", table, key, requested_by,
                      request_id, extra={"table": table, "peer": requested_by})
     return out
@@ -135,8 +128,7 @@ def forget(conn: psycopg.Connection, schema: Schema, region: str, table: str,
                     "INSERT INTO sync.tombstone (tablename, pk, modifiedon, origin) "
                     "VALUES (%s, %s, 'infinity', %s) ON CONFLICT (tablename, pk) DO UPDATE "
                     "SET modifiedon = 'infinity', origin = EXCLUDED.origin", (t, k, region))
-                request = conn.execute("INSERT INTO sync.erasure (tablename, pk) VALUES "
-                                       "(%s, %s) RETURNING id", (t, k)).fetchone()[0]
+                request = state.request_erasure(conn, t, k)
                 extra = {"rows": 1, **(counts if (t, k) == (table, key) else {})}
                 receipts += carry_out(conn, region, region, [(request, t, k)], {k: extra})
     return receipts
@@ -148,14 +140,13 @@ def follow(local: psycopg.Connection, source: psycopg.Connection, *, peer: str, 
     the requests committed with the deletes it carried). On an initial load there is
     nothing to purge: the requests are only marked as seen. Reads nothing new and writes
     nothing when there is no request."""
-    seen = local.execute("SELECT erasure_seen FROM sync.peer_state WHERE peer = %s",
-                         (peer,)).fetchone()
+    seen = state.erasure_seen(local, peer)
     try:
         with source.transaction():   # a savepoint: a peer not yet migrated to 0011 is no error
             rows = source.execute(
                 "SELECT id, tablename, pk FROM sync.egress_erasure WHERE id > %s "
                 "AND pg_visible_in_snapshot(txid, %s::pg_snapshot) ORDER BY id",
-                (seen[0] if seen else 0, bound)).fetchall()
+                (seen, bound)).fetchall()
     except psycopg.errors.UndefinedTable:
         log.warning("peer %s has no erasure requests to offer (migrate it to 0011)", peer,
                     extra={"peer": peer})
@@ -164,8 +155,7 @@ def follow(local: psycopg.Connection, source: psycopg.Connection, *, peer: str, 
         return []
     with local.transaction():
         receipts = [] if initial else carry_out(local, region, peer, [tuple(r) for r in rows])
-        local.execute("UPDATE sync.peer_state SET erasure_seen = %s WHERE peer = %s",
-                      (rows[-1][0], peer))
+        state.mark_erasure_seen(local, peer, rows[-1][0])
     return receipts
 
 

@@ -15,8 +15,9 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
+import psycopg
 from sqlalchemy import Connection
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,10 @@ def digest(text: str) -> str:
 def all_objects() -> list[ServerObject]:
     """Every server-side object regionsync defines, functions first, by name."""
     found = []
-    for kind, folder in (("function", "functions"), ("view", "views")):
+    folders: tuple[tuple[Kind, str], ...] = (("function", "functions"), ("view", "views"))
+    for kind, folder in folders:
         for path in sorted((SQL_DIR / folder).glob("*.sql")):
-            found.append(ServerObject(kind, path.stem,  # type: ignore[arg-type]
-                                      f"{folder}/{path.name}", path))
+            found.append(ServerObject(kind, path.stem, f"{folder}/{path.name}", path))
     return found
 
 
@@ -78,6 +79,7 @@ def apply(conn: Connection, pinned: dict[str, str]) -> list[str]:
             continue
         # psycopg runs a query without parameters as written (no %-placeholders): the
         # files hold format() templates
-        conn.connection.dbapi_connection.execute(text)  # type: ignore[union-attr]
+        raw = cast(psycopg.Connection, conn.connection.driver_connection)
+        raw.execute(text.encode())
         applied.append(obj.name)
     return applied

@@ -288,12 +288,16 @@ def roles(config_path: Path, apply_: bool, daemon_role: str | None,
     with conn:
         schema = introspect(conn)
         policy = load_policy(cfg.policy_dir, schema)
-        daemon = daemon_role or psycopg.conninfo.conninfo_to_dict(
+        user = psycopg.conninfo.conninfo_to_dict(
             cfg.database.conninfo(where="database.url")).get("user")
+        daemon = daemon_role or (str(user) if user else None)
         if apply_:
             if daemon_role or app_role:
+                if daemon is None:
+                    raise ConfigError("name the daemon's role with --daemon-role (database.url "
+                                      "has no user)", key="database.url")
                 with conn.transaction():
-                    for stmt in local_role_statements(schema, daemon=daemon_role or daemon,
+                    for stmt in local_role_statements(schema, daemon=daemon,
                                                       app=app_role):
                         conn.execute(stmt)
             made = apply_egress(conn, policy, schema, cfg.destination_regions(), cfg.serve)

@@ -2,7 +2,12 @@
 
 ``sync.settings`` (the region's name), ``sync.peer_state`` (a token per peer and what the
 policy let it send), ``sync.integration_log`` (each batch applied), ``sync.dead_letter``,
-``sync.conflict_log``, ``sync.narrowed_column`` and ``sync.policy_audit``. Other modules
+``sync.conflict_log``, ``sync.narrowed_column``, ``sync.policy_audit``, the erasure
+records (``sync.erasure``, ``sync.erasure_log``) and the egress bookkeeping
+(``sync.egress_role``, ``egress_table``, ``egress_sent``, ``egress_withdrawal``; the
+owner's per-destination marking of its sent set runs server-side, in the
+``sync.egress_mark`` that ``sync.source.egress`` makes from the policy; `migrate` names the
+region inside its own Alembic transaction). Other modules
 call these functions instead of writing the SQL again, so a column or a rule about these
 tables (a token never moves backwards, a dead letter's back-off) lives in one place.
 The journal and tombstones are not here: they are part of capture's and apply's own
@@ -17,6 +22,9 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg import sql
+
+from sync.db.connect import scalar
 
 Conn = psycopg.Connection
 
@@ -152,8 +160,8 @@ def resolve_dead_letters(conn: Conn, ids: list[int], since: datetime) -> int:
 
 
 def count_dead_letters(conn: Conn, peer: str) -> int:
-    return conn.execute("SELECT count(*) FROM sync.dead_letter WHERE peer = %s",
-                        (peer,)).fetchone()[0]
+    return scalar(conn.execute("SELECT count(*) FROM sync.dead_letter WHERE peer = %s",
+                        (peer,)))
 
 
 def list_dead_letters(conn: Conn, peer: str | None, table: str | None) -> list[tuple]:
@@ -218,7 +226,7 @@ def first_conflict(conn: Conn) -> tuple[str, str, Any] | None:
 
 
 def count_conflicts(conn: Conn) -> int:
-    return conn.execute("SELECT count(*) FROM sync.conflict_log").fetchone()[0]
+    return scalar(conn.execute("SELECT count(*) FROM sync.conflict_log"))
 
 
 # -- narrowed_column -----------------------------------------------------------------------
@@ -288,6 +296,26 @@ def forget_sent(conn: Conn, role: str, table: str) -> None:
                  (role, table))
 
 
+def mark_all_sent(conn: Conn, role: str, table: str, pk: str) -> None:
+    """A table sent whole is now filtered: every key it holds counts as sent."""
+    conn.execute(sql.SQL(
+        "INSERT INTO sync.egress_sent (role_name, tablename, pk) "
+        "SELECT %s, %s, {t}.{pk} FROM public.{t} ON CONFLICT DO NOTHING").format(
+        t=sql.Identifier(table), pk=sql.Identifier(pk)), (role, table))
+
+
+def mark_gone_outside(conn: Conn, role: str, table: str, pk: str,
+                      row_filter: sql.Composable) -> list[UUID]:
+    """Keys sent to ``role`` whose rows the filter no longer admits: marked gone (the
+    destination removes its copies), returned for the withdrawal."""
+    return [r[0] for r in conn.execute(sql.SQL(
+        "UPDATE sync.egress_sent s SET gone_at = pg_current_xact_id() "
+        "WHERE s.role_name = %s AND s.tablename = %s AND s.gone_at IS NULL "
+        "AND EXISTS (SELECT 1 FROM public.{t} WHERE {t}.{pk} = s.pk "
+        "            AND NOT coalesce(({f}), false)) RETURNING s.pk").format(
+        t=sql.Identifier(table), pk=sql.Identifier(pk), f=row_filter), (role, table))]
+
+
 def record_withdrawal(conn: Conn, role: str, table: str, origin: str, keys: list) -> None:
     """A journal entry for one destination only: these copies must go."""
     conn.execute("INSERT INTO sync.egress_withdrawal (role_name, tablename, origin, pks) "
@@ -319,3 +347,45 @@ def egress_summary(conn: Conn, *, region: str | None, since: datetime | None,
           AND (%(until)s::timestamptz IS NULL OR l.served_at < %(until)s)
         GROUP BY 1, 2 ORDER BY 1, 2""",
         {"region": region, "since": since, "until": until}).fetchall()
+
+
+# -- erasure -------------------------------------------------------------------------------
+
+
+def purge_records(conn: Conn, table: str, key: UUID) -> dict[str, int]:
+    """Forget a key's losing versions and dead letters (an erasure): rows removed of each."""
+    return {
+        "conflict_log": conn.execute("DELETE FROM sync.conflict_log WHERE tablename = %s "
+                                     "AND pk = %s", (table, key)).rowcount,
+        "dead_letter": conn.execute("DELETE FROM sync.dead_letter WHERE tablename = %s "
+                                    "AND pk = %s", (table, key)).rowcount}
+
+
+def request_erasure(conn: Conn, table: str, key: UUID) -> int:
+    """A request peers carry out (``sync.egress_erasure``); its id."""
+    return int(scalar(conn.execute("INSERT INTO sync.erasure (tablename, pk) VALUES (%s, %s) "
+                                   "RETURNING id", (table, key))))
+
+
+def record_receipt(conn: Conn, *, requested_by: str, request_id: int, table: str, key: UUID,
+                   region: str, removed: dict[str, int]) -> datetime | None:
+    """The receipt of a request carried out here; None if it already has one (idempotent:
+    the first receipt stays)."""
+    row = conn.execute(
+        "INSERT INTO sync.erasure_log (requested_by, request_id, tablename, pk, region,"
+        " removed) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (requested_by, request_id)"
+        " DO NOTHING RETURNING erased_at",
+        (requested_by, request_id, table, key, region, json.dumps(removed))).fetchone()
+    return None if row is None else row[0]
+
+
+def erasure_seen(conn: Conn, peer: str) -> int:
+    """The last of ``peer``'s erasure requests this region has carried out (0: none)."""
+    row = conn.execute("SELECT erasure_seen FROM sync.peer_state WHERE peer = %s",
+                       (peer,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def mark_erasure_seen(conn: Conn, peer: str, request_id: int) -> None:
+    conn.execute("UPDATE sync.peer_state SET erasure_seen = %s WHERE peer = %s",
+                 (request_id, peer))

@@ -23,6 +23,7 @@ from psycopg import sql
 
 from sync.db import state
 from sync.db.catalog import Schema
+from sync.db.connect import scalar
 from sync.policy.model import Policy, TableRule
 
 log = logging.getLogger(__name__)
@@ -97,16 +98,17 @@ def find_drift(conn: psycopg.Connection, schema: Schema, policy: Policy, region:
                                      f"{origin} no longer sends these rows to {region}",
                                      keys))
             if rule is None:
-                n = conn.execute(sql.SQL("SELECT count(*) FROM public.{} WHERE sync_origin = %s")
-                                 .format(ident), (origin,)).fetchone()[0]
+                n = scalar(conn.execute(
+                    sql.SQL("SELECT count(*) FROM public.{} WHERE sync_origin = %s")
+                    .format(ident), (origin,)))
                 deletes.append(Drift(table, origin, "delete_rows", (), n,
                                      f"no rule sends {table} to {region}"))
                 continue
             if rule.rows is not None:
-                n = conn.execute(sql.SQL(
+                n = scalar(conn.execute(sql.SQL(
                     "SELECT count(*) FROM public.{} t WHERE sync_origin = %s AND NOT "
                     "coalesce({}, false)").format(ident, rule.rows.to_sql("t")),
-                    (origin,)).fetchone()[0]
+                    (origin,)))
                 if n:
                     deletes.append(Drift(table, origin, "delete_rows", (), n,
                                          f"row filter ({rule.where}): {rule.rows.describe()}"))
@@ -114,10 +116,10 @@ def find_drift(conn: psycopg.Connection, schema: Schema, policy: Policy, region:
             cols = tuple(c for c in narrowed_map.get((origin, table), ()) if c not in wire
                          and c in info.columns)
             if cols:
-                n = conn.execute(sql.SQL(
+                n = scalar(conn.execute(sql.SQL(
                     "SELECT count(*) FROM public.{} WHERE sync_origin = %s AND ({})").format(
                     ident, sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(
-                        sql.Identifier(c)) for c in cols)), (origin,)).fetchone()[0]
+                        sql.Identifier(c)) for c in cols)), (origin,)))
                 if n:
                     nulls.append(Drift(table, origin, "null_columns", cols, n,
                                        f"no longer on the allow-list for {region}"))
@@ -129,7 +131,7 @@ def find_drift(conn: psycopg.Connection, schema: Schema, policy: Policy, region:
 def retract(conn: psycopg.Connection, policy: Policy, region: str, items: list[Drift], *,
             rule_for: RuleFor | None = None) -> list[tuple[Drift, int, str | None]]:
     """Apply each drift item in its own transaction; returns (item, rows, error)."""
-    done = []
+    done: list[tuple[Drift, int, str | None]] = []
     for item in items:
         rule = (rule_for or (lambda t, _o: policy.rule_for(t, region)))(item.table, item.origin)
         ident = sql.Identifier(item.table)

@@ -16,7 +16,6 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,23 +48,12 @@ from sync.runtime.breaker import Breaker, State
 from sync.runtime.http import StatusServer
 from sync.runtime.leader import LeaderLock
 from sync.runtime.metrics import Metrics
+from sync.runtime.peerrun import PeerRun
 from sync.runtime.retention import Pruner
 from sync.runtime.status import link_status, local_status
 from sync.source.egress import apply_egress
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PeerRun:
-    """The daemon's state for one peer: its link, breaker and back-off."""
-
-    link: PeerLink
-    breaker: Breaker
-    failures: int = 0               # consecutive failed batches (back-off)
-    not_before: float = 0.0         # monotonic: no poll before this
-    stopped: str | None = None      # why the link stopped, while it is stopped
-
 
 MAX_BACKOFF = 60.0
 STOPPED_RECHECK = 300.0   # a stopped link is tried again this often (the cause may be fixed)
@@ -185,11 +173,12 @@ class Daemon:
         if self._stopped.is_set():
             return
         self._stop.set()
-        if self._scheduler is not None:
+        scheduler = self._scheduler
+        if scheduler is not None:
             done = threading.Event()
 
             def shutdown() -> None:
-                self._scheduler.shutdown(wait=True)
+                scheduler.shutdown(wait=True)
                 done.set()
             threading.Thread(target=shutdown, name="regionsync-shutdown", daemon=True).start()
             if not done.wait(timeout):
@@ -234,6 +223,7 @@ class Daemon:
             log.info("region %s: this daemon is the leader", region)
             for name in self._peers:   # take over at once, not at the next poll tick
                 with contextlib.suppress(JobLookupError):
+                    assert self._scheduler is not None   # leadership is checked after start
                     self._scheduler.modify_job(f"poll-{name}", next_run_time=datetime.now(UTC))
         elif not self.is_leader:
             log.debug("region %s: standby; another daemon holds the leader lock", region)

@@ -12,6 +12,8 @@ import logging
 
 import psycopg
 
+from sync.db.connect import scalar
+
 log = logging.getLogger(__name__)
 
 LOCK_CLASS, LOCK_ID = 0x7253, 0x1   # "rS": one lock per database, i.e. per region
@@ -28,8 +30,8 @@ class LeaderLock:
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.connect(self._conninfo, autocommit=True,
                                              application_name=f"regionsync-{self.region}-leader")
-            return bool(self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                           (LOCK_CLASS, LOCK_ID)).fetchone()[0])
+            return bool(scalar(self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                           (LOCK_CLASS, LOCK_ID))))
         except psycopg.Error as exc:
             log.warning("region %s: cannot reach the local database for the leader lock: %s",
                         self.region, exc)

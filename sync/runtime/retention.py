@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from sync.config import RetentionConfig
+from sync.db.connect import connect, one_row, scalar
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,9 @@ class Pruner:
         self.on_pruned = on_pruned
 
     def run_once(self) -> dict[str, int]:
-        from sync.db.connect import connect
         counts: dict[str, int] = {}
         with connect(self.conninfo, application_name="regionsync-prune") as conn:
-            now = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            now = scalar(conn.execute("SELECT clock_timestamp()"))
             known = self.tokens()
             tokens = [known[p] for p in self.pullers] \
                 if all(known.get(p) for p in self.pullers) else None
@@ -98,10 +98,10 @@ class Pruner:
         total = 0
         while not self.stop.is_set():
             with conn.transaction():
-                n, hard_xid = conn.execute(JOURNAL, {
+                n, hard_xid = one_row(conn.execute(JOURNAL, {
                     "soft": now - timedelta(seconds=self.cfg.journal),
                     "hard": now - timedelta(seconds=self.cfg.expire_after),
-                    "tokens": tokens, "batch": self.cfg.batch}).fetchone()
+                    "tokens": tokens, "batch": self.cfg.batch}))
                 if hard_xid is not None:    # entries maybe never consumed: the horizon moves
                     conn.execute(
                         "INSERT INTO sync.journal_horizon (pruned_xid) VALUES (%s::text::xid8) "

@@ -10,6 +10,7 @@ import psycopg
 from sync.db import state
 from sync.db.catalog import Schema
 from sync.policy.model import Policy
+from sync.records import Origins
 from sync.source.reader import SourceReader
 
 
@@ -34,10 +35,10 @@ def link_status(record: dict[str, Any], health: Any, link: Any, breaker: str,
             "breaker": breaker.lower().replace("_", "-")}
 
 
-def peer_backlog(source: psycopg.Connection, *, peer: str, region: str, origins: str,
+def peer_backlog(source: psycopg.Connection, *, peer: str, region: str, origins: Origins,
                  token: str | None, policy: Policy, schema: Schema) -> dict[str, Any]:
     """Backlog and lag of one peer, read from its journal on its own clock."""
-    reader = SourceReader(source, peer=peer, region=region, origins=origins)  # type: ignore[arg-type]
+    reader = SourceReader(source, peer=peer, region=region, origins=origins)
     tables = [t for t in policy.rules_to(region) if t in schema.tables]
     with reader.batch() as snap:
         if token is None:

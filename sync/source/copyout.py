@@ -17,7 +17,7 @@ that owns ``conn`` may call it (as for every use of a psycopg connection here).
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import psycopg
 from psycopg import pq, sql
@@ -51,7 +51,7 @@ def _raise_any_error(conn: psycopg.Connection, results: list[pq.abc.PGresult]) -
             raise error_from_result(res, encoding=conn.info.encoding)
 
 
-def copy_out(conn: psycopg.Connection, stmt: sql.Composable) -> Iterator[memoryview]:
+def copy_out(conn: psycopg.Connection, stmt: sql.Composable) -> Generator[memoryview, None, None]:
     """The messages of ``stmt`` (a ``COPY … TO STDOUT``), one per row."""
     pgconn = conn.pgconn
     pgconn.send_query(stmt.as_bytes(conn))

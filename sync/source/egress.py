@@ -100,10 +100,10 @@ class Current:
 def egress_statements(policy: Policy, schema: Schema, destinations: Iterable[str],
                       conn: psycopg.Connection | None = None,
                       current: Current | None = None,
-                      serve: ServeConfig | None = None) -> list[sql.Composable]:
+                      serve: ServeConfig | None = None) -> list[sql.Composed | sql.SQL]:
     """Every statement that makes the database enforce ``policy`` for ``destinations``;
     with ``current``, row-level security that is already in force is not re-created."""
-    stmts: list[sql.Composable] = []
+    stmts: list[sql.Composed | sql.SQL] = []
     filtered_anywhere: set[str] = set()
     plans = {d: grants_for(policy, schema, d) for d in sorted(set(destinations))}
     for grants in plans.values():
@@ -137,7 +137,8 @@ def egress_statements(policy: Policy, schema: Schema, destinations: Iterable[str
         wanted = {g.table: g for g in grants if g.row_filter is not None}
         for table in sorted(schema.tables):
             g = wanted.get(table)
-            text = g.row_filter.as_string(conn) if g is not None and conn is not None else None
+            text = (g.row_filter.as_string(conn)
+                    if g is not None and g.row_filter is not None and conn is not None else None)
             exists = current is None or (table, name) in current.policies
             same = current is not None and exists and g is not None \
                 and current.filters.get((name, table)) == text
@@ -185,7 +186,7 @@ IF p_role = {role} AND p_table = {tname} THEN
 END IF;"""
 
 
-def mark_function(plans: dict[str, list[Grant]], schema: Schema) -> sql.Composable:
+def mark_function(plans: dict[str, list[Grant]], schema: Schema) -> sql.Composed:
     """``sync.egress_mark``: the owner's filters as static SQL, one branch per destination
     and row-filtered table (see migration 0010). The body is passed as a string literal, so
     no value in a filter can end it early."""
@@ -246,32 +247,24 @@ def _withdraw_narrowed(conn: psycopg.Connection, schema: Schema, role: str, curr
         before = current.filters.get((role, table))
         if before == g.row_filter.as_string(conn) or region is None:
             continue
-        ident, pk = sql.Identifier(table), sql.Identifier(schema.tables[table].pk)
+        pk = schema.tables[table].pk
         if before is None and (role, table) in current.granted:
-            conn.execute(sql.SQL(
-                "INSERT INTO sync.egress_sent (role_name, tablename, pk) "
-                "SELECT %s, %s, {t}.{pk} FROM public.{t} ON CONFLICT DO NOTHING").format(
-                t=ident, pk=pk), (role, table))
-        gone = [r[0] for r in conn.execute(sql.SQL(
-            "UPDATE sync.egress_sent s SET gone_at = pg_current_xact_id() "
-            "WHERE s.role_name = %s AND s.tablename = %s AND s.gone_at IS NULL "
-            "AND EXISTS (SELECT 1 FROM public.{t} WHERE {t}.{pk} = s.pk "
-            "            AND NOT coalesce(({f}), false)) RETURNING s.pk").format(
-            t=ident, pk=pk, f=g.row_filter), (role, table))]
+            state.mark_all_sent(conn, role, table, pk)
+        gone = state.mark_gone_outside(conn, role, table, pk, g.row_filter)
         if gone:
             state.record_withdrawal(conn, role, table, region, gone)
             log.info("policy narrows %s for %s: %d row(s) to withdraw", table, role, len(gone))
 
 
 def local_role_statements(schema: Schema, *, daemon: str,
-                          app: str | None) -> list[sql.Composable]:
+                          app: str | None) -> list[sql.Composed | sql.SQL]:
     """The region's own roles: the daemon (applies peers' changes; no superuser, not the
     tables' owner) and, when named, the application (DML on the tracked tables, nothing
     of the ``sync`` schema)."""
     tables = sql.SQL(", ").join(sql.SQL("public.{}").format(sql.Identifier(t))
                                 for t in sorted(schema.tables))
     d = sql.Identifier(daemon)
-    stmts: list[sql.Composable] = [
+    stmts: list[sql.Composed | sql.SQL] = [
         sql.SQL("DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) "
                 "THEN CREATE ROLE {} LOGIN; END IF; END$$").format(sql.Literal(daemon), d),
         sql.SQL("GRANT regionsync_apply TO {}").format(d),

@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema, TableInfo
+from sync.db.connect import one_row, scalar
 from sync.errors import Throttled
 from sync.policy.model import TableRule
 from sync.records import Origins, Page, Pending, ReadPlan, Segment, SegmentKind, Snapshot
@@ -78,8 +79,8 @@ class SourceReader:
         if not self.owner_filtered:
             return None
         with self.conn.transaction():
-            return self.conn.execute("SELECT sync.egress_prepare(%s, %s, %s)",
-                                     (since, *self._origin_args())).fetchone()[0]
+            return scalar(self.conn.execute("SELECT sync.egress_prepare(%s, %s, %s)",
+                                     (since, *self._origin_args())))
 
     @contextlib.contextmanager
     def batch(self, bound: str | None = None) -> Iterator[Snapshot]:
@@ -87,14 +88,14 @@ class SourceReader:
         ``bound`` (from ``prepare``) ends the batch earlier."""
         with self.conn.transaction():
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            token, now = self.conn.execute(
-                "SELECT pg_current_snapshot()::text, clock_timestamp()").fetchone()
+            token, now = one_row(self.conn.execute(
+                "SELECT pg_current_snapshot()::text, clock_timestamp()"))
             self._wide = False
             yield Snapshot(bound or token, now, token)
 
     def snapshot(self) -> str:
         """The peer's current snapshot, outside any batch: one short round trip."""
-        return self.conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0]
+        return scalar(self.conn.execute("SELECT pg_current_snapshot()::text"))
 
     # -- SQL builders (only identifiers and literals; never a policy's raw text) ----------
     def _origin_is_ours_to_read(self, column: sql.Composable) -> sql.Composable:
@@ -173,7 +174,7 @@ class SourceReader:
         for name, value in params:
             self.conn.execute("SELECT set_config(%s, %s, true)", (name, value))
         inner = stmt.as_string(self.conn).removeprefix("COPY (").removesuffix(") TO STDOUT")
-        return self.conn.execute(f"SELECT count(*) FROM ({inner}) q").fetchone()[0]
+        return scalar(self.conn.execute(f"SELECT count(*) FROM ({inner}) q"))
 
     def token_for(self, region: str) -> str | None:
         """The peer's own token for ``region``: how much of our journal it has applied."""
@@ -250,7 +251,7 @@ class SourceReader:
         read (the owner's row security or our own row filter hides it) and no tombstone.
         The receiver removes its copy; it is not a delete anywhere (invariant 8)."""
         assert plan.token is not None
-        visible = sql.SQL("true")
+        visible: sql.Composable = sql.SQL("true")
         params: list[tuple[str, str]] = []
         if rule.rows is not None:
             visible, params = rule.rows.to_sql_params("x", info.types, prefix="regionsync.w")
@@ -308,7 +309,8 @@ class SourceReader:
             # Each row is appended to the page's buffer at once and its message dropped:
             # holding 5,000 small objects per page and joining them cost twice the CPU
             # (fresh memory for every page), on the thread every apply lane waits on.
-            buf, rows, first, message = bytearray(), 0, binary, b""
+            buf, rows, first = bytearray(), 0, binary
+            message: bytes | memoryview = b""
             with contextlib.closing(copy_out(self.conn, stmt)) as messages:
                 for message in messages:  # one CopyData message per row
                     if first:

@@ -18,7 +18,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -200,7 +202,7 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def clusters(names: list[str], **kw) -> contextlib.AbstractContextManager[dict[str, LocalCluster]]:
+def clusters(names: list[str], **kw: Any) -> Iterator[dict[str, LocalCluster]]:
     """Start one cluster per name; always remove them all, also on error or Ctrl-C."""
     started: dict[str, LocalCluster] = {}
     try:

@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 
 from sync.db import state
 from sync.db.catalog import introspect
-from sync.db.connect import connect
+from sync.db.connect import connect, one_row, scalar
 from sync.db.migrate import migrate
 from sync.policy import load_policy
 from sync.source.egress import apply_egress, local_role_statements, role_for
@@ -233,8 +233,8 @@ def run_demo(rows: int = 200, keep_running: bool = False) -> None:
 def edits(conns: dict[str, psycopg.Connection], echo) -> None:
     west, north, us = conns["eu-west"], conns["eu-north"], conns["us-east"]
     echo("[2] edits:")
-    acc = us.execute("SELECT accountid FROM account WHERE sync_origin = 'eu-west' LIMIT 1"
-                     ).fetchone()[0]
+    acc = scalar(us.execute("SELECT accountid FROM account WHERE sync_origin = 'eu-west' LIMIT 1"
+                     ))
     us.execute("""INSERT INTO contact (accountid, firstname, lastname, medical_notes,
                   implant_serial) VALUES (%s, 'Nora', 'New-USEAST', 'allergy: penicillin',
                   'SN-USEAST-NEW')""", (acc,))
@@ -243,8 +243,8 @@ def edits(conns: dict[str, psycopg.Connection], echo) -> None:
                   "WHERE lastname = 'Last1-EUWEST'")
     echo("  eu-north updates contact Last1-EUWEST (authored in eu-west)")
     # the target table's own author deletes: shipment, then its order
-    victim = west.execute("SELECT salesorderid FROM salesorder WHERE sync_origin = 'eu-west' "
-                          "ORDER BY ordernumber LIMIT 1").fetchone()[0]
+    victim = scalar(west.execute("SELECT salesorderid FROM salesorder "
+                                 "WHERE sync_origin = 'eu-west' ORDER BY ordernumber LIMIT 1"))
     with west.transaction():
         west.execute("DELETE FROM shipment WHERE salesorderid = %s", (victim,))
         west.execute("DELETE FROM salesorder WHERE salesorderid = %s", (victim,))
@@ -263,23 +263,23 @@ def report(conns: dict[str, psycopg.Connection], ports: dict[str, int], echo) ->
          f"  {'arrived from peers':>18}  {'foreign medical':>15}  {'foreign personal':>16}"
          f"  {'medicalcase':>11}  {'conflicts':>9}")
     for r, c in conns.items():
-        counts = [c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+        counts = [scalar(c.execute(f"SELECT count(*) FROM {t}"))
                   for t in ("account", "contact", "salesorder", "shipment")]
-        arrived = sum(c.execute(f"SELECT count(*) FROM {t} WHERE sync_origin <> %s",
-                                (r,)).fetchone()[0]
+        arrived = sum(scalar(c.execute(f"SELECT count(*) FROM {t} WHERE sync_origin <> %s",
+                                (r,)))
                       for t in ("account", "contact", "salesorder", "shipment"))
         # a contact's home region is the tag in its last name (the demo's seed)
-        foreign_medical = c.execute(
+        foreign_medical = scalar(c.execute(
             "SELECT count(*) FROM contact WHERE lastname NOT LIKE %s AND "
             "(medical_notes IS NOT NULL OR implant_serial IS NOT NULL)",
-            ("%-" + r.replace("-", "").upper(),)).fetchone()[0]
+            ("%-" + r.replace("-", "").upper(),)))
         # e-mail, phone, birth date of people from other regions: EU regions only
-        foreign_personal = c.execute(
+        foreign_personal = scalar(c.execute(
             "SELECT count(*) FROM contact WHERE lastname NOT LIKE %s AND (emailaddress1 IS "
             "NOT NULL OR telephone1 IS NOT NULL OR birthdate IS NOT NULL)",
-            ("%-" + r.replace("-", "").upper(),)).fetchone()[0]
-        cases = c.execute("SELECT count(*), count(*) FILTER (WHERE sync_origin <> %s) "
-                          "FROM medicalcase", (r,)).fetchone()
+            ("%-" + r.replace("-", "").upper(),)))
+        cases = one_row(c.execute("SELECT count(*), count(*) FILTER (WHERE sync_origin <> %s) "
+                                  "FROM medicalcase", (r,)))
         conflicts = state.count_conflicts(c)
         echo(f"{r:9} {counts[0]:>8} {counts[1]:>8} {counts[2]:>6} {counts[3]:>9}"
              f"  {arrived:>18}  {foreign_medical:>15}  {foreign_personal:>16}"

@@ -272,7 +272,8 @@ def test_a_peer_link_applies_within_its_rate_limit(mesh: Mesh) -> None:
         pass
     took = time.monotonic() - started
     assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 2500
-    assert took >= 1.4, took     # one second's burst, then 1,000 rows a second
+    # one second's burst, then 1,000 rows a second: 1.5 s; not a sleep per page or row
+    assert 1.4 <= took < 6.0, took
 
 
 def test_table_priorities_order_a_batch_where_foreign_keys_allow(mesh: Mesh) -> None:

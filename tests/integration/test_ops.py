@@ -31,7 +31,7 @@ def region_config(mesh: Mesh, region: str, port: int = 0, **kw) -> RegionConfig:
                         policy_dir=POLICIES, poll_interval=0.2, metrics={"port": port}, **kw)
 
 
-def write_config(tmp_path: Path, mesh: Mesh, region: str, **kw: object) -> Path:
+def config_file(tmp_path: Path, mesh: Mesh, region: str, **kw: object) -> Path:
     urls = {r: mesh.urls[r] for r in ("eu-west", "eu-north", "us-east")}
     return mesh_config(tmp_path / f"{region}.yaml", urls, region, **kw)
 
@@ -137,13 +137,14 @@ def test_status_endpoint_and_command(mesh: Mesh, tmp_path: Path) -> None:
             assert b"leader" in r.read()
     finally:
         daemon.stop()
-    cfg = write_config(tmp_path, mesh, "eu-north")
+    cfg = config_file(tmp_path, mesh, "eu-north")
     contact(mesh.conn("eu-west"), "Pending")   # applied by nobody now: backlog 1
+    time.sleep(1.0)                             # ... and at least a second old
     out = cli("status", "--config", str(cfg), "--json")
     assert out.returncode == 0, out.stderr
     st = json.loads(out.stdout)
     assert st["peers"]["eu-west"]["backlog"] == 1
-    assert st["peers"]["eu-west"]["lag_seconds"] >= 0
+    assert 0.9 <= st["peers"]["eu-west"]["lag_seconds"] < 30
     assert st["peers"]["us-east"]["reachable"] is True
     table = cli("status", "--config", str(cfg))
     assert "eu-west" in table.stdout and "backlog" in table.stdout
@@ -155,7 +156,7 @@ def test_dead_letter_and_conflict_commands(mesh: Mesh, tmp_path: Path) -> None:
     mesh.pull("eu-north", "eu-west")
     cid = contact(north, "Orphan", accountid=aid)
     mesh.pull("us-east", "eu-north")          # its account has not reached us-east yet
-    cfg = write_config(tmp_path, mesh, "us-east")
+    cfg = config_file(tmp_path, mesh, "us-east")
     listed = cli("dlq", "list", "--config", str(cfg))
     assert listed.returncode == 0 and "23503" in listed.stdout and "contact" in listed.stdout
     ident = mesh.one("us-east", "SELECT id FROM sync.dead_letter")
@@ -179,7 +180,7 @@ def test_dead_letter_and_conflict_commands(mesh: Mesh, tmp_path: Path) -> None:
     a.execute("UPDATE contact SET firstname = 'west' WHERE contactid = %s", (cid,))
     b.execute("UPDATE contact SET firstname = 'north' WHERE contactid = %s", (cid,))
     mesh.sync()
-    conflicts = cli("conflicts", "list", "--config", str(write_config(tmp_path, mesh, "eu-west")))
+    conflicts = cli("conflicts", "list", "--config", str(config_file(tmp_path, mesh, "eu-west")))
     assert conflicts.returncode == 0, conflicts.stderr
     row = [line for line in conflicts.stdout.splitlines() if str(cid)[:8] in line]
     assert row and "eu-west" in row[0] and "eu-north" in row[0] and "firstname" in row[0]
@@ -189,7 +190,7 @@ def test_resync_logs_progress_and_json_logs_carry_fields(mesh: Mesh, tmp_path: P
     west = mesh.conn("eu-west")
     west.execute("INSERT INTO contact (lastname, medical_notes) "
                  "SELECT 'R' || g, 'secret' FROM generate_series(1, 1200) g")
-    cfg = write_config(tmp_path, mesh, "eu-north", page_size=500)
+    cfg = config_file(tmp_path, mesh, "eu-north", page_size=500)
     out = cli("--log-format", "json", "resync", "--peer", "eu-west", "--config", str(cfg))
     assert out.returncode == 0, out.stderr
     assert "resync from eu-west done: 1200 row(s)" in out.stdout
@@ -206,7 +207,7 @@ def test_resync_shows_a_progress_bar_on_a_terminal(mesh: Mesh, tmp_path: Path) -
     import pty
     mesh.conn("eu-west").execute("INSERT INTO contact (lastname) "
                                  "SELECT 'T' || g FROM generate_series(1, 3000) g")
-    cfg = write_config(tmp_path, mesh, "eu-north", page_size=500)
+    cfg = config_file(tmp_path, mesh, "eu-north", page_size=500)
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "resync", "--peer", "eu-west",
                              "--config", str(cfg)], stdout=subprocess.PIPE, stderr=slave,
