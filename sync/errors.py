@@ -11,6 +11,7 @@ message never carries a server error's DETAIL (it often quotes row values).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import psycopg
 
@@ -35,7 +36,7 @@ class ConfigError(SyncError):
             where += f"{key}: "
         super().__init__(f"{where}{message}")
 
-    def __reduce__(self):  # keep the structured fields when pickled
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the structured fields when pickled
         return (_rebuild_config_error, (self.detail, self.file, self.line, self.key))
 
 
@@ -51,7 +52,7 @@ class PolicyError(ConfigError):
 class FilterSyntaxError(PolicyError):
     """A row filter could not be parsed; ``position`` is the 0-based character offset."""
 
-    def __init__(self, message: str, *, text: str, position: int, **kw) -> None:
+    def __init__(self, message: str, *, text: str, position: int, **kw: Any) -> None:
         self.text = text
         self.position = position
         pointer = f"\n    {text}\n    {' ' * position}^"
@@ -73,7 +74,7 @@ class _LinkError(SyncError):
         self.detail = message
         super().__init__(f"peer {peer}: {message}" if peer else message)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.detail, self.peer, self.sqlstate))
 
 

@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import psycopg
@@ -17,13 +19,20 @@ import psycopg.conninfo
 from sync.db import state
 from sync.errors import ConfigError
 
+if TYPE_CHECKING:   # the command imports what it runs only when it runs (a fast --help)
+    from rich.progress import Progress, Task
+
+    from sync.config import RegionConfig
+    from sync.link import PeerLink
+    from sync.policy.model import Policy
+
 log = logging.getLogger(__name__)
 
 config_opt = click.option("--config", "config_path", type=click.Path(path_type=Path),
                           required=True, help="The region's YAML configuration.")
 
 
-def open_local(cfg) -> psycopg.Connection:
+def open_local(cfg: RegionConfig) -> psycopg.Connection:
     """The region's own database, or one line naming it and why it cannot be reached."""
     from sync.db.connect import connect
     from sync.errors import from_db
@@ -34,13 +43,13 @@ def open_local(cfg) -> psycopg.Connection:
         raise from_db(exc, what=f"local database {cfg.database.safe_url()}") from exc
 
 
-def _open(config_path: Path):
+def _open(config_path: Path) -> tuple[RegionConfig, psycopg.Connection]:
     from sync.config import load_config
     cfg = load_config(config_path)
     return cfg, open_local(cfg)
 
 
-def _peer_link(cfg, name: str, policy):
+def _peer_link(cfg: RegionConfig, name: str, policy: Policy) -> PeerLink:
     """A one-off link from peer ``name`` into this region, outside the daemon: built as the
     daemon builds it (the peer's rate limit and the table priorities apply to a resync)."""
     from sync.link import PeerLink
@@ -135,7 +144,7 @@ def _ids(conn: psycopg.Connection, idents: tuple[int, ...], all_: bool) -> list[
     return list(idents)
 
 
-def _dead_letter_args(command):
+def _dead_letter_args(command: Callable[..., Any]) -> Callable[..., Any]:
     """--config, dead-letter ids, --all: what retry and discard take."""
     command = click.option("--all", "all_", is_flag=True, help="Every dead letter.")(command)
     command = click.argument("idents", type=int, nargs=-1)(command)
@@ -201,7 +210,7 @@ def conflicts_list(config_path: Path, table: str | None, limit: int) -> None:
                                      "won", "won at", "fields"])
 
 
-def _progress_bar(peer: str):
+def _progress_bar(peer: str) -> Progress:
     """A rich progress bar on stderr: rows done of total, rows/s, ETA."""
     from rich.console import Console
     from rich.progress import (
@@ -215,7 +224,7 @@ def _progress_bar(peer: str):
     from rich.text import Text
 
     class RowsPerSecond(ProgressColumn):
-        def render(self, task) -> Text:
+        def render(self, task: Task) -> Text:
             return Text(f"{task.speed or 0:,.0f} rows/s")
     return Progress(TextColumn(f"resync from {peer}"), BarColumn(), MofNCompleteColumn(),
                     RowsPerSecond(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -316,7 +325,8 @@ def roles(config_path: Path, apply_: bool, daemon_role: str | None,
 @click.option("--until", type=click.DateTime(), default=None, help="Until (exclusive, UTC).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text",
               show_default=True)
-def egress(config_path: Path, region: str | None, since, until, fmt: str) -> None:
+def egress(config_path: Path, region: str | None, since: datetime | None,
+           until: datetime | None, fmt: str) -> None:
     """What this region served to each destination (its egress log): per region and
     table, batches, rows, first and last time, the policy hashes in force and the columns
     served — the record of transfers an auditor asks for."""

@@ -5,17 +5,26 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sync.cli.errors import fail
 from sync.errors import ConfigError, SyncError
 
+if TYPE_CHECKING:   # imported where the command runs (a fast --help)
+    import psycopg
+
+    from sync.config import RegionConfig
+    from sync.db.catalog import Schema
+    from sync.policy.model import Policy
+
 
 @contextmanager
-def _errors():
+def _errors() -> Iterator[None]:
     """Errors end as one line with the documented exit code (see cli_errors)."""
     try:
         yield
@@ -23,7 +32,8 @@ def _errors():
         fail(exc)
 
 
-def _context(config_path: Path | None, policy_dir: Path | None, need_db: bool = False):
+def _context(config_path: Path | None, policy_dir: Path | None, need_db: bool = False
+             ) -> tuple[RegionConfig | None, Policy, Schema | None, list[str] | None]:
     """(config, policy, schema, regions) for a command."""
     from sync.cli.ops import open_local
     from sync.config import load_config
@@ -40,6 +50,14 @@ def _context(config_path: Path | None, policy_dir: Path | None, need_db: bool = 
     directory = policy_dir or (cfg.policy_dir if cfg else Path("policies"))
     return cfg, load_policy(directory, schema, regions), schema, regions
 
+
+
+def _db_context(config_path: Path | None, policy_dir: Path | None
+                ) -> tuple[RegionConfig, Policy, Schema, list[str]]:
+    """`_context` for a command that reads the region's database: all four are there."""
+    cfg, pol, schema, regions = _context(config_path, policy_dir, need_db=True)
+    assert cfg is not None and schema is not None and regions is not None
+    return cfg, pol, schema, regions
 
 config_opt = click.option("--config", "config_path", type=click.Path(path_type=Path),
                           default=None, help="Region config: live schema and region names.")
@@ -148,7 +166,7 @@ def why(table: str, key: str, to: str, policy_dir: Path | None,
 
     from sync.db.connect import connect
     with _errors():
-        cfg, pol, schema, regions = _context(config_path, policy_dir, need_db=True)
+        cfg, pol, schema, regions = _db_context(config_path, policy_dir)
         info = schema.tables.get(table) if schema else None
         if info is None:
             raise ConfigError(f"unknown table {table!r}")
@@ -201,7 +219,7 @@ def drift(policy_dir: Path | None, config_path: Path | None, local_only: bool) -
     """Copies in this region that policy no longer allows (exit 1 if any): ours, and each
     owner's own (what it still lets us read, through the role it made for us)."""
     with _errors():
-        cfg, pol, schema, _ = _context(config_path, policy_dir, need_db=True)
+        cfg, pol, schema, _ = _db_context(config_path, policy_dir)
         items, notes, _ = _drift(cfg, pol, schema, local_only)
     for note in notes:
         click.echo(f"note: {note}")
@@ -215,7 +233,8 @@ def drift(policy_dir: Path | None, config_path: Path | None, local_only: bool) -
                + ("" if local_only else " and by its owner"))
 
 
-def _drift(cfg, pol, schema, local_only: bool, conn=None):
+def _drift(cfg: RegionConfig, pol: Policy, schema: Schema, local_only: bool,
+           conn: psycopg.Connection | None = None) -> tuple[list[Any], list[str], Any]:
     """Drift items and notes; with ``conn`` (a local connection) retract can use them."""
     import contextlib
 
@@ -307,7 +326,7 @@ def retract(policy_dir: Path | None, config_path: Path | None, dry_run: bool,
     from sync.db.connect import connect
     from sync.policy.retract import retract as do_retract
     with _errors():
-        cfg, pol, schema, _ = _context(config_path, policy_dir, need_db=True)
+        cfg, pol, schema, _ = _db_context(config_path, policy_dir)
         with connect(cfg.database.conninfo(where="database.url"),
                      application_name="regionsync-retract") as conn:
             items, notes, rule_for = _drift(cfg, pol, schema, local_only, conn)

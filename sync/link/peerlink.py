@@ -40,7 +40,16 @@ from sync.policy.ingress import filtered_tables
 from sync.policy.model import Policy, TableRule
 from sync.policy.retract import withdraw_narrowed
 from sync.policy.view import policy_view, record_view_change
-from sync.records import BatchKind, BatchResult, Page, PageResult, Pending, ReadPlan, Snapshot
+from sync.records import (
+    BatchKind,
+    BatchResult,
+    Page,
+    PageResult,
+    Pending,
+    ReadPlan,
+    Snapshot,
+    Streamed,
+)
 from sync.runtime.metrics import Metrics, PeerHealth
 
 log = logging.getLogger(__name__)
@@ -209,7 +218,7 @@ class PeerLink:
         return lag
 
     def _stream(self, session: Session, plan: _Plan, read: ReadPlan,
-                pending: Pending | None, kind: BatchKind):
+                pending: Pending | None, kind: BatchKind) -> Streamed:
         if kind == "initial":
             for lane in self.conns.lanes():
                 lane.begin_initial_load([t.name for t in plan.tables])

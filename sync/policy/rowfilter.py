@@ -286,7 +286,8 @@ def _literal(_column: str, v: Literal) -> sql.Composable:
     return sql.Literal(v)
 
 
-def _to_sql(node: Node, alias: str, value=_literal) -> sql.Composable:
+def _to_sql(node: Node, alias: str,
+            value: Callable[[str, Literal], sql.Composable] = _literal) -> sql.Composable:
     if isinstance(node, Compare):
         return sql.SQL("{} {} {}").format(sql.Identifier(alias, node.column), sql.SQL(node.op),
                                           value(node.column, node.value))

@@ -27,7 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from sync.config import RegionConfig
 from sync.db import state
-from sync.db.catalog import introspect
+from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
 from sync.errors import (
     ConfigError,
@@ -77,7 +77,7 @@ class Daemon:
         self.http_port: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
-    def _local_schema(self):
+    def _local_schema(self) -> Schema:
         """Check the local database is this region's and migrated; read its schema."""
         cfg = self.config
         try:
@@ -98,7 +98,7 @@ class Daemon:
         except psycopg.Error as exc:
             raise from_db(exc, what=f"local database {cfg.database.safe_url()}") from exc
 
-    def _wait_for_local(self):
+    def _wait_for_local(self) -> Schema | None:
         """The schema once the local database answers; until then, not ready (503), one
         warning per attempt, exponential backoff. Errors that waiting cannot cure raise."""
         attempt = 0

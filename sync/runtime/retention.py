@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 from psycopg import sql
@@ -94,7 +94,8 @@ class Pruner:
                     self.on_pruned(table, n)
         return counts
 
-    def _journal(self, conn: psycopg.Connection, now, tokens: list[str | None] | None) -> int:
+    def _journal(self, conn: psycopg.Connection, now: datetime,
+                 tokens: list[str | None] | None) -> int:
         total = 0
         while not self.stop.is_set():
             with conn.transaction():
@@ -114,7 +115,7 @@ class Pruner:
         return total
 
     def _batched(self, conn: psycopg.Connection, table: str, column: str, extra: str,
-                 cutoff) -> int:
+                 cutoff: datetime) -> int:
         stmt = sql.SQL("DELETE FROM sync.{t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM sync.{t} "
                        "WHERE {c} < %s AND {extra} LIMIT %s))").format(
             t=sql.Identifier(table), c=sql.Identifier(column), extra=sql.SQL(extra))

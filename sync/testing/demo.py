@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -135,7 +135,7 @@ def lag_lines(text: str) -> list[tuple[str, float]]:
     return sorted(out)
 
 
-def wait_until(predicate, timeout: float, what: str) -> float:
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if predicate():
@@ -230,7 +230,7 @@ def run_demo(rows: int = 200, keep_running: bool = False) -> None:
         echo("clusters stopped and removed")
 
 
-def edits(conns: dict[str, psycopg.Connection], echo) -> None:
+def edits(conns: dict[str, psycopg.Connection], echo: Callable[[str], None]) -> None:
     west, north, us = conns["eu-west"], conns["eu-north"], conns["us-east"]
     echo("[2] edits:")
     acc = scalar(us.execute("SELECT accountid FROM account WHERE sync_origin = 'eu-west' LIMIT 1"
@@ -258,7 +258,8 @@ def edits(conns: dict[str, psycopg.Connection], echo) -> None:
     echo("  eu-west and eu-north both edit contact Last2-EUWEST's phone at the same moment")
 
 
-def report(conns: dict[str, psycopg.Connection], ports: dict[str, int], echo) -> None:
+def report(conns: dict[str, psycopg.Connection], ports: dict[str, int],
+           echo: Callable[[str], None]) -> None:
     echo(f"{'region':9} {'accounts':>8} {'contacts':>8} {'orders':>6} {'shipments':>9}"
          f"  {'arrived from peers':>18}  {'foreign medical':>15}  {'foreign personal':>16}"
          f"  {'medicalcase':>11}  {'conflicts':>9}")
