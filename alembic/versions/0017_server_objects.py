@@ -3,7 +3,9 @@
 Until 0016 the functions and views the database runs were written inside migrations,
 and the PL/pgSQL trigger generator was built by migrations that loaded earlier ones and
 string-patched them (0007 -> 0009 -> 0014 -> 0016). This migration re-creates every
-function and view from its file — the same definitions, now written down once — and
+function and view from its file (except ``sync.egress_mark``, whose body each region makes
+from its own policy: re-creating it here would blank a live region's row-filter marking
+until its next policy load) — the same definitions, now written down once — and
 re-attaches each tracked table's triggers from the generator. From here on, a migration
 that changes an object edits its file and pins the new digest here-style
 (``sync.capture.objects.apply``); no migration imports another.
@@ -26,7 +28,6 @@ PINNED = {
     "functions/sync.egress_admit.sql": "8cc3e440ace4d57b",
     "functions/sync.egress_changes.sql": "3630da607c185c8f",
     "functions/sync.egress_held.sql": "a41d870f685ffc49",
-    "functions/sync.egress_mark.sql": "aafa208633a30f8e",
     "functions/sync.egress_prepare.sql": "18f45948ab8a751b",
     "functions/sync.enable_c_capture.sql": "aad41714e287a669",
     "functions/sync.enable_change_tracking.sql": "b22eed1de78f3cf3",

@@ -22,11 +22,10 @@ import psycopg
 from sync.capture.objects import ServerObject, all_objects
 from sync.db.migrate import alembic_dir
 
-# the per-table functions the PL/pgSQL generator writes (checked through the triggers)
-GENERATED = re.compile(r"^capture_(before|after)_")
-# functions whose body is made from the policy at run time (sync.source.egress): their
-# signature, options and privileges are compared, not the body
-POLICY_MADE = {"sync.egress_mark"}
+# Functions written by code, not by a file: the per-table capture functions the PL/pgSQL
+# generator writes (checked through the triggers), and sync.egress_mark, which
+# sync.source.egress.mark_function makes from the region's policy each time it is enforced.
+GENERATED = re.compile(r"^(capture_(before|after)_|egress_mark$)")
 
 
 def migration_pins() -> list[tuple[str, dict[str, str]]]:
@@ -61,10 +60,8 @@ def pin_problems(objects: Iterable[ServerObject],
 
 def _function(conn: psycopg.Connection, name: str) -> list[tuple]:
     schema, _, fn = name.partition(".")
-    body = "replace(pg_get_functiondef(p.oid), p.prosrc, '')" if name in POLICY_MADE \
-        else "pg_get_functiondef(p.oid)"
     return conn.execute(
-        f"SELECT {body}, p.proacl::text, obj_description(p.oid, 'pg_proc') "
+        "SELECT pg_get_functiondef(p.oid), p.proacl::text, obj_description(p.oid, 'pg_proc') "
         "FROM pg_proc p WHERE p.pronamespace = %s::regnamespace AND p.proname = %s "
         "ORDER BY p.oid", (schema, fn)).fetchall()
 

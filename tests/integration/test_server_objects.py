@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from sync.capture.drift import definition_problems, migration_pins, pin_problems
@@ -28,7 +29,8 @@ def test_the_database_holds_what_the_files_say(mesh: Mesh, kind: str,
     conn = mesh.conn("eu-west")
     assert conn.execute("SELECT sync.capture_kind()").fetchone() == (kind,)
     assert definition_problems(conn) == []
-    # enforcing a policy with row filters rewrites sync.egress_mark's body, nothing else
+    # enforcing a policy with row filters rewrites sync.egress_mark (made by code from the
+    # policy, like the per-table triggers), and nothing else
     (tmp_path / "filtered.yaml").write_text(
         "classification: {contact.medical_notes: [medical], contact.implant_serial: [medical]}\n"
         "never_leaves_region: [medical]\n"
@@ -70,3 +72,36 @@ def test_a_file_edited_without_a_migration_is_named(tmp_path: Path) -> None:
     objects[i] = dataclasses.replace(objects[i], path=edited)
     assert [p.split(";")[0] for p in pin_problems(objects, migration_pins())] == [
         "functions/sync.journal_since.sql: changed since migration 0017 applied it"]
+
+
+def test_reapplying_the_files_keeps_a_policy_made_marking_function(mesh: Mesh,
+                                                                    tmp_path: Path) -> None:
+    """An upgrade runs 0017's files over a live region: its row-filter marking (made from
+    its policy) must survive, or new rows of a filtered table would wait, unmarked, until
+    the next policy load."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from sync.capture import objects
+    from sync.db.migrate import alembic_dir
+
+    conn = mesh.conn("eu-west")
+    (tmp_path / "filtered.yaml").write_text(
+        "rules:\n  contact:\n    columns: [lastname, address1_country]\n"
+        "    rows: \"address1_country = 'IE'\"\n")
+    apply_egress(conn, load_policy(tmp_path, mesh.schema), mesh.schema, ["eu-north"])
+    marking = "SELECT prosrc FROM pg_proc WHERE oid = 'sync.egress_mark'::regproc"
+    made = conn.execute(marking).fetchone()[0]
+    assert "address1_country" in made
+    cfg = Config()
+    cfg.set_main_option("script_location", str(alembic_dir()))
+    pinned = ScriptDirectory.from_config(cfg).get_revision("0017").module.PINNED
+    engine = create_engine("postgresql+psycopg://", poolclass=NullPool,
+                           creator=lambda: psycopg.connect(mesh.urls["eu-west"]))
+    with engine.begin() as sa:
+        assert len(objects.apply(sa, pinned)) == len(pinned)
+    engine.dispose()
+    assert conn.execute(marking).fetchone()[0] == made
+    assert definition_problems(conn) == []
