@@ -12,8 +12,6 @@ from collections.abc import Iterator
 import psycopg
 import psycopg.conninfo
 
-from tests.fix_daemons import wait_for
-
 
 def account(conn: psycopg.Connection, number: str, name: str = "Acme", **kw) -> uuid.UUID:
     aid = kw.pop("accountid", uuid.uuid4())
@@ -71,4 +69,3 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           text=True, env={**os.environ, **(env or {})}, timeout=120)
 
 
-__all__ = ["account", "application_role", "cli", "contact", "wait_for"]

@@ -17,9 +17,9 @@ import psycopg
 
 from sync.db.migrate import alembic_dir
 from sync.testing.cluster import free_port
-from tests.fix_daemons import start_daemon, stop_daemon, write_config
+from tests.fix_daemons import start_daemon, stop_daemon, wait_for, write_config
 from tests.fix_pg import POLICIES, Mesh
-from tests.integration.helpers import account, cli, contact, wait_for
+from tests.integration.helpers import account, cli, contact
 
 
 def get(port: int, path: str) -> tuple[int, str]:

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 
 from sync.testing.cluster import LocalCluster, free_port
-from tests.fix_daemons import start_daemon, stop_daemon, write_config
+from tests.fix_daemons import start_daemon, stop_daemon, wait_for, write_config
 from tests.fix_pg import Mesh
-from tests.integration.helpers import cli, contact, wait_for
+from tests.integration.helpers import cli, contact
 
 PASSWORD = "Rs%zzSecret-Pw"
 

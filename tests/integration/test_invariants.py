@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from sync.errors import TokenRegression
+from sync.records import Page
 from tests.fix_pg import Mesh
 from tests.integration.helpers import account, contact
 
@@ -230,7 +231,7 @@ def test_token_never_moves_backwards(mesh: Mesh) -> None:
     applier = link.conns.open().applier
     newer = mesh.one("eu-north", "SELECT token FROM sync.peer_state")
     with pytest.raises(TokenRegression, match="would move backwards"):
-        applier._save_token("1:1:", 0, False, None, None)
+        applier.apply_page(Page(()), token="1:1:", policy_sha=mesh.policy.sha)
     assert mesh.one("eu-north", "SELECT token FROM sync.peer_state") == newer
 
 

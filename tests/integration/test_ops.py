@@ -19,9 +19,9 @@ from sync.policy import load_policy
 from sync.runtime.daemon import Daemon
 from sync.runtime.metrics import Metrics
 from sync.testing.cluster import LocalCluster, free_port
-from tests.fix_daemons import mesh_config
+from tests.fix_daemons import mesh_config, wait_for
 from tests.fix_pg import POLICIES, Mesh, new_link
-from tests.integration.helpers import account, cli, contact, wait_for
+from tests.integration.helpers import account, cli, contact
 
 
 def region_config(mesh: Mesh, region: str, port: int = 0, **kw) -> RegionConfig:

@@ -17,9 +17,9 @@ from sync.config import RegionConfig
 from sync.policy import load_policy
 from sync.policy.retract import find_drift, retract
 from sync.runtime.daemon import Daemon
-from tests.fix_daemons import mesh_config
+from tests.fix_daemons import mesh_config, wait_for
 from tests.fix_pg import POLICIES, Mesh
-from tests.integration.helpers import cli, contact, wait_for
+from tests.integration.helpers import cli, contact
 
 BASE = """
 classification:
