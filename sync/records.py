@@ -26,6 +26,8 @@ class Segment:
     data: bytes                   # the rows' COPY data (binary: without header and trailer)
     rows: int
     binary: bool = False
+    # column groups (policy ``column_groups``): each merges as one unit
+    groups: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -56,13 +56,33 @@ stamp_inserted(TriggerData *td, const char *table, const char *pkcol, const char
 	SPI_execute("SELECT set_config('regionsync.stamped', 'on', true), "
 				"set_config('regionsync.journal', 'off', true)", false, 0);
 	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE public.%s t SET sync_origin = $1, modifiedon = s.stamp, ", t);
+	{
+		/* per-column versions: the base is the stamped row version, no column has its own */
+		TupleDesc	desc = RelationGetDescr(td->tg_relation);
+
+		for (int i = 0; i < desc->natts; i++)
+		{
+			const char *name = NameStr(TupleDescAttr(desc, i)->attname);
+			size_t		len = strlen(name);
+
+			if (TupleDescAttr(desc, i)->attisdropped)
+				continue;
+			if (strcmp(name, "sync_base") == 0)
+				appendStringInfoString(&sql,
+									   "sync_base = to_char(s.stamp AT TIME ZONE 'UTC', "
+									   "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || ' ' || $1, ");
+			else if (strcmp(name, "sync_changed") == 0 ||
+					 (len > 3 && strcmp(name + len - 3, "__v") == 0))
+				appendStringInfo(&sql, "%s = NULL, ", quote_identifier(name));
+		}
+	}
 	appendStringInfo(&sql,
-					 "UPDATE public.%s t SET sync_origin = $1, "
-					 "modifiedon = greatest(clock_timestamp(), "
-					 "  (SELECT tb.modifiedon + interval '1 microsecond' FROM sync.tombstone tb "
-					 "   WHERE tb.tablename = $2 AND tb.pk = n.%s)), "
 					 "versionnumber = nextval('public.regionsync_versionnumber_seq') "
-					 "FROM %s n WHERE t.%s = n.%s", t, pk, nr, pk, pk);
+					 "FROM (SELECT n.%s AS pk, greatest(clock_timestamp(), "
+					 "  (SELECT tb.modifiedon + interval '1 microsecond' FROM sync.tombstone tb "
+					 "   WHERE tb.tablename = $2 AND tb.pk = n.%s)) AS stamp FROM %s n) s "
+					 "WHERE t.%s = s.pk", pk, pk, nr, pk);
 	rc = SPI_execute_with_args(sql.data, 2, types, args, NULL, false, 0);
 	if (rc < 0)
 		elog(ERROR, "regionsync: stamping failed: %s", SPI_result_code_string(rc));
@@ -117,9 +137,13 @@ after_insert(TriggerData *td, const char *table, const char *pkcol, int32 space,
 		if (!r->modifiedon_null && r->modifiedon < oldest)
 			oldest = r->modifiedon;
 	}
+	if (!forged)
+		forged = rs_versions_forged(td->tg_newtable, RelationGetDescr(td->tg_relation),
+									rs_column(RelationGetDescr(td->tg_relation), "modifiedon", true,
+											  td->tg_relation), here);
 	if (!forged && !rs_shadowed_by_tombstone(table, here, rows, n, oldest))
 	{
-		rs_journal_write(table, 'i', here, rs_uuid_array(rows, NULL, n), rs_version_array(rows, NULL, n));
+		rs_journal_write(table, 'i', here, rs_uuid_array(rows, NULL, n), rs_version_array(rows, NULL, n), NULL);
 		return;
 	}
 	saved = rs_enter_owner();
@@ -292,7 +316,8 @@ capture_after(PG_FUNCTION_ARGS)
 	int			a_pk,
 				a_ver,
 				a_mod,
-				a_org;
+				a_org,
+				a_chg;
 	Row		   *news = NULL,
 			   *olds = NULL;
 	int			nnew = 0,
@@ -322,17 +347,18 @@ capture_after(PG_FUNCTION_ARGS)
 	a_ver = rs_column(desc, "versionnumber", true, rel);
 	a_mod = rs_column(desc, "modifiedon", true, rel);
 	a_org = rs_column(desc, "sync_origin", true, rel);
+	a_chg = rs_column(desc, "sync_changed", false, rel);
 	if (TRIGGER_FIRED_BY_INSERT(td->tg_event) || TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
 		if (td->tg_newtable == NULL)
 			ereport(ERROR, (errmsg("regionsync: capture_after() needs REFERENCING NEW TABLE")));
-		news = rs_read_rows(td->tg_newtable, desc, a_pk, a_ver, a_mod, a_org, &nnew);
+		news = rs_read_rows(td->tg_newtable, desc, a_pk, a_ver, a_mod, a_org, a_chg, &nnew);
 	}
 	if (TRIGGER_FIRED_BY_DELETE(td->tg_event) || TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
 		if (td->tg_oldtable == NULL)
 			ereport(ERROR, (errmsg("regionsync: capture_after() needs REFERENCING OLD TABLE")));
-		olds = rs_read_rows(td->tg_oldtable, desc, a_pk, a_ver, a_mod, a_org, &nold);
+		olds = rs_read_rows(td->tg_oldtable, desc, a_pk, a_ver, a_mod, a_org, 0, &nold);
 	}
 	if (nnew == 0 && nold == 0)
 		return PointerGetDatum(NULL);

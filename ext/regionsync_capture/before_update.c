@@ -14,7 +14,47 @@ typedef struct BeforeCache
 	Oid			seq;
 	Oid			user;			/* the writer member was asked for */
 	bool		member;			/* of regionsync_apply */
+	int			a_base,			/* sync_base, sync_changed (-1: no per-column versions) */
+				a_chg;
+	int		   *vattr;			/* per attribute: its version column, or -1 */
 } BeforeCache;
+
+/* A column version as sync.version_text writes it: UTC time, fixed width, then origin. */
+char *
+rs_version_text(TimestampTz t, const char *origin)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (TIMESTAMP_NOT_FINITE(t) || timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0)
+		ereport(ERROR, (errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+						errmsg("regionsync: a version time is out of range")));
+	return psprintf("%04d-%02d-%02dT%02d:%02d:%02d.%06dZ %s", tm.tm_year, tm.tm_mon,
+					tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec, origin);
+}
+
+/* Each data column's version column ("<name>__v"), where the table has them. */
+static void
+map_versions(BeforeCache *c, TupleDesc desc, Relation rel, MemoryContext cxt)
+{
+	c->vattr = MemoryContextAlloc(cxt, sizeof(int) * desc->natts);
+	c->a_base = rs_column(desc, "sync_base", false, rel) - 1;
+	c->a_chg = rs_column(desc, "sync_changed", false, rel) - 1;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		char		vname[NAMEDATALEN + 4];
+
+		c->vattr[i] = -1;
+		if (att->attisdropped || c->a_base < 0)
+			continue;
+		snprintf(vname, sizeof(vname), "%s__v", NameStr(att->attname));
+		for (int j = 0; j < desc->natts; j++)
+			if (!TupleDescAttr(desc, j)->attisdropped &&
+				strcmp(NameStr(TupleDescAttr(desc, j)->attname), vname) == 0)
+				c->vattr[i] = j;
+	}
+}
 
 /* Equal as the row comparison `NEW IS NOT DISTINCT FROM OLD` sees it: bytes first, then
  * the type's own equality (1.0 = 1.00), for types that have one. */
@@ -73,6 +113,8 @@ capture_before_update(PG_FUNCTION_ARGS)
 			   *nn;
 	bool		changed = false;
 	Oid			seq;
+	BeforeCache *cache;
+	int64		mask = 0;
 
 	rs_check_trigger(fcinfo, "capture_before_update", 1);
 	if (!TRIGGER_FIRED_BEFORE(td->tg_event) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
@@ -98,6 +140,7 @@ capture_before_update(PG_FUNCTION_ARGS)
 			c->a_cre = rs_column(desc, "createdon", false, rel) - 1;
 			c->seq = rs_version_sequence();
 			c->user = InvalidOid;
+			map_versions(c, desc, rel, fcinfo->flinfo->fn_mcxt);
 			fcinfo->flinfo->fn_extra = c;
 		}
 		if (c->user != GetUserId())
@@ -118,6 +161,7 @@ capture_before_update(PG_FUNCTION_ARGS)
 		a_org = c->a_org;
 		a_cre = c->a_cre;
 		seq = c->seq;
+		cache = c;
 	}
 
 	ov = palloc(sizeof(Datum) * desc->natts);
@@ -130,8 +174,24 @@ capture_before_update(PG_FUNCTION_ARGS)
 	/* the system columns a local write cannot set: as they were */
 	nv[a_ver] = ov[a_ver];
 	nn[a_ver] = on[a_ver];
+	if (cache->a_chg >= 0)
+	{
+		nv[cache->a_chg] = ov[cache->a_chg];
+		nn[cache->a_chg] = on[cache->a_chg];
+	}
 	if (applying == NULL)
 	{
+		if (cache->a_base >= 0)
+		{
+			nv[cache->a_base] = ov[cache->a_base];
+			nn[cache->a_base] = on[cache->a_base];
+		}
+		for (int i = 0; i < desc->natts; i++)
+			if (cache->vattr[i] >= 0)
+			{
+				nv[cache->vattr[i]] = ov[cache->vattr[i]];
+				nn[cache->vattr[i]] = on[cache->vattr[i]];
+			}
 		nv[a_mod] = ov[a_mod];
 		nn[a_mod] = on[a_mod];
 		nv[a_org] = ov[a_org];
@@ -142,12 +202,20 @@ capture_before_update(PG_FUNCTION_ARGS)
 			nn[a_cre] = on[a_cre];
 		}
 	}
-	for (int i = 0; i < desc->natts && !changed; i++)
+	/* what changed: every column, and per versioned column its bit (attnum - 1; past 63
+	 * they share bit 63) for the journal entry */
+	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		if (!att->attisdropped)
-			changed = !same_value(att, ov[i], on[i], nv[i], nn[i]);
+		if (att->attisdropped || (changed && cache->vattr[i] < 0))
+			continue;
+		if (!same_value(att, ov[i], on[i], nv[i], nn[i]))
+		{
+			changed = true;
+			if (cache->vattr[i] >= 0)
+				mask |= (int64) ((uint64) 1 << Min(i, 63));
+		}
 	}
 	if (changed)
 	{
@@ -167,6 +235,24 @@ capture_before_update(PG_FUNCTION_ARGS)
 			nn[a_mod] = false;
 			nv[a_org] = CStringGetTextDatum(rs_region_name(td->tg_trigger->tgargs[0]));
 			nn[a_org] = false;
+			if (mask != 0)
+			{
+				/* the changed columns take this write's version (one text for all) */
+				Datum		ver = CStringGetTextDatum(rs_version_text(now, rs_region_name(td->tg_trigger->tgargs[0])));
+
+				for (int i = 0; i < desc->natts; i++)
+					if (cache->vattr[i] >= 0 && (mask & (int64) ((uint64) 1 << Min(i, 63))) &&
+						(i < 63 || !same_value(TupleDescAttr(desc, i), ov[i], on[i], nv[i], nn[i])))
+					{
+						nv[cache->vattr[i]] = ver;
+						nn[cache->vattr[i]] = false;
+					}
+			}
+		}
+		if (cache->a_chg >= 0)
+		{
+			nv[cache->a_chg] = Int64GetDatum(mask);
+			nn[cache->a_chg] = false;
 		}
 	}
 	out = heap_form_tuple(desc, nv, nn);

@@ -56,6 +56,8 @@ typedef struct Row
 	TimestampTz modifiedon;
 	bool		modifiedon_null;
 	char	   *origin;			/* NULL when the rs_column is null */
+	int64		cols;			/* sync_changed: the columns the write changed */
+	bool		cols_null;		/* NULL: all of them (an insert, a delete) */
 } Row;
 
 /* Run the rare paths' SQL as the owner of the journal, with a search_path nobody else
@@ -83,10 +85,12 @@ extern void rs_prepare_plans(void);
 extern AsOwner rs_enter_owner(void);
 extern void rs_leave_owner(AsOwner saved);
 extern void rs_run_plan(SPIPlanPtr plan, Datum *args, const char *nulls);
-extern Row * rs_read_rows(Tuplestorestate *ts, TupleDesc desc, int a_pk, int a_ver, int a_mod, int a_org, int *count);
+extern Row * rs_read_rows(Tuplestorestate *ts, TupleDesc desc, int a_pk, int a_ver, int a_mod, int a_org, int a_chg, int *count);
+extern char * rs_version_text(TimestampTz t, const char *origin);
+extern bool rs_versions_forged(Tuplestorestate *ts, TupleDesc desc, int a_mod, const char *here);
 extern Datum rs_uuid_array(Row *rows, int *pick, int n);
 extern Datum rs_version_array(Row *rows, int *pick, int n);
-extern void rs_journal_write(const char *table, char op, const char *origin, Datum pks, Datum versions);
+extern void rs_journal_write(const char *table, char op, const char *origin, Datum pks, Datum versions, Row *first);
 extern void rs_journal_by_origin(const char *table, char op, Row *rows, int *pick, int n);
 extern bool rs_tombstone_of(IndexScanDesc scan, Datum table_text, pg_uuid_t *pk, TupleTableSlot *slot);
 extern bool rs_at_least_as_new(TimestampTz tb_time, Datum tb_origin, TimestampTz row_time, Datum here);

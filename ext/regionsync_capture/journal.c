@@ -3,7 +3,7 @@
 /* The statement's rows, from a transition table, in its order. */
 Row *
 rs_read_rows(Tuplestorestate *ts, TupleDesc desc, int a_pk, int a_ver, int a_mod, int a_org,
-		  int *count)
+			 int a_chg, int *count)
 {
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 	int			cap = 16,
@@ -31,6 +31,13 @@ rs_read_rows(Tuplestorestate *ts, TupleDesc desc, int a_pk, int a_ver, int a_mod
 			memcpy(&r->pk, DatumGetUUIDP(d), sizeof(r->pk));
 		d = slot_getattr(slot, a_ver, &r->version_null);
 		r->version = r->version_null ? 0 : DatumGetInt64(d);
+		r->cols_null = true;
+		r->cols = 0;
+		if (a_chg > 0)
+		{
+			d = slot_getattr(slot, a_chg, &r->cols_null);
+			r->cols = r->cols_null ? 0 : DatumGetInt64(d);
+		}
 		d = slot_getattr(slot, a_mod, &r->modifiedon_null);
 		r->modifiedon = r->modifiedon_null ? 0 : DatumGetTimestampTz(d);
 		d = slot_getattr(slot, a_org, &isnull);
@@ -89,8 +96,77 @@ rs_version_array(Row *rows, int *pick, int n)
  * sync.change_set has no triggers, checks or expression indexes to skip; its only
  * writers are these triggers and their PL/pgSQL twins.
  */
+/*
+ * Whether a local insert set version data itself: a base other than its own row version,
+ * a column version, a change mask. Such rows are stamped (after.c), like a made-up time.
+ */
+bool
+rs_versions_forged(Tuplestorestate *ts, TupleDesc desc, int a_mod, const char *here)
+{
+	int			a_base = 0,
+				a_chg = 0;
+	int		   *vatts = palloc(sizeof(int) * desc->natts);
+	int			nv = 0;
+	bool		forged = false;
+	TupleTableSlot *slot;
+
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		const char *name = NameStr(att->attname);
+		size_t		len = strlen(name);
+
+		if (att->attisdropped)
+			continue;
+		if (strcmp(name, "sync_base") == 0)
+			a_base = i + 1;
+		else if (strcmp(name, "sync_changed") == 0)
+			a_chg = i + 1;
+		else if (len > 3 && strcmp(name + len - 3, "__v") == 0)
+			vatts[nv++] = i + 1;
+	}
+	if (a_base == 0)
+		return false;			/* no per-column versions on this table */
+	slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	tuplestore_rescan(ts);
+	while (!forged && tuplestore_gettupleslot(ts, true, false, slot))
+	{
+		bool		isnull;
+		Datum		d = slot_getattr(slot, a_base, &isnull);
+		Datum		m;
+		bool		mnull;
+
+		m = slot_getattr(slot, a_mod, &mnull);
+		if (isnull || mnull)
+		{
+			forged = true;
+			break;
+		}
+		{
+			char	   *want = rs_version_text(DatumGetTimestampTz(m), here);
+			text	   *got = DatumGetTextPP(d);
+
+			forged = (size_t) VARSIZE_ANY_EXHDR(got) != strlen(want) ||
+				memcmp(VARDATA_ANY(got), want, strlen(want)) != 0;
+		}
+		if (a_chg > 0)
+		{
+			slot_getattr(slot, a_chg, &isnull);
+			forged |= !isnull;
+		}
+		for (int j = 0; j < nv && !forged; j++)
+		{
+			slot_getattr(slot, vatts[j], &isnull);
+			forged = !isnull;
+		}
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	return forged;
+}
+
 void
-rs_journal_write(const char *table, char op, const char *origin, Datum pks, Datum versions)
+rs_journal_write(const char *table, char op, const char *origin, Datum pks, Datum versions,
+				 Row *first)
 {
 	Relation	rel = table_open(rs_sync_relation("change_set"), RowExclusiveLock);
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -114,13 +190,17 @@ rs_journal_write(const char *table, char op, const char *origin, Datum pks, Datu
 	SET("changed_at", TimestampTzGetDatum(GetCurrentTimestamp()));
 	SET("pks", pks);
 	SET("versions", versions);
+	if (op == 'u' && first != NULL && !first->cols_null &&
+		rs_column(desc, "cols", false, rel) > 0)
+		SET("cols", Int64GetDatum(first->cols));
 #undef SET
 	tup = heap_form_tuple(desc, values, nulls);
 	CatalogTupleInsert(rel, tup);
 	table_close(rel, NoLock);
 }
 
-/* One journal entry per origin among the picked rows (apply may mix origins). */
+/* One journal entry per origin and change mask among the picked rows (apply may mix
+ * origins; a statement's rows may change different columns). */
 void
 rs_journal_by_origin(const char *table, char op, Row *rows, int *pick, int n)
 {
@@ -139,13 +219,16 @@ rs_journal_by_origin(const char *table, char op, Row *rows, int *pick, int n)
 		{
 			const char *other = rows[pick[j]].origin;
 
-			if (!done[j] && ((origin == NULL && other == NULL) ||
-							 (origin != NULL && other != NULL && strcmp(origin, other) == 0)))
+			if (!done[j] && rows[pick[j]].cols_null == rows[pick[i]].cols_null &&
+				rows[pick[j]].cols == rows[pick[i]].cols &&
+				((origin == NULL && other == NULL) ||
+				 (origin != NULL && other != NULL && strcmp(origin, other) == 0)))
 			{
 				done[j] = true;
 				group[g++] = pick[j];
 			}
 		}
-		rs_journal_write(table, op, origin, rs_uuid_array(rows, group, g), rs_version_array(rows, group, g));
+		rs_journal_write(table, op, origin, rs_uuid_array(rows, group, g), rs_version_array(rows, group, g),
+						 &rows[group[0]]);
 	}
 }

@@ -283,9 +283,17 @@ class Applier:
         # EXCLUDED.versionnumber is the proposed row's default: the sequence's next value.
         # (A backfill runs the trigger instead, which keeps the version of a no-op update.)
         stamped = () if backfill else ("versionnumber",)
-        updates = sql.SQL(", ").join(
-            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
-            for c in (*cols, *stamped) if c != info.pk)
+        if info.per_column:
+            updates, wins = merge_columns(info, cols, stamped, backfill=backfill,
+                                          groups=seg.groups)
+        else:
+            updates = sql.SQL(", ").join(
+                sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+                for c in (*cols, *stamped) if c != info.pk)
+            wins = sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) {} "
+                           "(t.modifiedon, t.sync_origin)").format(
+                sql.SQL(">=" if backfill else ">"))
+        s_version, t_version = _existence(info, "s"), _existence(info, "t")
         stmt = sql.SQL("""
             WITH r AS (
                 INSERT INTO public.{table} AS t ({cols})
@@ -293,11 +301,10 @@ class Applier:
                 WHERE {one}
                   AND NOT EXISTS (SELECT 1 FROM sync.tombstone tb
                                   WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
-                                    AND (tb.modifiedon, tb.origin) >= (s.modifiedon, s.sync_origin))
+                                    AND (tb.modifiedon, tb.origin) >= {s_version})
                 ORDER BY s.{pk}     -- row locks in key order: no deadlock between appliers
                 ON CONFLICT ({pk}) DO UPDATE SET {updates}
-                WHERE (EXCLUDED.modifiedon, EXCLUDED.sync_origin) {wins}
-                      (t.modifiedon, t.sync_origin)
+                WHERE {wins}
                 RETURNING (xmax = 0) AS inserted)
             SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM r""")
 
@@ -307,17 +314,17 @@ class Applier:
         recheck = sql.SQL("""
             DELETE FROM public.{table} t USING {stage} s, sync.tombstone tb
             WHERE {one} AND t.{pk} = s.{pk} AND tb.tablename = {tname} AND tb.pk = s.{pk}
-              AND (tb.modifiedon, tb.origin) >= (t.modifiedon, t.sync_origin)""")
+              AND (tb.modifiedon, tb.origin) >= {t_version}""")
 
         def run(one: sql.Composable, params: tuple[Any, ...] = ()) -> tuple[int, int]:
             q = stmt.format(table=table, cols=ident_list(cols), scols=ident_list(cols, "s"),
                             stage=stage, one=one, tname=sql.Literal(info.name), pk=pk,
-                            updates=updates, wins=sql.SQL(">=" if backfill else ">"))
+                            updates=updates, wins=wins, s_version=s_version)
             ins, upd = one_row(self.conn.execute(q, params))
             if ins:
                 ins -= self.conn.execute(recheck.format(
-                    table=table, stage=stage, one=one, pk=pk, tname=sql.Literal(info.name)),
-                    params).rowcount
+                    table=table, stage=stage, one=one, pk=pk, tname=sql.Literal(info.name),
+                    t_version=t_version), params).rowcount
             return ins, upd
 
         def count(ins: int, upd: int) -> None:
@@ -371,7 +378,7 @@ class Applier:
         delete = sql.SQL("""
             WITH r AS (DELETE FROM public.{table} t USING {stage} d
                        WHERE t.{pk} = d.pk AND {one}
-                         AND (d.modifiedon, d.origin) >= (t.modifiedon, t.sync_origin)
+                         AND (d.modifiedon, d.origin) >= {t_version}
                        RETURNING 1)
             SELECT count(*) FROM r""")
 
@@ -384,7 +391,8 @@ class Applier:
             # row locks in key order first, as the upserts take them
             self.conn.execute(lock_rows.format(table=table, pk=pk, stage=stage, one=one), params)
             self.conn.execute(stmt.format(tname=tname, stage=stage, one=one), params)
-            n = scalar(self.conn.execute(delete.format(table=table, stage=stage, pk=pk, one=one),
+            n = scalar(self.conn.execute(delete.format(table=table, stage=stage, pk=pk, one=one,
+                                                       t_version=_existence(info, "t")),
                                   params))
             result.applied[(info.name, "delete")] += n
 
@@ -392,4 +400,90 @@ class Applier:
                            lambda key: run(sql.SQL("d.pk = %s"), (key,)), result)
 
 
-__all__ = ["Applier"]
+def _existence(info: TableInfo, alias: str) -> sql.Composable:
+    """The (time, origin) a tombstone is compared with: the version of the insert that
+    created the row (its base). A delete wins over every edit of the row it deleted, and
+    only a re-insert after it — whose base is newer — brings the key back. Edits cannot
+    decide existence: their versions cover columns that not every region may see."""
+    if not info.per_column:
+        return sql.SQL("({a}.modifiedon, {a}.sync_origin)").format(a=sql.Identifier(alias))
+    base = sql.Identifier(alias, "sync_base")
+    return sql.SQL("(left({b}, 27)::timestamptz, substr({b}, 29))").format(b=base)
+
+
+def merge_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
+                  backfill: bool, groups: tuple[tuple[str, ...], ...] = ()
+                  ) -> tuple[sql.Composable, sql.Composable]:
+    """The SET list and WHERE of a per-column merge (migration 0018).
+
+    A row's base is its incarnation (the insert that created it). The newer incarnation
+    wins whole: a key inserted again after a delete, or created in two regions at once,
+    takes the later insert's sent columns, and edits of the older one count no more. Within
+    one incarnation each sent column keeps the newer of its two versions (a NULL version is
+    the base); the row is written only when some incoming column wins. ``sync_changed`` is
+    the mask of the columns that won: a forwarding region's journal entry carries it.
+    The columns of a group (policy ``column_groups``) are decided together, by the newest
+    version among them on each side, so a merge never pairs one side's amount with the
+    other's currency.
+    """
+    op = sql.SQL(">=" if backfill else ">")
+
+    def version(side: str, c: str) -> sql.Composable:
+        return sql.SQL("coalesce({s}.{v}, {s}.sync_base)").format(
+            s=sql.SQL(side), v=sql.Identifier(c + "__v"))
+
+    def group_version(side: str, members: tuple[str, ...]) -> sql.Composable:
+        if len(members) == 1:
+            return version(side, members[0])
+        return sql.SQL("greatest({})").format(
+            sql.SQL(", ").join(version(side, m) for m in members))
+
+    group_of = {c: g for g in groups for c in g if all(m in cols for m in g)}
+    newer_base = sql.SQL("EXCLUDED.sync_base > t.sync_base")
+    same_base = sql.SQL("EXCLUDED.sync_base = t.sync_base")
+    sent = set(cols)
+    sets: list[sql.Composable] = []
+    wins: list[sql.Composable] = []
+    changed: list[sql.Composable] = []
+    for c in info.versioned:
+        col, ver = sql.Identifier(c), sql.Identifier(c + "__v")
+        if c not in sent:
+            # not carried by this peer: as it was, its version explicit if the base moves
+            sets.append(sql.SQL("{v} = CASE WHEN {nb} THEN coalesce(t.{v}, t.sync_base) "
+                                "ELSE t.{v} END").format(v=ver, nb=newer_base))
+            continue
+        members = group_of.get(c, (c,))
+        won = sql.SQL("{} {} {}").format(group_version("EXCLUDED", members), op,
+                                         group_version("t", members))
+        takes = sql.SQL("({nb} OR {won})").format(nb=newer_base, won=won)
+        sets.append(sql.SQL("{c} = CASE WHEN {takes} THEN EXCLUDED.{c} ELSE t.{c} END").format(
+            c=col, takes=takes))
+        sets.append(sql.SQL("{v} = CASE WHEN {takes} THEN EXCLUDED.{v} ELSE t.{v} END").format(
+            v=ver, takes=takes))
+        wins.append(won)
+        changed.append(sql.SQL("CASE WHEN {} THEN {}::bigint ELSE 0 END").format(
+            won, sql.Literal(info.bit(c))))
+    for c in (*cols, *stamped):
+        if c == "versionnumber" or (c in info.columns and c not in info.versioned
+                                    and c not in (info.pk, "createdon", "modifiedon",
+                                                  "sync_origin")):
+            sets.append(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)))
+    newer = sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) > (t.modifiedon, t.sync_origin)")
+    sets += [
+        sql.SQL("createdon = CASE WHEN {} THEN EXCLUDED.createdon ELSE t.createdon END"
+                ).format(newer_base),
+        sql.SQL("modifiedon = CASE WHEN {} THEN EXCLUDED.modifiedon ELSE t.modifiedon END"
+                ).format(newer),
+        sql.SQL("sync_origin = CASE WHEN {} THEN EXCLUDED.sync_origin ELSE t.sync_origin END"
+                ).format(newer),
+        sql.SQL("sync_base = greatest(EXCLUDED.sync_base, t.sync_base)"),
+        sql.SQL("sync_changed = CASE WHEN {} THEN NULL ELSE {} END").format(
+            newer_base, sql.SQL(" | ").join(changed) if changed else sql.SQL("NULL")),
+    ]
+    where = sql.SQL("({nb} OR ({same} AND ({any})))").format(
+        nb=newer_base, same=same_base,
+        any=sql.SQL(" OR ").join(wins) if wins else sql.SQL("false"))
+    return sql.SQL(", ").join(sets), where
+
+
+__all__ = ["Applier", "merge_columns"]

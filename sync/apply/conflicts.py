@@ -35,6 +35,8 @@ class ConflictRecorder:
     def incoming_losers(self, info: TableInfo, stage: sql.Identifier,
                         cols: tuple[str, ...]) -> int:
         """Record every incoming version that loses to a newer local row or tombstone."""
+        if info.per_column:
+            return self.incoming_column_losers(info, stage, cols)
         q = sql.SQL("""
             SELECT s.{pk}, to_jsonb(s), jsonb_build_object({local}), t.modifiedon, t.sync_origin
             FROM {stage} s JOIN public.{table} t ON t.{pk} = s.{pk}
@@ -54,10 +56,112 @@ class ConflictRecorder:
             self.record(info.name, key, incoming, local, win_mod, win_origin)
         return len(losers)
 
+    def incoming_column_losers(self, info: TableInfo, stage: sql.Identifier,
+                               cols: tuple[str, ...]) -> int:
+        """Per column: incoming edits older than ours (of the same incarnation, values
+        differing), a whole incoming row of an older incarnation, and incoming rows of a
+        key deleted here after their insert (a delete wins over every edit of its row)."""
+        sent = [c for c in info.versioned if c in cols]
+        versions = sql.SQL(", ").join(
+            sql.SQL("{}, jsonb_build_array(t.{v}, s.{v}, to_jsonb(t.{c}), to_jsonb(s.{c}))").format(
+                sql.Literal(c), v=sql.Identifier(c + "__v"), c=sql.Identifier(c)) for c in sent)
+        q = sql.SQL("""
+            SELECT s.{pk}, t.sync_base, s.sync_base, jsonb_build_object({versions}), NULL
+            FROM {stage} s JOIN public.{table} t ON t.{pk} = s.{pk}
+            WHERE s.sync_base <= t.sync_base
+            UNION ALL
+            SELECT s.{pk}, NULL, s.sync_base, '{{}}'::jsonb,
+                   sync.version_text(tb.modifiedon, tb.origin)
+            FROM {stage} s JOIN sync.tombstone tb ON tb.tablename = {tname} AND tb.pk = s.{pk}
+            WHERE (tb.modifiedon, tb.origin) >= (left(s.sync_base, 27)::timestamptz,
+                                                 substr(s.sync_base, 29))
+              AND tb.modifiedon <> 'infinity'    -- erased: a late version leaves no trace
+              AND NOT EXISTS (SELECT 1 FROM public.{table} x WHERE x.{pk} = s.{pk})""").format(
+            pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
+            tname=sql.Literal(info.name), versions=versions)
+        n = 0
+        for key, t_base, s_base, per_column, tomb in self.conn.execute(q).fetchall():
+            lost: dict[str, dict[str, str]] = {}
+            for col, (t_v, s_v, t_val, s_val) in per_column.items():
+                mine, theirs = t_v or t_base, s_v or s_base
+                if s_base < t_base or (s_v is not None and theirs < mine and t_val != s_val):
+                    lost[col] = {"lost": theirs, "won": mine}
+            if tomb is not None:
+                lost = {"(row)": {"lost": s_base, "won": tomb}}
+            if not lost:
+                continue
+            won = max(v["won"] for v in lost.values())
+            loser = max(v["lost"] for v in lost.values())
+            state.record_conflict(
+                self.conn, table=info.name, key=key, peer=self.peer,
+                winner_origin=won[28:], winner_modifiedon=won[:27], loser_origin=loser[28:],
+                loser_modifiedon=loser[:27],
+                loser_row={c: per_column[c][3] for c in lost if c in per_column}
+                or {"lost_to": "delete"},
+                diff_json="{}", columns=lost)
+            n += 1
+        return n
+
+    def _unseen(self, peer_has_seen: str | None) -> sql.Composable:
+        return (sql.SQL(" AND c.txid >= pg_snapshot_xmin({s}::pg_snapshot)"
+                        " AND NOT pg_visible_in_snapshot(c.txid, {s}::pg_snapshot)").format(
+                    s=sql.Literal(peer_has_seen)) if peer_has_seen else sql.SQL(""))
+
+    def local_column_losers(self, info: TableInfo, stage: sql.Identifier,
+                            cols: tuple[str, ...], peer_has_seen: str | None) -> int:
+        """Per column (migration 0018): the local edits of columns that an incoming, newer
+        version overwrites although the peer never saw them. Edits of other columns are
+        not conflicts — both survive — so a row records only the columns that lost, with
+        both versions; a newer incarnation of the key (inserted again elsewhere) overwrites
+        every local edit of the older one."""
+        sent = [c for c in info.versioned if c in cols]
+        if not sent:
+            return 0
+        versions = sql.SQL(", ").join(
+            sql.SQL("{}, jsonb_build_array(t.{v}, s.{v}, to_jsonb(t.{c}), to_jsonb(s.{c}))").format(
+                sql.Literal(c), v=sql.Identifier(c + "__v"), c=sql.Identifier(c)) for c in sent)
+        q = sql.SQL("""
+            SELECT DISTINCT ON (t.{pk}) t.{pk}, t.sync_base, s.sync_base,
+                   jsonb_build_object({versions})
+            FROM sync.change_set c
+            CROSS JOIN LATERAL unnest(c.pks, c.versions) AS k(pk, versionnumber)
+            JOIN public.{table} t ON t.{pk} = k.pk AND t.versionnumber = k.versionnumber
+            JOIN {stage} s ON s.{pk} = k.pk
+            WHERE c.origin = {region} AND c.tablename = {tname}{seen}
+              AND t.sync_origin = {region} AND s.sync_base >= t.sync_base""").format(
+            pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
+            region=sql.Literal(self.region), tname=sql.Literal(info.name),
+            seen=self._unseen(peer_has_seen), versions=versions)
+        ours = " " + self.region
+        n = 0
+        for key, t_base, s_base, per_column in self.conn.execute(q).fetchall():
+            lost: dict[str, dict[str, str]] = {}
+            for col, (t_v, s_v, t_val, s_val) in per_column.items():
+                mine, theirs = t_v or t_base, s_v or s_base
+                if t_v is None or not t_v.endswith(ours) or t_val == s_val:
+                    continue          # not a local edit of this column, or nothing lost
+                if s_base > t_base or theirs > mine:
+                    lost[col] = {"lost": mine, "won": theirs}
+            if not lost:
+                continue
+            won = max(v["won"] for v in lost.values())
+            loser = max(v["lost"] for v in lost.values())
+            local = {c: per_column[c][2] for c in lost}
+            incoming = {c: per_column[c][3] for c in lost}
+            state.record_conflict(
+                self.conn, table=info.name, key=key, peer=self.peer,
+                winner_origin=won[28:], winner_modifiedon=won[:27], loser_origin=loser[28:],
+                loser_modifiedon=loser[:27], loser_row=local,
+                diff_json=DeepDiff(incoming, local, verbose_level=2).to_json(), columns=lost)
+            n += 1
+        return n
+
     def local_losers(self, info: TableInfo, stage: sql.Identifier, cols: tuple[str, ...],
                      peer_has_seen: str | None) -> int:
         """Record local versions that an incoming, newer version overwrites although the
         peer never saw them (its token for us does not cover their transaction)."""
+        if info.per_column:
+            return self.local_column_losers(info, stage, cols, peer_has_seen)
         # Driven from our own journal: the current local version must be a local change the
         # peer has not applied (all local changes if it never pulls from us). That set is
         # usually tiny (index on origin, txid), so no staged row is probed on the common path.

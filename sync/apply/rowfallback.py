@@ -41,7 +41,7 @@ class RowFallback:
         for line in seg.data.split(b"\n"):   # COPY text: one row a line, newlines escaped
             if not line:
                 continue
-            one = Segment(seg.table, seg.kind, seg.columns, line + b"\n", 1, False)
+            one = Segment(seg.table, seg.kind, seg.columns, line + b"\n", 1, False, seg.groups)
             try:
                 with self.conn.transaction():
                     copy_in(self.conn, name, one)

@@ -116,6 +116,11 @@ def explain(table: str, to: tuple[str, ...], policy_dir: Path | None,
     click.echo("rows:" if filters else "rows: none (no rule: the table is region-local)")
     for f in filters:
         click.echo(f"  {f}")
+    groups = pol.column_groups.get(table, ())
+    click.echo("merge: per column (the newer edit of each column wins)"
+               + ("; these merge as one unit:" if groups else ""))
+    for group in groups:
+        click.echo(f"  [{', '.join(group)}]")
 
 
 @policy.command("diff")

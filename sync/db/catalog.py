@@ -18,6 +18,12 @@ from sync.errors import SchemaError
 # sequence and never travels; the other three travel with every row.
 SYSTEM_COLUMNS = ("createdon", "modifiedon", "sync_origin")
 LOCAL_ONLY_COLUMNS = ("versionnumber",)
+# Per-column versions (migration 0018): "<column>__v" for each data column, the row's base
+# version, and the mask of the columns its last write changed. They are not data columns:
+# a policy never names them; the versions of the columns a rule sends travel with them.
+VERSION_SUFFIX = "__v"
+BASE_COLUMN = "sync_base"
+CHANGED_COLUMN = "sync_changed"
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,19 @@ class TableInfo:
     foreign_keys: tuple[ForeignKey, ...] = ()
     not_null: frozenset[str] = frozenset()
     builtin: frozenset[str] = frozenset()   # columns of built-in types (same OIDs everywhere)
+    # data columns with a version column, and every column's attnum (the journal's masks)
+    versioned: tuple[str, ...] = ()
+    attnums: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def per_column(self) -> bool:
+        """Whether the table has per-column versions (migrated to 0018)."""
+        return bool(self.versioned)
+
+    def bit(self, column: str) -> int:
+        """The column's bit in ``sync_changed`` masks (as the capture triggers set it)."""
+        bit = 1 << min(self.attnums[column] - 1, 63)
+        return bit - (1 << 64) if bit >= 1 << 63 else bit
 
     @property
     def parents(self) -> frozenset[str]:
@@ -86,7 +105,8 @@ def introspect(conn: psycopg.Connection) -> Schema:
             conn.rollback()
     cols = conn.execute("""
         SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-               a.atttypid < 16384  -- FirstNormalObjectId: built in
+               a.atttypid < 16384,  -- FirstNormalObjectId: built in
+               a.attnum
         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'public' AND a.attnum > 0 AND NOT a.attisdropped
@@ -104,13 +124,19 @@ def introspect(conn: psycopg.Connection) -> Schema:
         ([t for t, _ in tracked],)).fetchall()
     tables: dict[str, TableInfo] = {}
     for name, pk in tracked:
-        names = tuple(c for t, c, *_ in cols if t == name)
-        if not names:
+        every = [c for t, c, *_ in cols if t == name]
+        if not every:
             raise SchemaError(f"tracked table {name!r} does not exist in schema public")
+        meta = {BASE_COLUMN, CHANGED_COLUMN} | {
+            c for c in every if c.endswith(VERSION_SUFFIX)
+            and c.removesuffix(VERSION_SUFFIX) in every} if BASE_COLUMN in every else set()
+        names = tuple(c for c in every if c not in meta)
         tables[name] = TableInfo(
             name=name, pk=pk, columns=names,
             types={c: ty for t, c, ty, *_ in cols if t == name},
             foreign_keys=tuple(ForeignKey(tuple(k), p) for t, p, k in fks if t == name),
-            not_null=frozenset(c for t, c, _, nn, _ in cols if t == name and nn),
-            builtin=frozenset(c for t, c, *_, b in cols if t == name and b))
+            not_null=frozenset(c for t, c, _, nn, *_ in cols if t == name and nn),
+            builtin=frozenset(c for t, c, _, _, b, _ in cols if t == name and b),
+            versioned=tuple(c for c in names if c + VERSION_SUFFIX in meta),
+            attnums={c: n for t, c, *_, n in cols if t == name})
     return Schema(tables)

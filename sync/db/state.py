@@ -199,21 +199,26 @@ def discard_dead_letters(conn: Conn, ids: list[int]) -> int:
 
 def record_conflict(conn: Conn, *, table: str, key: Any, peer: str, winner_origin: str,
                     winner_modifiedon: Any, loser_origin: str | None, loser_modifiedon: Any,
-                    loser_row: dict[str, Any], diff_json: str) -> None:
+                    loser_row: dict[str, Any], diff_json: str,
+                    columns: dict[str, dict[str, str]] | None = None) -> None:
+    """``columns``: per column that lost, both versions (``lost``, ``won``: time and
+    origin as ``sync.version_text`` writes them); None for a whole-row decision."""
     conn.execute("""
         INSERT INTO sync.conflict_log (tablename, pk, peer, winner_origin, winner_modifiedon,
-                                       loser_origin, loser_modifiedon, loser_row, diff)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                                       loser_origin, loser_modifiedon, loser_row, diff, columns)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
         (table, key, peer, winner_origin, winner_modifiedon, loser_origin, loser_modifiedon,
-         json.dumps(loser_row), diff_json))
+         json.dumps(loser_row), diff_json, json.dumps(columns) if columns else None))
 
 
 def list_conflicts(conn: Conn, table: str | None, limit: int) -> list[tuple]:
     return conn.execute("""
         SELECT id, logged_at, tablename, pk, peer, loser_origin, loser_modifiedon,
                winner_origin, winner_modifiedon,
-               (SELECT string_agg(k, ', ') FROM jsonb_object_keys(
-                    coalesce(diff->'values_changed', '{}'::jsonb)) k)
+               coalesce((SELECT string_agg(k, ', ' ORDER BY k)
+                         FROM jsonb_object_keys(columns) k),
+                        (SELECT string_agg(k, ', ') FROM jsonb_object_keys(
+                             coalesce(diff->'values_changed', '{}'::jsonb)) k))
         FROM sync.conflict_log
         WHERE %(table)s::text IS NULL OR tablename = %(table)s
         ORDER BY id DESC LIMIT %(limit)s""", {"table": table, "limit": limit}).fetchall()
@@ -272,8 +277,15 @@ def replace_egress_grants(conn: Conn, role: str, region: str, policy_sha: str,
                  (role, region, policy_sha, max_rows_per_minute))
     conn.execute("DELETE FROM sync.egress_table WHERE role_name = %s", (role,))
     for table, columns, row_filter in grants:
-        conn.execute("INSERT INTO sync.egress_table (role_name, tablename, columns, row_filter)"
-                     " VALUES (%s, %s, %s, %s)", (role, table, columns, row_filter))
+        # colmask: the bits of the data columns sent (as the capture triggers set them in
+        # sync_changed), so that sync.egress_changes hides updates of any other column
+        conn.execute("INSERT INTO sync.egress_table (role_name, tablename, columns, row_filter,"
+                     " colmask) SELECT %s, %s, %s::text[], %s,"
+                     " (SELECT bit_or(1::bigint << least(a.attnum - 1, 63)) FROM pg_attribute a"
+                     "  WHERE a.attrelid = to_regclass(format('public.%%I', %s::text))"
+                     "    AND a.attname = ANY(%s::text[]) AND a.attname !~ '__v$'"
+                     "    AND a.attname <> 'sync_base')",
+                     (role, table, columns, row_filter, table, columns))
 
 
 def forget_egress_except(conn: Conn, regions: list[str]) -> None:

@@ -14,6 +14,7 @@ import psycopg
 from sync.apply.applier import Applier
 from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
+from sync.errors import PeerFatal
 from sync.link.settings import LinkSettings
 from sync.source.reader import SourceReader, binary_tables
 
@@ -33,6 +34,20 @@ class Session:
     @property
     def alive(self) -> bool:
         return not (self.source.closed or self.target.closed)
+
+
+def check_versions(ours: Schema, theirs: Schema, *, peer: str, region: str) -> None:
+    """Both ends merge per column (migration 0018) or the link does not start: rows
+    without column versions cannot be merged column by column, and an owner before 0018
+    would send the row's own time, which an edit of a column that never leaves moves."""
+    for name, info in ours.tables.items():
+        other = theirs.tables.get(name)
+        if other is None or other.per_column == info.per_column:
+            continue
+        old, new = (peer, region) if info.per_column else (region, peer)
+        raise PeerFatal(f"{old}'s database is at a schema before 0018 (row-level versions) "
+                        f"and {new}'s has per-column versions; run `regionsync migrate` for "
+                        f"{old} (upgrade every region's database, then its daemon)", peer=peer)
 
 
 class LinkConnections:
@@ -64,8 +79,15 @@ class LinkConnections:
             target.close()
             raise
         schema = introspect(target)
+        theirs = introspect(source)
+        try:
+            check_versions(schema, theirs, peer=s.peer, region=s.region)
+        except BaseException:
+            source.close()
+            target.close()
+            raise
         reader = SourceReader(source, peer=s.peer, region=s.region, origins=s.origins,
-                              binary=binary_tables(schema, introspect(source)))
+                              binary=binary_tables(schema, theirs))
         applier = Applier(target, schema, peer=s.peer, region=s.region, journal=s.forward,
                           origins=s.origins)
         self._session = Session(source, target, schema, reader, applier, [applier])

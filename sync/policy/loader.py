@@ -8,6 +8,7 @@ the daemon keeps the last good one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -55,6 +56,11 @@ class PolicyFile(BaseModel):
     rules: dict[Name, RuleFile | list[RuleFile]] = Field(
         default_factory=dict,
         description="Per table: one rule, or a list of rules with disjoint destinations.")
+    column_groups: dict[Name, list[list[Name]]] = Field(
+        default_factory=dict,
+        description="Per table: groups of columns that merge as one unit (amount with "
+                    "currency, address lines): a concurrent edit takes the whole group from "
+                    "the newer side. Every region's policy must declare the same groups.")
 
 
 def policy_json_schema() -> dict:
@@ -104,6 +110,7 @@ def load_policy(directory: Path, schema: Schema | None = None,
     classification: dict[str, frozenset[str]] = {}
     never: set[str] = set()
     rules: dict[str, list[TableRule]] = {}
+    groups = _column_groups(parsed)
     for path, doc, pf in parsed:
         for key, tags in pf.classification.items():
             classification[key] = classification.get(key, frozenset()) | frozenset(tags)
@@ -113,7 +120,9 @@ def load_policy(directory: Path, schema: Schema | None = None,
             for index, rf in enumerate(entries):
                 loc: tuple = ("rules", table, index) if isinstance(entry, list) \
                     else ("rules", table)
-                rule = _rule(table, rf, path, doc, loc)
+                rule = dataclasses.replace(_rule(table, rf, path, doc, loc),
+                                           groups=groups.get(table, ()))
+                _check_groups(rule, doc, path)
                 for other in rules.get(table, []):
                     if other.may_overlap(rule):
                         raise PolicyError(
@@ -125,7 +134,8 @@ def load_policy(directory: Path, schema: Schema | None = None,
     policy = Policy(rules={t: tuple(r) for t, r in rules.items()},
                     classification=classification,
                     never_leaves_region=frozenset(never), sha=digest.hexdigest()[:16],
-                    files=tuple(str(p) for p, _, _ in parsed))
+                    files=tuple(str(p) for p, _, _ in parsed),
+                    column_groups={t: g for t, g in groups.items()})
     docs = {str(p): d for p, d, _ in parsed}
     _check_residency(policy, docs)
     if schema is not None:
@@ -133,6 +143,42 @@ def load_policy(directory: Path, schema: Schema | None = None,
     for region in regions or ():
         policy.rules_to(region)  # raises on a region matched by two rules of one table
     return policy
+
+
+def _column_groups(parsed: list[tuple[Path, object, PolicyFile]]
+                   ) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Every file's ``column_groups``: a group has two columns or more, and a column is
+    in one group at most (two groups sharing a column would be one unit)."""
+    out: dict[str, list[tuple[str, ...]]] = {}
+    for path, doc, pf in parsed:
+        for table, groups in pf.column_groups.items():
+            for index, group in enumerate(groups):
+                loc = ("column_groups", table, index)
+                line, key = yamlfile.line_of(doc, loc), yamlfile.key_path(loc)
+                if len(set(group)) < 2:
+                    raise PolicyError(f"column group {table}: {group} needs two different "
+                                      "columns or more", file=str(path), line=line, key=key)
+                taken = {c for g in out.get(table, []) for c in g} & set(group)
+                if taken:
+                    raise PolicyError(f"column {table}.{sorted(taken)[0]} is in two column "
+                                      "groups; merge them into one", file=str(path),
+                                      line=line, key=key)
+                out.setdefault(table, []).append(tuple(group))
+    return {t: tuple(g) for t, g in out.items()}
+
+
+def _check_groups(rule: TableRule, doc: object, path: Path) -> None:
+    """A rule sends a column group whole or not at all: half a group abroad would be
+    merged by a different unit there than here."""
+    for group in rule.groups:
+        sent = [c for c in group if c in rule.columns]
+        if sent and len(sent) != len(group):
+            missing = [c for c in group if c not in rule.columns]
+            raise PolicyError(
+                f"rule for {rule.table} sends {', '.join(sent)} but not {', '.join(missing)} "
+                f"of column group [{', '.join(group)}]; a group leaves whole or not at all",
+                file=str(path), line=yamlfile.line_of(doc, (*rule.loc, "columns")) or rule.line,
+                key=yamlfile.key_path((*rule.loc, "columns")))
 
 
 def _rule(table: str, rf: RuleFile, path: Path, doc: object, loc: tuple) -> TableRule:
@@ -216,6 +262,16 @@ def check_against_schema(policy: Policy, schema: Schema,
                 raise PolicyError(problem, file=rule.file, line=yamlfile.line_of(
                     docs.get(rule.file), (*rule.loc, "rows")),
                     key=yamlfile.key_path((*rule.loc, "rows")))
+    for table, groups in policy.column_groups.items():
+        info = schema.tables.get(table)
+        for group in groups:
+            bad = [c for c in group if info is None or c not in info.columns
+                   or c in (info.pk, *SYSTEM_COLUMNS, *LOCAL_ONLY_COLUMNS)]
+            if bad:
+                raise PolicyError(f"column group {table}: [{', '.join(group)}] names "
+                                  f"{table}.{bad[0]}, which is not a data column of a tracked "
+                                  "table", file=policy.files[0] if policy.files else None,
+                                  key=f"column_groups.{table}")
     for key in policy.classification:
         table, column = key.split(".", 1)
         if table not in schema.tables or (column != "*" and column not in

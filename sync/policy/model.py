@@ -6,7 +6,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from sync.db.catalog import SYSTEM_COLUMNS, Schema, TableInfo
+from sync.db.catalog import BASE_COLUMN, SYSTEM_COLUMNS, VERSION_SUFFIX, Schema, TableInfo
 from sync.errors import PolicyError
 from sync.policy.rowfilter import RowFilter
 
@@ -23,6 +23,7 @@ class TableRule:
     line: int
     description: str | None = None
     loc: tuple = ()                        # key path in its file, e.g. ("rules", "contact", 1)
+    groups: tuple[tuple[str, ...], ...] = ()   # the table's column groups (merge as one unit)
 
     @property
     def where(self) -> str:
@@ -42,6 +43,24 @@ class TableRule:
         allowed = {info.pk, *self.columns, *SYSTEM_COLUMNS}
         return tuple(c for c in info.columns if c in allowed)
 
+    def version_columns(self, info: TableInfo) -> tuple[str, ...]:
+        """The version data that travels with the sent columns: their version columns and
+        the row's base version; nothing of a column this rule does not send."""
+        if not info.per_column:
+            return ()
+        sent = set(self.columns)
+        return (*(c + VERSION_SUFFIX for c in info.versioned if c in sent), BASE_COLUMN)
+
+    def granted_columns(self, info: TableInfo) -> tuple[str, ...]:
+        """What the owner grants its destination role: the wire and its versions, but not
+        the row's own ``modifiedon``/``sync_origin`` where versions are per column — an
+        edit of a column that never leaves changes them, so the reader derives both from
+        the versions it may read."""
+        wire = self.wire_columns(info)
+        if info.per_column:
+            wire = tuple(c for c in wire if c not in ("modifiedon", "sync_origin"))
+        return (*wire, *self.version_columns(info))
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -50,6 +69,7 @@ class Policy:
     never_leaves_region: frozenset[str]
     sha: str
     files: tuple[str, ...] = field(default=())
+    column_groups: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
 
     def all_rules(self) -> Iterable[TableRule]:
         for rules in self.rules.values():

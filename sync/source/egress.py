@@ -71,7 +71,7 @@ def grants_for(policy: Policy, schema: Schema, destination: str) -> list[Grant]:
         if rule is None:
             continue
         info = schema.tables[table]
-        out.append(Grant(table, rule.wire_columns(info),
+        out.append(Grant(table, rule.granted_columns(info),
                          rule.rows.to_sql(table) if rule.rows is not None else None))
     return out
 

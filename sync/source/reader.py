@@ -138,8 +138,8 @@ class SourceReader:
                      plan: ReadPlan) -> tuple[sql.Composed, list[tuple[str, str]]]:
         """The COPY of allowed columns of matching rows, and the filter values to bind
         (with ``set_config``) before running it."""
-        cols = rule.wire_columns(info)
-        where = (self._origin_is_ours_to_read(sql.SQL("t.sync_origin")) if plan.initial
+        cols = (*rule.wire_columns(info), *rule.version_columns(info))
+        where = (self._origin_is_ours_to_read(_row_origin(info, rule)) if plan.initial
                  else self._keys(info, plan, sql.Identifier("t", info.pk)))
         if info.name in self.owner_filtered:
             where = sql.SQL("{} AND t.{} IN ({})").format(
@@ -149,7 +149,7 @@ class SourceReader:
             condition, params = rule.rows.to_sql_params("t", info.types)
             where = sql.SQL("{} AND {}").format(where, condition)
         return sql.SQL("COPY (SELECT {cols} FROM public.{table} t WHERE {where}) TO STDOUT").format(
-            cols=sql.SQL(", ").join(sql.Identifier("t", c) for c in cols),
+            cols=sql.SQL(", ").join(wire_value(info, rule, c) for c in cols),
             table=sql.Identifier(info.name), where=where), params
 
     def delete_query(self, info: TableInfo, plan: ReadPlan) -> sql.Composed:
@@ -301,7 +301,8 @@ class SourceReader:
                 for name, value in params:  # bind the row filter's values (never in SQL text)
                     self.conn.execute("SELECT set_config(%s, %s, true)", (name, value))
             self._join_for(kind == "upsert" and info.name in wide)
-            columns = {"upsert": rule.wire_columns(info), "delete": DELETE_COLUMNS,
+            columns = {"upsert": (*rule.wire_columns(info), *rule.version_columns(info)),
+                       "delete": DELETE_COLUMNS,
                        "withdraw": WITHDRAW_COLUMNS}[kind]
             binary = info.name in self.binary and kind != "withdraw"
             if binary:
@@ -320,12 +321,14 @@ class SourceReader:
                     in_page += 1
                     if in_page >= page_size:
                         segments.append(_segment(info.name, kind, columns, buf, rows, binary,
-                                                 ends_stream=binary and _is_trailer(message)))
+                                                 ends_stream=binary and _is_trailer(message),
+                                                 groups=rule.groups))
                         yield Page(tuple(segments))
                         segments, buf, rows, in_page = [], bytearray(), 0, 0
             ends = binary and rows > 0 and _is_trailer(message)
             if rows - ends:
-                segments.append(_segment(info.name, kind, columns, buf, rows, binary, ends))
+                segments.append(_segment(info.name, kind, columns, buf, rows, binary, ends,
+                                         groups=rule.groups))
             in_page -= ends
         self._join_for(False)
         if segments:
@@ -348,6 +351,30 @@ class SourceReader:
         self._wide = wide
 
 
+def _row_version(info: TableInfo, rule: TableRule) -> sql.Composable:
+    """The newest version among what the destination reads of a row (its base and the
+    versions of the columns it is sent): a destination's ``modifiedon`` and
+    ``sync_origin``, which no edit of a column it may not read can move."""
+    return sql.SQL("greatest({})").format(sql.SQL(", ").join(
+        sql.Identifier("t", c) for c in rule.version_columns(info)))
+
+
+def _row_origin(info: TableInfo, rule: TableRule) -> sql.Composable:
+    if not info.per_column:
+        return sql.SQL("t.sync_origin")
+    return sql.SQL("substr({}, 29)").format(_row_version(info, rule))
+
+
+def wire_value(info: TableInfo, rule: TableRule, column: str) -> sql.Composable:
+    """What the COPY sends as ``column``: the column itself, except a per-column table's
+    row time and origin, derived from the versions sent (see ``_row_version``)."""
+    if info.per_column and column == "modifiedon":
+        return sql.SQL("left({}, 27)::timestamptz").format(_row_version(info, rule))
+    if info.per_column and column == "sync_origin":
+        return _row_origin(info, rule)
+    return sql.Identifier("t", column)
+
+
 def _is_trailer(message: bytes | memoryview) -> bool:
     """The binary COPY trailer: the stream's last message (a row message is never these
     two bytes: it starts with its column count)."""
@@ -355,12 +382,13 @@ def _is_trailer(message: bytes | memoryview) -> bool:
 
 
 def _segment(table: str, kind: SegmentKind, columns: tuple[str, ...], buf: bytearray, rows: int,
-             binary: bool, ends_stream: bool) -> Segment:
+             binary: bool, ends_stream: bool,
+             groups: tuple[tuple[str, ...], ...] = ()) -> Segment:
     """A segment of the rows in ``buf``; when the stream's last message (the binary
     trailer) is in it, that message is not a row."""
     if ends_stream:
-        return Segment(table, kind, columns, bytes(buf[:-2]), rows - 1, binary)
-    return Segment(table, kind, columns, bytes(buf), rows, binary)
+        return Segment(table, kind, columns, bytes(buf[:-2]), rows - 1, binary, groups)
+    return Segment(table, kind, columns, bytes(buf), rows, binary, groups)
 
 
 def binary_tables(ours: Schema, theirs: Schema) -> frozenset[str]:

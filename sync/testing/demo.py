@@ -256,6 +256,12 @@ def edits(conns: dict[str, psycopg.Connection], echo: Callable[[str], None]) -> 
         north.execute("UPDATE contact SET telephone1 = '+46 8 000 0002' "
                       "WHERE lastname = 'Last2-EUWEST'")
     echo("  eu-west and eu-north both edit contact Last2-EUWEST's phone at the same moment")
+    # two fields of one contact, one in each region, at the same moment: both are kept
+    with west.transaction(), north.transaction():
+        west.execute("UPDATE contact SET firstname = 'Merged' WHERE lastname = 'Last3-EUWEST'")
+        north.execute("UPDATE contact SET address1_country = 'SE' "
+                      "WHERE lastname = 'Last3-EUWEST'")
+    echo("  eu-west edits contact Last3-EUWEST's first name while eu-north edits its country")
 
 
 def report(conns: dict[str, psycopg.Connection], ports: dict[str, int],
@@ -290,6 +296,10 @@ def report(conns: dict[str, psycopg.Connection], ports: dict[str, int],
                           "WHERE lastname = 'Last2-EUWEST'").fetchone() for r, c in conns.items()}
     echo("\nconcurrent edit resolved identically in every EU region (last writer wins; "
          f"us-east holds no phone numbers of EU contacts): {phone}")
+    merged = {r: c.execute("SELECT firstname, address1_country FROM contact "
+                           "WHERE lastname = 'Last3-EUWEST'").fetchone() for r, c in conns.items()}
+    echo("concurrent edits of two fields merged column by column, both kept everywhere: "
+         f"{merged}")
     for r, c in conns.items():
         row = state.first_conflict(c)
         if row:

@@ -10,6 +10,7 @@ from psycopg import sql
 
 from sync.db.catalog import Schema
 from sync.policy.model import Policy
+from sync.source.reader import wire_value
 
 
 def synced_rows(conn: psycopg.Connection, schema: Schema, policy: Policy, table: str,
@@ -19,9 +20,9 @@ def synced_rows(conn: psycopg.Connection, schema: Schema, policy: Policy, table:
     rule = policy.rule_for(table, destination)
     if rule is None:
         return []
-    cols = rule.wire_columns(info)
+    cols = (*rule.wire_columns(info), *rule.version_columns(info))
     q = sql.SQL("SELECT {} FROM public.{} t{} ORDER BY {}").format(
-        sql.SQL(", ").join(sql.Identifier("t", c) for c in cols), sql.Identifier(table),
+        sql.SQL(", ").join(wire_value(info, rule, c) for c in cols), sql.Identifier(table),
         sql.SQL(" WHERE ") + rule.rows.to_sql("t") if rule.rows else sql.SQL(""),
         sql.Identifier(info.pk))
     return conn.execute(q).fetchall()
@@ -40,9 +41,17 @@ def fingerprint(conn: psycopg.Connection, schema: Schema, policy: Policy,
         info = schema.tables[table]
         common = set.intersection(*(set(r.wire_columns(info)) for r in rules if r))
         cols = [c for c in info.columns if c in common]
+        values: list[sql.Composable] = [sql.Identifier("t", c) for c in cols]
+        if info.per_column:
+            # a row's own time and origin are local ("last modified here"); the versions
+            # of the columns every region receives are what they must agree on
+            values = [sql.Identifier("t", c) for c in cols
+                      if c not in ("modifiedon", "sync_origin")]
+            values += [sql.SQL("coalesce(t.{}, t.sync_base)").format(sql.Identifier(c + "__v"))
+                       for c in cols if c in info.versioned]
         filters = [r.rows.to_sql("t") for r in rules if r and r.rows is not None]
         q = sql.SQL("SELECT {} FROM public.{} t{} ORDER BY {}").format(
-            sql.SQL(", ").join(sql.Identifier("t", c) for c in cols), sql.Identifier(table),
+            sql.SQL(", ").join(values), sql.Identifier(table),
             sql.SQL(" WHERE ") + sql.SQL(" AND ").join(filters) if filters else sql.SQL(""),
             sql.Identifier(info.pk))
         rows = conn.execute(q).fetchall()

@@ -2,11 +2,14 @@
 
 Three real `regionsync run` daemons, one per region, while an application connection in
 every region inserts, updates (several rows per statement), deletes and re-inserts the
-same small set of contact keys, sometimes several statements in one transaction. Every
-version the writers commit is recorded as it commits (read back inside the writing
+same small set of contact keys, sometimes several statements in one transaction; an
+update changes a random subset of columns, the region-local medical notes among them.
+Every version the writers commit is recorded as it commits (read back inside the writing
 transaction, after the capture triggers ran). After the writers stop and the mesh goes
-quiet, every key in every region must hold the last-writer-wins maximum of those versions
-— its values, time and origin — or be absent if that maximum is a delete.
+quiet, the oracle is per column (migration 0018): a key exists iff its newest insert (its
+base) is newer than its newest delete, and then every synced column in every region holds
+the value of the newest version of that column written to that incarnation (the insert
+counts as a write of every column).
 
 The default run is short (a fixed seed, ~20 s of writes). Longer runs with other seeds:
 
@@ -22,7 +25,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +35,21 @@ from tests.fix_daemons import mesh_daemons
 from tests.fix_pg import Mesh
 
 REGIONS = ["eu-west", "eu-north", "us-east"]
-COLUMNS = "contactid, firstname, lastname, telephone1, address1_country, modifiedon, sync_origin"
+SYNCED = ("firstname", "lastname", "telephone1", "address1_country")
+EDITABLE = ("firstname", "telephone1", "address1_country", "medical_notes")
+COLUMNS = "contactid, " + ", ".join(SYNCED) + ", sync_base"
 
 
-@dataclass(frozen=True, order=True)
-class Version:
-    """One committed version of a key; ordered as last-writer-wins orders them."""
+@dataclass(frozen=True)
+class Write:
+    """One committed write of a key: an insert (``base`` = its own version, every column
+    in ``values``), an update (the version of each column it changed, on incarnation
+    ``base``) or a delete (``tombstone``, its version)."""
 
-    modifiedon: datetime
-    origin: str
-    deleted: bool = field(compare=False)
-    firstname: str | None = field(compare=False)
+    base: str | None
+    values: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # col -> (ver, v)
+    tombstone: str | None = None
+    inserted: bool = False
 
 
 @dataclass
@@ -57,7 +63,7 @@ class Writer(threading.Thread):
     """The application in one region: random writes on shared keys until told to stop."""
 
     def __init__(self, region: str, url: str, keys: list[uuid.UUID], seed: int,
-                 stop: threading.Event, record: dict[uuid.UUID, list[Version]],
+                 stop: threading.Event, record: dict[uuid.UUID, list[Write]],
                  lock: threading.Lock) -> None:
         super().__init__(name=f"writer-{region}", daemon=True)
         self.region, self.url, self.keys = region, url, keys
@@ -96,7 +102,7 @@ class Writer(threading.Thread):
         return f"{self.region}-{self._n}"
 
     def _transaction(self, conn: psycopg.Connection) -> None:
-        seen: list[Version | tuple[uuid.UUID, Version]] = []
+        seen: list[tuple[uuid.UUID, Write]] = []
         statements = 1 if self.rng.random() < 0.8 else self.rng.randint(2, 3)
         try:
             for _ in range(statements):
@@ -114,7 +120,7 @@ class Writer(threading.Thread):
             for key, version in seen:
                 self.record.setdefault(key, []).append(version)
 
-    def _statement(self, conn: psycopg.Connection) -> list[tuple[uuid.UUID, Version]]:
+    def _statement(self, conn: psycopg.Connection) -> list[tuple[uuid.UUID, Write]]:
         op = self.rng.choices(["insert", "update", "delete"], weights=[3, 5, 2])[0]
         keys = self.rng.sample(self.keys, self.rng.randint(1, 4))
         name = self._next_label()
@@ -123,33 +129,42 @@ class Writer(threading.Thread):
             conn.execute("SAVEPOINT ins")
             try:
                 conn.execute("INSERT INTO contact (contactid, firstname, lastname, telephone1, "
-                             "address1_country, medical_notes) VALUES (%s, %s, 'Stress', %s, "
-                             "'IE', %s)", (key, name, name, f"secret-{self.region}"))
+                             "address1_country, medical_notes) VALUES (%s, %s, %s, %s, "
+                             "'IE', %s)", (key, name, name, name, f"secret-{self.region}"))
             except psycopg.errors.UniqueViolation:
                 conn.execute("ROLLBACK TO SAVEPOINT ins")
                 return []
             conn.execute("RELEASE SAVEPOINT ins")
-            return self._rows(conn, [key])
+            row = conn.execute(f"SELECT sync_base, {', '.join(SYNCED)} FROM contact "
+                               "WHERE contactid = %s", (key,)).fetchone()
+            values = {c: (row[0], v) for c, v in zip(SYNCED, row[1:], strict=True)}
+            return [(key, Write(row[0], values, inserted=True))]
         if op == "update":
+            cols = self.rng.sample(EDITABLE, self.rng.randint(1, len(EDITABLE)))
+            values = {c: (self.rng.choice(["IE", "SE", "US"]) if c == "address1_country"
+                          else f"secret-{self.region}" if c == "medical_notes" else name)
+                      for c in cols}
             done = [r[0] for r in conn.execute(
-                "UPDATE contact SET firstname = %s, telephone1 = %s WHERE contactid = ANY(%s) "
-                "RETURNING contactid", (name, name, keys)).fetchall()]
-            return self._rows(conn, done)
+                "UPDATE contact SET " + ", ".join(f"{c} = %s" for c in cols)
+                + " WHERE contactid = ANY(%s) RETURNING contactid",
+                (*values.values(), keys)).fetchall()]
+            out = []
+            for k, base, written, *vs in conn.execute(
+                    f"SELECT contactid, sync_base, sync.version_text(modifiedon, sync_origin), "
+                    f"{', '.join(c + '__v' for c in SYNCED)}, {', '.join(SYNCED)} "
+                    "FROM contact WHERE contactid = ANY(%s)", (done,)).fetchall():
+                versions = dict(zip(SYNCED, vs[:len(SYNCED)], strict=True))
+                now = dict(zip(SYNCED, vs[len(SYNCED):], strict=True))
+                # the columns this statement changed carry its version (the row's newest)
+                changed = {c: (written, now[c]) for c in SYNCED if versions[c] == written}
+                out.append((k, Write(base, changed)))
+            return out
         done = [r[0] for r in conn.execute(
             "DELETE FROM contact WHERE contactid = ANY(%s) RETURNING contactid",
             (keys,)).fetchall()]
-        return [(k, Version(m, o, True, None)) for k, m, o in conn.execute(
-            "SELECT pk, modifiedon, origin FROM sync.tombstone "
+        return [(k, Write(None, tombstone=t)) for k, t in conn.execute(
+            "SELECT pk, sync.version_text(modifiedon, origin) FROM sync.tombstone "
             "WHERE tablename = 'contact' AND pk = ANY(%s)", (done,)).fetchall()]
-
-    @staticmethod
-    def _rows(conn: psycopg.Connection, keys: list[uuid.UUID]) -> list[tuple[uuid.UUID, Version]]:
-        """The versions as committed: read back after the capture triggers ran."""
-        if not keys:
-            return []
-        return [(k, Version(m, o, False, f)) for k, f, m, o in conn.execute(
-            "SELECT contactid, firstname, modifiedon, sync_origin FROM contact "
-            "WHERE contactid = ANY(%s)", (keys,)).fetchall()]
 
 
 def _snapshot(mesh: Mesh) -> dict[str, dict[uuid.UUID, tuple]]:
@@ -171,28 +186,47 @@ def _quiet(mesh: Mesh, timeout: float) -> dict[str, dict[uuid.UUID, tuple]]:
     return snap
 
 
+def expected(writes: list[Write]) -> dict[str, str | None] | None:
+    """The converged row of one key under the per-column rule, or None (absent)."""
+    bases = [w.base for w in writes if w.inserted]
+    tombstones = [w.tombstone for w in writes if w.tombstone is not None]
+    base = max(bases, default=None)
+    if base is None or (tombstones and max(tombstones) >= base):
+        return None
+    row: dict[str, str | None] = {}
+    for col in SYNCED:
+        versions = [w.values[col] for w in writes if w.base == base and col in w.values]
+        row[col] = max(versions)[1]
+    return row
+
+
 def check_against_oracle(snap: dict[str, dict[uuid.UUID, tuple]],
-                         record: dict[uuid.UUID, list[Version]]) -> list[str]:
-    """Every key in every region against the last-writer-wins maximum of its versions."""
-    problems = []
-    for key, versions in sorted(record.items()):
-        winner = max(versions)
+                         record: dict[uuid.UUID, list[Write]]) -> tuple[list[str], int]:
+    """Every synced column of every key in every region against the oracle; returns the
+    problems and how many column values were checked."""
+    problems, checked = [], 0
+    for key, writes in sorted(record.items()):
+        want = expected(writes)
         for region in REGIONS:
             row = snap[region].get(key)
-            if winner.deleted:
+            if want is None:
                 if row is not None:
-                    problems.append(f"{region}: {key} resurrected as {row[5]}/{row[6]} "
-                                    f"over delete {winner.modifiedon}/{winner.origin}")
-            elif row is None:
-                problems.append(f"{region}: {key} missing; newest is "
-                                f"{winner.modifiedon}/{winner.origin}")
-            elif (row[5], row[6], row[1]) != (winner.modifiedon, winner.origin,
-                                              winner.firstname):
-                problems.append(f"{region}: {key} holds {row[5]}/{row[6]} ({row[1]}); newest "
-                                f"is {winner.modifiedon}/{winner.origin} ({winner.firstname})")
+                    problems.append(f"{region}: {key} exists (base {row[-1]}) but its newest "
+                                    "delete is newer than its newest insert")
+                continue
+            if row is None:
+                problems.append(f"{region}: {key} missing; its newest insert is newer than "
+                                "any delete")
+                continue
+            got = dict(zip(SYNCED, row[1:1 + len(SYNCED)], strict=True))
+            checked += len(SYNCED)
+            for col in SYNCED:
+                if got[col] != want[col]:
+                    problems.append(f"{region}: {key}.{col} holds {got[col]!r}; the newest "
+                                    f"version written is {want[col]!r}")
     unknown = {k for r in REGIONS for k in snap[r]} - set(record)
     problems += [f"row {k} that no writer committed" for k in sorted(unknown)]
-    return problems
+    return problems, checked
 
 
 def leaks(mesh: Mesh) -> list[str]:
@@ -220,7 +254,7 @@ def run_stress(mesh: Mesh, tmp_path: Path, seed: int, seconds: float, *,
     writers run; it must be over before they stop."""
     rng = random.Random(seed)
     keys = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(60)]
-    record: dict[uuid.UUID, list[Version]] = {}
+    record: dict[uuid.UUID, list[Write]] = {}
     lock, stop = threading.Lock(), threading.Event()
     writers = [Writer(r, mesh.urls[r], keys, seed, stop, record, lock) for r in REGIONS]
     errors: list[BaseException] = []
@@ -249,17 +283,18 @@ def run_stress(mesh: Mesh, tmp_path: Path, seed: int, seconds: float, *,
     for w in writers:
         assert w.error is None, f"{w.name}: {w.error!r}"
     assert all(alive.values()), f"a daemon died: {alive}"
-    problems = check_against_oracle(snap, record) + leaks(mesh)
-    stats = {"seed": seed, "keys": len(record),
+    problems, checked = check_against_oracle(snap, record)
+    problems += leaks(mesh)
+    stats = {"seed": seed, "keys": len(record), "columns_checked": checked,
              "converged_s_after_writes": round(converged_in, 1),
              "statements": sum(w.tally.statements for w in writers),
              "transactions": sum(w.tally.transactions for w in writers),
              "rolled_back": [w.tally.rolled_back for w in writers],
-             "versions": sum(len(v) for v in record.values()),
+             "writes": sum(len(v) for v in record.values()),
              "problems": len(problems)}
     print("stress:", stats)
     assert not problems, "\n".join(problems[:30])
-    assert stats["versions"] > 100, "the writers committed too little to prove anything"
+    assert stats["writes"] > 100, "the writers committed too little to prove anything"
     return stats
 
 

@@ -29,6 +29,9 @@ def test_demo_runs_end_to_end_and_removes_everything() -> None:
     assert personal["us-east"] == 0                    # no EU contact details in the US,
     assert personal["eu-north"] > 0 and personal["eu-west"] > 0   # shared within the EU
     assert sum(int(r[10]) for r in rows) >= 1          # the concurrent edit was logged
+    # two fields edited in two regions at once: both kept, in every region
+    merged = next(line for line in out.splitlines() if "merged column by column" in line)
+    assert merged.count("('Merged', 'SE')") == 3, merged
     assert "all daemons stopped cleanly on SIGTERM (exit 0)" in out
     assert "clusters stopped and removed" in out
     assert set(glob.glob("/tmp/regionsync-*")) <= before

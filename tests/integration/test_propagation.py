@@ -47,19 +47,25 @@ def test_insert_update_delete_reach_every_region_without_medical_data(mesh: Mesh
         assert mesh.one(region, "SELECT count(*) FROM account") == 1
 
 
-def test_medical_only_update_moves_the_version_but_no_medical_byte(mesh: Mesh) -> None:
-    """An edit of excluded columns only bumps modifiedon (a system column that travels, as
-    last-writer-wins needs it); the excluded values themselves never leave."""
+def test_a_medical_only_update_is_not_heard_of_abroad(mesh: Mesh) -> None:
+    """An edit of excluded columns only: the values stay home, and so does the fact that
+    the row changed — nothing is sent, no row version moves abroad (per-column versions,
+    migration 0018); the owner's own "last modified" moves."""
     west = mesh.conn("eu-west")
     cid = contact(west, "Quiet", medical=None, implant=None)
     mesh.sync()
+    before = {r: mesh.conn(r).execute("SELECT modifiedon, versionnumber FROM contact").fetchone()
+              for r in ("eu-west", "eu-north", "us-east")}
     west.execute("UPDATE contact SET medical_notes = 'new finding', implant_serial = 'SN-9' "
                  "WHERE contactid = %s", (cid,))
-    mesh.sync()
+    mesh.sync()      # (as the owner: a destination role is not even told, test_column_merge)
+    assert mesh.one("eu-west", "SELECT modifiedon FROM contact") > before["eu-west"][0]
     for region in ("eu-north", "us-east"):
         assert mesh.rows(region, "contact") == mesh.rows("eu-west", "contact")
         assert mesh.conn(region).execute(
             "SELECT medical_notes, implant_serial FROM contact").fetchone() == (None, None)
+        assert mesh.conn(region).execute(
+            "SELECT modifiedon, versionnumber FROM contact").fetchone() == before[region]
 
 
 def _log_entries(text: str) -> list[str]:

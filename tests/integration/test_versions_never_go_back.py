@@ -32,9 +32,11 @@ def _write_from_a_clock_ahead(mesh: Mesh, key: uuid.UUID, *, delete: bool = Fals
                          "ARRAY[nextval('public.regionsync_versionnumber_seq')])", (key,))
         else:
             conn.execute("""INSERT INTO contact (contactid, lastname, modifiedon, sync_origin,
-                                                 versionnumber)
-                            VALUES (%s, 'Ahead', clock_timestamp() + %s, 'eu-north',
-                                    nextval('public.regionsync_versionnumber_seq'))""",
+                                                 versionnumber, sync_base)
+                            SELECT %s, 'Ahead', t, 'eu-north',
+                                   nextval('public.regionsync_versionnumber_seq'),
+                                   sync.version_text(t, 'eu-north')
+                            FROM (SELECT clock_timestamp() + %s AS t) ahead""",
                          (key, AHEAD))
             conn.execute("INSERT INTO sync.change_set (tablename, op, origin, pks, versions) "
                          "SELECT 'contact', 'i', 'eu-north', ARRAY[contactid], "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,42 @@ rules:
     rows: "statecode = 2147483647 and revenue < 100.5 and birthdate >= '1990-01-31'"
 """)
     assert load_policy(d, typed_schema()).rules["contact"][0].rows is not None
+
+
+def test_column_groups_are_loaded_onto_their_rules(tmp_path: Path) -> None:
+    d = write(tmp_path, "p.yaml", "rules:\n  contact:\n    columns: [firstname, lastname]\n"
+                                  "column_groups:\n  contact: [[firstname, lastname]]\n")
+    pol = load_policy(d, schema())
+    assert pol.column_groups == {"contact": (("firstname", "lastname"),)}
+    assert pol.rules_to("eu-north")["contact"].groups == (("firstname", "lastname"),)
+
+
+def test_half_a_column_group_on_an_allow_list_is_refused(tmp_path: Path) -> None:
+    d = write(tmp_path, "p.yaml", "rules:\n  contact:\n    columns: [firstname]\n"
+                                  "column_groups:\n  contact: [[firstname, lastname]]\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy(d)
+    assert str(err.value) == (
+        f"{d / 'p.yaml'}:3: rules.contact.columns: rule for contact sends firstname but not "
+        "lastname of column group [firstname, lastname]; a group leaves whole or not at all")
+
+
+@pytest.mark.parametrize("groups, message", [
+    ("[[firstname, lastname], [lastname, accountid]]",
+     "p.yaml:5: column_groups.contact[1]: column contact.lastname is in two column groups"),
+    ("[[firstname, firstname]]", "p.yaml:5: column_groups.contact[0]: column group contact"),
+])
+def test_overlapping_or_trivial_column_groups_are_refused(tmp_path: Path, groups: str,
+                                                         message: str) -> None:
+    d = write(tmp_path, "p.yaml", "rules:\n  contact:\n    columns: [firstname]\n"
+                                  f"column_groups:\n  contact: {groups}\n")
+    with pytest.raises(PolicyError, match=re.escape(message)):
+        load_policy(d)
+
+
+def test_a_column_group_naming_a_system_or_unknown_column_is_refused(tmp_path: Path) -> None:
+    for bad in ("modifiedon", "nosuch"):
+        d = write(tmp_path, "p.yaml", "rules:\n  contact:\n    columns: [firstname]\n"
+                                      f"column_groups:\n  contact: [[lastname, {bad}]]\n")
+        with pytest.raises(PolicyError, match=f"names contact.{bad}, which is not a data"):
+            load_policy(d, schema())

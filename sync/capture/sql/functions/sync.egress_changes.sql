@@ -16,7 +16,10 @@ AS $function$
         FROM sync.journal_since(p_from, p_to, p_origin, p_exclude) c
         LEFT JOIN sync.egress_table t ON t.role_name = session_user
                                      AND t.tablename = c.tablename
-        WHERE NOT EXISTS (SELECT 1 FROM me) OR t.tablename IS NOT NULL
+        WHERE NOT EXISTS (SELECT 1 FROM me)
+           OR (t.tablename IS NOT NULL
+               -- an update of columns this destination is not sent is no news to it
+               AND (c.cols IS NULL OR t.colmask IS NULL OR (c.cols & t.colmask) <> 0))
         UNION ALL
         SELECT -w.id, w.tablename, 'u', w.origin, w.txid, w.changed_at, w.pks
         FROM sync.egress_withdrawal w

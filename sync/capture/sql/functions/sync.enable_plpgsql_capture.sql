@@ -12,6 +12,11 @@
 -- The function bodies are format() templates:
 --   %1$I function name   %2$I key column   %3$I table   %4$s lock space
 --   %5$s region literal  %6$s what `applying` is   %7$s whether the journal is off
+--   %8$s the version columns a local write cannot set   %9$s each column's change check
+--   %10$s an insert that set versions itself             %11$s the versions a stamp resets
+-- Per-column versions (sync.enable_column_versions): the BEFORE trigger compares each data
+-- column's old and new value and stamps the changed ones with the write's version; the
+-- row's sync_changed mask goes into the journal entry.
 -- The AFTER statement triggers run as their owner (SECURITY DEFINER, fixed search_path):
 -- application roles need no privilege on the sync schema. The BEFORE row trigger stays
 -- SECURITY INVOKER (a per-row settings save and restore would cost more than it reads).
@@ -26,8 +31,25 @@ DECLARE
                                 'sync.local_region()');
     apply_member text := 'pg_has_role(current_user, ''regionsync_apply'', ''MEMBER'')';
     variant text; applying_sql text; journal_off_sql text;
+    keep_sql text; check_sql text; forged_sql text; reset_sql text;
     ev text; timing text; refs text; level text; fn text; name text;
 BEGIN
+    PERFORM sync.enable_column_versions(p_table);
+    SELECT coalesce(string_agg(format('NEW.%1$I := OLD.%1$I;', a.attname || '__v'), ' '), ''),
+           coalesce(string_agg(format(
+               'IF NEW.%1$I IS DISTINCT FROM OLD.%1$I THEN mask := mask | %3$s; '
+               'IF applying IS NULL THEN NEW.%2$I := ver; END IF; END IF;',
+               a.attname, a.attname || '__v',
+               (1::bigint << least(a.attnum - 1, 63))::text || '::bigint'), E'\n            '), ''),
+           coalesce(string_agg(format(' OR n.%I IS NOT NULL', a.attname || '__v'), ''), ''),
+           coalesce(string_agg(format(', %I = NULL', a.attname || '__v'), ''), '')
+      INTO keep_sql, check_sql, forged_sql, reset_sql
+    FROM pg_attribute a
+    WHERE a.attrelid = format('public.%I', p_table)::regclass AND a.attnum > 0
+      AND NOT a.attisdropped
+      AND EXISTS (SELECT 1 FROM pg_attribute v WHERE v.attrelid = a.attrelid
+                  AND v.attname = a.attname || '__v' AND NOT v.attisdropped);
+
     FOR variant, applying_sql, journal_off_sql IN VALUES
         ('', $$nullif(current_setting('regionsync.origin', true), '')$$,
          $$current_setting('regionsync.journal', true) = 'off'$$),
@@ -38,12 +60,17 @@ BEGIN
         CREATE OR REPLACE FUNCTION sync.%1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
         DECLARE
             applying text := %6$s;
+            ver text;
+            mask bigint := 0;
         BEGIN
             NEW.versionnumber := OLD.versionnumber;
+            NEW.sync_changed := OLD.sync_changed;
             IF applying IS NULL THEN
                 NEW.modifiedon := OLD.modifiedon;
                 NEW.sync_origin := OLD.sync_origin;
                 NEW.createdon := OLD.createdon;
+                NEW.sync_base := OLD.sync_base;
+                %8$s
             END IF;
             IF NEW IS NOT DISTINCT FROM OLD THEN
                 RETURN NEW;  -- no-op update: same version, no journal entry
@@ -54,10 +81,14 @@ BEGIN
                 NEW.modifiedon := greatest(clock_timestamp(),
                                            OLD.modifiedon + interval '1 microsecond');
                 NEW.sync_origin := %5$s;
+                ver := to_char(NEW.modifiedon AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                       || ' ' || NEW.sync_origin;
             END IF;
+            %9$s
+            NEW.sync_changed := mask;
             RETURN NEW;
         END $body$ $fn$, 'capture_before_' || variant || p_table, pkcol, p_table, space, region_sql,
-               applying_sql);
+               applying_sql, NULL, keep_sql, check_sql);
     EXECUTE format($fn$
         CREATE OR REPLACE FUNCTION sync.%1$I() RETURNS trigger LANGUAGE plpgsql
         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
@@ -87,6 +118,10 @@ BEGIN
                 -- member), so the settings below skip its own triggers.
                 IF EXISTS (SELECT 1 FROM new_rows n
                            WHERE n.sync_origin IS DISTINCT FROM here
+                              OR n.sync_base IS DISTINCT FROM
+                                 to_char(n.modifiedon AT TIME ZONE 'UTC',
+                                         'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || ' ' || here
+                              OR n.sync_changed IS NOT NULL%10$s
                               OR n.modifiedon < statement_timestamp()
                               OR n.modifiedon > clock_timestamp()
                               OR n.versionnumber > (SELECT last_value
@@ -99,13 +134,19 @@ BEGIN
                             set_config('regionsync.journal', 'off', true);
                     UPDATE public.%3$I t
                     SET sync_origin = here,
-                        modifiedon = greatest(clock_timestamp(),
-                                              (SELECT tb.modifiedon + interval '1 microsecond'
-                                               FROM sync.tombstone tb
-                                               WHERE tb.tablename = (TG_TABLE_NAME::text COLLATE "default")
-                                                 AND tb.pk = n.%2$I)),
+                        modifiedon = s.stamp,
+                        sync_base = to_char(s.stamp AT TIME ZONE 'UTC',
+                                            'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || ' ' || here,
+                        sync_changed = NULL%11$s,
                         versionnumber = nextval('public.regionsync_versionnumber_seq')
-                    FROM new_rows n WHERE t.%2$I = n.%2$I;
+                    FROM (SELECT n.%2$I AS pk,
+                                 greatest(clock_timestamp(),
+                                          (SELECT tb.modifiedon + interval '1 microsecond'
+                                           FROM sync.tombstone tb
+                                           WHERE tb.tablename = (TG_TABLE_NAME::text COLLATE "default")
+                                             AND tb.pk = n.%2$I)) AS stamp
+                          FROM new_rows n) s
+                    WHERE t.%2$I = s.pk;
                     PERFORM set_config('regionsync.stamped', coalesce(stamped, ''), true),
                             set_config('regionsync.journal', '', true);
                     INSERT INTO sync.change_set (tablename, op, origin, pks, versions)
@@ -123,13 +164,13 @@ BEGIN
                 FROM new_rows n GROUP BY n.sync_origin;
             ELSIF TG_OP = 'UPDATE' THEN
                 -- changed rows have versions newer than every old version of the statement
-                INSERT INTO sync.change_set (tablename, op, origin, pks, versions)
+                INSERT INTO sync.change_set (tablename, op, origin, pks, versions, cols)
                 SELECT TG_TABLE_NAME, 'u', n.sync_origin, array_agg(n.%2$I),
-                       array_agg(n.versionnumber)
+                       array_agg(n.versionnumber), n.sync_changed
                 FROM new_rows n
                 WHERE (n.%2$I, n.versionnumber) NOT IN (SELECT o.%2$I, o.versionnumber
                                                        FROM old_rows o)
-                GROUP BY n.sync_origin;
+                GROUP BY n.sync_origin, n.sync_changed;
             ELSIF applying IS NULL THEN
                 -- local delete: tombstones newer than the row they end (whatever the
                 -- clocks say), then the journal
@@ -162,7 +203,7 @@ BEGIN
             END IF;
             RETURN NULL;
         END $body$ $fn$, 'capture_after_' || variant || p_table, pkcol, p_table, space, region_sql,
-               applying_sql, journal_off_sql);
+               applying_sql, journal_off_sql, NULL, NULL, forged_sql, reset_sql);
     END LOOP;
 
     FOR ev, timing, refs, level IN VALUES
@@ -197,7 +238,7 @@ BEGIN
     EXECUTE format('ALTER TABLE public.%I '
                    'ALTER COLUMN versionnumber SET DEFAULT '
                    'nextval(''public.regionsync_versionnumber_seq''), '
-                   'ALTER COLUMN modifiedon SET DEFAULT clock_timestamp(), '
+                   'ALTER COLUMN modifiedon SET DEFAULT statement_timestamp(), '
                    'ALTER COLUMN sync_origin SET DEFAULT %s', p_table, region_sql);
     EXECUTE format('DROP TRIGGER IF EXISTS regionsync_refuse_truncate ON public.%I', p_table);
     EXECUTE format('CREATE TRIGGER regionsync_refuse_truncate BEFORE TRUNCATE ON public.%I '
