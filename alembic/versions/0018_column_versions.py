@@ -24,7 +24,7 @@ depends_on = None
 PINNED = {
     "functions/sync.version_text.sql": "90d6f6a8efc50ff6",
     "functions/sync.enable_column_versions.sql": "d200ab80ce6865b4",
-    "functions/sync.enable_plpgsql_capture.sql": "fe475b285f04c041",
+    "functions/sync.enable_plpgsql_capture.sql": "2a0bd56dec861063",
     "functions/sync.egress_changes.sql": "4736b9a3b1dd0ed9",
 }
 

@@ -364,6 +364,11 @@ capture_after(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 
 	here = rs_region_name(td->tg_trigger->tgargs[0]);
+	/* an applied change is journaled as the peer's (a forwarding hub): a row's newest
+	 * version may be another region's, whose own journal entry forwards that */
+	if (applying != NULL)
+		for (int i = 0; i < nnew; i++)
+			news[i].origin = (char *) applying;
 	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
 		after_insert(td, table, pkcol, space, here, applying, news, nnew);
 	else if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))

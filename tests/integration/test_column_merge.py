@@ -217,3 +217,37 @@ def test_a_column_group_moves_as_a_unit(mesh: Mesh, tmp_path: Path, grouped: boo
         assert got == {r: ("Cork", "IE") for r in MESH} and dead == 0
     else:     # what the group prevents: eu-west cannot take Cork beside its SE
         assert got["eu-west"] == ("Lund", "SE") and dead == 1
+
+
+def test_hub_and_spoke_merges_per_column_too(mesh: Mesh) -> None:
+    """Spokes eu-north and us-east talk only through the hub eu-west: concurrent edits of
+    different columns in the two spokes both reach everyone, a spoke's later medical edit
+    shadows nothing, and the hub forwards the merge without an echo."""
+    hub, spokes = "eu-west", ["eu-north", "us-east"]
+    for s in spokes:
+        mesh.link(s, hub, origins="any")
+
+    def rounds() -> int:
+        moved = 0
+        for _ in range(3):
+            for s in spokes:
+                moved += sum(b.rows for b in mesh.pull(hub, s))
+            for s in spokes:
+                moved += sum(b.rows for b in mesh.pull(s, hub))
+        return moved
+
+    cid = contact(mesh.conn("eu-north"), "Spoke", medical="home")
+    rounds()
+    mesh.conn("us-east").execute("UPDATE contact SET telephone1 = '777' WHERE contactid = %s",
+                                 (cid,))
+    mesh.conn("eu-north").execute("UPDATE contact SET firstname = 'Hub' WHERE contactid = %s",
+                                  (cid,))
+    mesh.conn("eu-north").execute(
+        "UPDATE contact SET medical_notes = 'later' WHERE contactid = %s", (cid,))
+    rounds()
+    got = _everywhere(mesh, cid, "firstname, telephone1, medical_notes")
+    assert got == {"eu-north": ("Hub", "777", "later"), "eu-west": ("Hub", "777", None),
+                   "us-east": ("Hub", "777", None)}
+    journals = {r: mesh.one(r, "SELECT count(*) FROM sync.change_set") for r in MESH}
+    assert rounds() == 0
+    assert {r: mesh.one(r, "SELECT count(*) FROM sync.change_set") for r in MESH} == journals

@@ -158,19 +158,21 @@ BEGIN
                 SELECT TG_TABLE_NAME, 'i', here, array_agg(n.%2$I), array_agg(n.versionnumber)
                 FROM new_rows n HAVING count(*) > 0;
             ELSIF TG_OP = 'INSERT' THEN
+                -- an applied change is journaled as the peer's (a forwarding hub): a row's
+                -- newest version may be another region's, whose own entry forwards that
                 INSERT INTO sync.change_set (tablename, op, origin, pks, versions)
-                SELECT TG_TABLE_NAME, 'i', n.sync_origin, array_agg(n.%2$I),
+                SELECT TG_TABLE_NAME, 'i', coalesce(applying, n.sync_origin), array_agg(n.%2$I),
                        array_agg(n.versionnumber)
-                FROM new_rows n GROUP BY n.sync_origin;
+                FROM new_rows n GROUP BY coalesce(applying, n.sync_origin);
             ELSIF TG_OP = 'UPDATE' THEN
                 -- changed rows have versions newer than every old version of the statement
                 INSERT INTO sync.change_set (tablename, op, origin, pks, versions, cols)
-                SELECT TG_TABLE_NAME, 'u', n.sync_origin, array_agg(n.%2$I),
+                SELECT TG_TABLE_NAME, 'u', coalesce(applying, n.sync_origin), array_agg(n.%2$I),
                        array_agg(n.versionnumber), n.sync_changed
                 FROM new_rows n
                 WHERE (n.%2$I, n.versionnumber) NOT IN (SELECT o.%2$I, o.versionnumber
                                                        FROM old_rows o)
-                GROUP BY n.sync_origin, n.sync_changed;
+                GROUP BY coalesce(applying, n.sync_origin), n.sync_changed;
             ELSIF applying IS NULL THEN
                 -- local delete: tombstones newer than the row they end (whatever the
                 -- clocks say), then the journal
