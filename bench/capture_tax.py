@@ -35,6 +35,10 @@ JOURNAL = ("INSERT INTO sync.change_set (tablename, op, origin, pks, versions) "
            "FROM w HAVING count(*) > 0")
 STAMP = ("versionnumber = nextval('public.regionsync_versionnumber_seq'), "
          "modifiedon = clock_timestamp()")
+# per-column versions (migration 0018): the changed column's version and the change mask
+COLUMN_VERSION = (", firstname__v = to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+                  "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || ' ' || %(region)s, "
+                  "sync_changed = 1")
 TOMBSTONES = ("t AS (INSERT INTO sync.tombstone AS tb (tablename, pk, modifiedon, origin) "
               "SELECT 'contact', contactid, greatest(clock_timestamp(), "
               "modifiedon + interval '1 microsecond'), %(region)s FROM w "
@@ -50,6 +54,7 @@ def _update(size: int) -> Shape:
             p["ids"] = ids[i:i + size]
             if floor:
                 conn.execute("WITH w AS (UPDATE contact SET firstname = %(marker)s, " + STAMP +
+                             COLUMN_VERSION +
                              " WHERE contactid = ANY(%(ids)s) RETURNING contactid, "
                              "versionnumber) " + JOURNAL.format(op="u", versions="versionnumber"),
                              p)
