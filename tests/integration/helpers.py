@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import psycopg.conninfo
@@ -69,3 +70,15 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           text=True, env={**os.environ, **(env or {})}, timeout=120)
 
 
+
+
+def hub_rounds(mesh: Any, hub: str, spokes: list[str]) -> int:
+    """Three rounds of hub-and-spoke pulls (hub from each spoke, each spoke from the hub);
+    returns the rows moved."""
+    moved = 0
+    for _ in range(3):
+        for s in spokes:
+            moved += sum(b.rows for b in mesh.pull(hub, s))
+        for s in spokes:
+            moved += sum(b.rows for b in mesh.pull(s, hub))
+    return moved

@@ -8,7 +8,7 @@ import pytest
 
 from sync.policy import load_policy
 from tests.fix_pg import Mesh
-from tests.integration.helpers import account, contact
+from tests.integration.helpers import account, contact, hub_rounds
 
 
 def test_parent_and_children_from_one_transaction_arrive_without_fk_failure(mesh: Mesh) -> None:
@@ -138,17 +138,9 @@ def test_hub_and_spoke_forwards_without_echo(mesh: Mesh, origins: str) -> None:
     for s in spokes:
         mesh.link(s, hub, origins=origins)
 
-    def rounds() -> int:
-        moved = 0
-        for _ in range(3):
-            for s in spokes:
-                moved += sum(b.rows for b in mesh.pull(hub, s))
-            for s in spokes:
-                moved += sum(b.rows for b in mesh.pull(s, hub))
-        return moved
     aid = account(mesh.conn("eu-north"), "H-1")
     contact(mesh.conn("us-east"), "Spoke", accountid=None)
-    assert rounds() > 0
+    assert hub_rounds(mesh, hub, spokes) > 0
     for table in ("account", "contact"):
         assert mesh.rows("us-east", table) == mesh.rows("eu-north", table) \
             == mesh.rows("eu-west", table)
@@ -156,7 +148,7 @@ def test_hub_and_spoke_forwards_without_echo(mesh: Mesh, origins: str) -> None:
                     (aid,)) == "eu-north"
     journals = {r: mesh.one(r, "SELECT count(*) FROM sync.change_log")
                 for r in [hub, *spokes]}
-    assert rounds() == 0                                      # no echo
+    assert hub_rounds(mesh, hub, spokes) == 0                                      # no echo
     assert {r: mesh.one(r, "SELECT count(*) FROM sync.change_log")
             for r in [hub, *spokes]} == journals
 

@@ -17,7 +17,7 @@ import pytest
 from sync.policy import load_policy
 from sync.source.egress import apply_egress
 from tests.fix_pg import POLICIES, Mesh
-from tests.integration.helpers import contact
+from tests.integration.helpers import contact, hub_rounds
 from tests.integration.test_residency import as_destination
 
 MESH = ["eu-west", "eu-north", "us-east"]
@@ -227,27 +227,19 @@ def test_hub_and_spoke_merges_per_column_too(mesh: Mesh) -> None:
     for s in spokes:
         mesh.link(s, hub, origins="any")
 
-    def rounds() -> int:
-        moved = 0
-        for _ in range(3):
-            for s in spokes:
-                moved += sum(b.rows for b in mesh.pull(hub, s))
-            for s in spokes:
-                moved += sum(b.rows for b in mesh.pull(s, hub))
-        return moved
 
     cid = contact(mesh.conn("eu-north"), "Spoke", medical="home")
-    rounds()
+    hub_rounds(mesh, hub, spokes)
     mesh.conn("us-east").execute("UPDATE contact SET telephone1 = '777' WHERE contactid = %s",
                                  (cid,))
     mesh.conn("eu-north").execute("UPDATE contact SET firstname = 'Hub' WHERE contactid = %s",
                                   (cid,))
     mesh.conn("eu-north").execute(
         "UPDATE contact SET medical_notes = 'later' WHERE contactid = %s", (cid,))
-    rounds()
+    hub_rounds(mesh, hub, spokes)
     got = _everywhere(mesh, cid, "firstname, telephone1, medical_notes")
     assert got == {"eu-north": ("Hub", "777", "later"), "eu-west": ("Hub", "777", None),
                    "us-east": ("Hub", "777", None)}
     journals = {r: mesh.one(r, "SELECT count(*) FROM sync.change_set") for r in MESH}
-    assert rounds() == 0
+    assert hub_rounds(mesh, hub, spokes) == 0
     assert {r: mesh.one(r, "SELECT count(*) FROM sync.change_set") for r in MESH} == journals
