@@ -2,16 +2,14 @@
 
 One local transaction per page: the rows of the page and, on the batch's last page, the
 peer's new token — all or nothing. Each segment is COPYed into a temporary stage table and
-merged with one ``INSERT … SELECT … ON CONFLICT (pk) DO UPDATE … WHERE`` the incoming
-version wins (MERGE would hash-join a scan of the whole target; ON CONFLICT probes the key).
+merged with one ``INSERT … SELECT … ON CONFLICT (pk) DO UPDATE … WHERE`` some incoming
+column wins (MERGE would hash-join a scan of the whole target; ON CONFLICT probes the key).
 
-Conflict rule: last writer wins on (``modifiedon``, ``sync_origin``) — a total order, so
-every region converges to the same row whichever order the versions arrive in. A version
-that loses (to a newer row or a newer tombstone) is written to ``sync.conflict_log`` with
-the field-level difference. A row that fails on its own (a constraint) goes to
-``sync.dead_letter`` and the rest of the page still commits; foreign-key and unique
-violations are marked retryable, because in a mesh a parent can arrive from another peer
-a moment later.
+Conflict rule: last writer wins per column (``sync.apply.merge``), a total order, so every
+region converges whichever order the versions arrive in; the same alternate key created in
+two regions stays with the first claim (``sync.apply.altkeys``). What lost goes to
+``sync.conflict_log``. A row that fails on its own goes to ``sync.dead_letter`` and the rest
+of the page commits (``sync.apply.rowfallback``).
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from sync.apply.altkeys import AlternateKeys
 from sync.apply.conflicts import ConflictRecorder
 from sync.apply.merge import existence, merge_columns
 from sync.apply.rowfallback import RowFallback
@@ -69,6 +68,7 @@ class Applier:
         self.region = region
         self.conflicts = ConflictRecorder(conn, peer=peer, region=region)
         self.rows = RowFallback(conn, peer=peer)
+        self.altkeys = AlternateKeys(conn, peer=peer)
         # Test hook: called with a step name between statements (crash-atomicity tests).
         self.fault_hook: Any = None
         # Tables that were empty (and without tombstones) when an initial load began:
@@ -190,7 +190,10 @@ class Applier:
                     if not backfill:
                         result.conflicts[info.name] += self.conflicts.local_losers(
                             info, stage, seg.columns, peer_has_seen)
+                    pending, collided = self.altkeys.prepare(info, stage, seg.columns)
+                    result.conflicts[info.name] += collided
                     self._upsert(info, seg, stage, result, backfill=backfill)
+                    self.altkeys.settle(pending)
                 else:
                     self._delete(info, stage, result)
             self._step("token")

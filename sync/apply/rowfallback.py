@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from sync.db import state
+from sync.db import dead_letters
 from sync.db.catalog import TableInfo
 from sync.errors import describe
 from sync.records import PageResult, Segment
@@ -83,7 +83,7 @@ class RowFallback:
         row = None if stage is None else self.conn.execute(
             sql.SQL("SELECT to_jsonb(s) FROM {} s WHERE {} = %s").format(
                 stage, sql.Identifier(key_col)), (key,)).fetchone()
-        state.put_dead_letter(self.conn, self.peer, info.name, key, op=kind,
+        dead_letters.put_dead_letter(self.conn, self.peer, info.name, key, op=kind,
                               row=row[0] if row else None, error=error,
                               sqlstate=exc.sqlstate,
                               retryable=exc.sqlstate in RETRYABLE_SQLSTATES)

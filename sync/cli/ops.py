@@ -16,7 +16,7 @@ import click
 import psycopg
 import psycopg.conninfo
 
-from sync.db import state
+from sync.db import dead_letters, state
 from sync.errors import ConfigError
 
 if TYPE_CHECKING:   # the command imports what it runs only when it runs (a fast --help)
@@ -104,6 +104,23 @@ def status(config_path: Path, as_json: bool) -> None:
             "dead letters", "conflicts"])
 
 
+# What would heal a dead letter that retrying has not, by SQLSTATE (`dlq list`).
+STUCK_ADVICE: dict[str | None, str] = {
+    "23503": "its parent row never arrived: the peer's policy may not send the parent "
+             "(check `regionsync policy explain` at the peer), or the parent was deleted; "
+             "fix that, then `regionsync dlq retry ID`, or `regionsync dlq discard ID`",
+    "23505": "another row here holds the same unique value and the collision cannot be "
+             "resolved by marking (a key without a text column); change one of the two "
+             "rows' keys, then `regionsync dlq retry ID`",
+    "23514": "a CHECK constraint here refuses the row: make this region's constraint match "
+             "its peers', then `regionsync dlq retry ID`",
+    "23502": "a column NOT NULL here is not sent by the peer: send it (policy) or relax the "
+             "constraint, then `regionsync dlq retry ID`",
+    None: "the same error on every attempt: `regionsync dlq show ID` for the error, fix "
+          "the cause, then `regionsync dlq retry ID` (or `regionsync dlq discard ID`)",
+}
+
+
 @click.group()
 def dlq() -> None:
     """The dead-letter table: rows that could not be applied."""
@@ -116,12 +133,16 @@ def dlq() -> None:
 def dlq_list(config_path: Path, peer: str | None, table: str | None) -> None:
     _, conn = _open(config_path)
     with conn:
-        rows = state.list_dead_letters(conn, peer, table)
+        rows = dead_letters.list_dead_letters(conn, peer, table)
     if not rows:
         click.echo("no dead letters")
         return
-    _table([list(r) for r in rows], ["id", "peer", "table", "key", "op", "sqlstate",
-                                     "retryable", "attempts", "last failed", "error"])
+    _table([[*r[:10], "STUCK" if r[10] else ""] for r in rows],
+           ["id", "peer", "table", "key", "op", "sqlstate", "retryable", "attempts",
+            "last failed", "error", "stuck"])
+    stuck = sorted({r[5] for r in rows if r[10]}, key=str)
+    for sqlstate in stuck:
+        click.echo(f"stuck ({sqlstate}): {STUCK_ADVICE.get(sqlstate, STUCK_ADVICE[None])}")
 
 
 @dlq.command("show")
@@ -130,7 +151,7 @@ def dlq_list(config_path: Path, peer: str | None, table: str | None) -> None:
 def dlq_show(config_path: Path, ident: int) -> None:
     _, conn = _open(config_path)
     with conn:
-        row = state.get_dead_letter(conn, ident)
+        row = dead_letters.get_dead_letter(conn, ident)
     if row is None:
         raise ConfigError(f"no dead letter {ident} (see `regionsync dlq list`)")
     click.echo(json.dumps(row, indent=2, default=str))
@@ -140,7 +161,7 @@ def _ids(conn: psycopg.Connection, idents: tuple[int, ...], all_: bool) -> list[
     if not idents and not all_:
         raise ConfigError("name dead-letter ids, or pass --all")
     if all_:
-        return state.dead_letter_ids(conn)
+        return dead_letters.dead_letter_ids(conn)
     return list(idents)
 
 
@@ -160,7 +181,7 @@ def dlq_retry(config_path: Path, idents: tuple[int, ...], all_: bool) -> None:
     cfg, conn = _open(config_path)
     with conn:
         ids = _ids(conn, idents, all_)
-        peers = state.dead_letter_peers(conn, ids)
+        peers = dead_letters.dead_letter_peers(conn, ids)
         policy = load_policy(cfg.policy_dir, introspect(conn))
     by_name = {p.name: p for p in cfg.peers}
     tried = resolved = 0
@@ -185,14 +206,15 @@ def dlq_discard(config_path: Path, idents: tuple[int, ...], all_: bool) -> None:
     _, conn = _open(config_path)
     with conn:
         ids = _ids(conn, idents, all_)
-        n = state.discard_dead_letters(conn, ids)
+        n = dead_letters.discard_dead_letters(conn, ids)
     log.info("discarded %d dead letter(s)", n, extra={"discarded": n})
     click.echo(f"discarded {n} dead letter(s)")
 
 
 @click.group()
 def conflicts() -> None:
-    """The conflict log: versions that lost last-writer-wins."""
+    """The conflict log: versions that lost last-writer-wins, and copies that lost an
+    alternate key (kept under a marked key)."""
 
 
 @conflicts.command("list")
@@ -207,7 +229,7 @@ def conflicts_list(config_path: Path, table: str | None, limit: int) -> None:
         click.echo("no conflicts")
         return
     _table([list(r) for r in rows], ["id", "logged", "table", "key", "via", "lost", "lost at",
-                                     "won", "won at", "fields"])
+                                     "won", "won at", "fields", "decided by"])
 
 
 def _progress_bar(peer: str) -> Progress:

@@ -121,6 +121,17 @@ def explain(table: str, to: tuple[str, ...], policy_dir: Path | None,
                + ("; these merge as one unit:" if groups else ""))
     for group in groups:
         click.echo(f"  [{', '.join(group)}]")
+    declared = {frozenset(k) for k in pol.alternate_keys.get(table, ())}
+    keys = [(k.columns, f"unique index {k.name}") for k in
+            (schema.tables[table].alternate_keys if schema is not None else ())]
+    keys += [(k, "declared; not checked without a database") for k in
+             pol.alternate_keys.get(table, ()) if schema is None]
+    if keys:
+        click.echo("alternate keys (created in two regions at once: the first copy keeps the "
+                   "key, a later copy keeps it marked, '<key> ~dup-<pk>'):")
+    for cols, source in keys:
+        mark = "; declared in the policy" if frozenset(cols) in declared and schema else ""
+        click.echo(f"  [{', '.join(cols)}] ({source}{mark})")
 
 
 @policy.command("diff")

@@ -33,6 +33,14 @@ class ForeignKey:
 
 
 @dataclass(frozen=True)
+class AlternateKey:
+    """A unique constraint (or unique index) besides the primary key: Dataverse's alternate
+    key, such as an account number. ``name`` is the index's, as errors name it."""
+    name: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TableInfo:
     name: str
     pk: str
@@ -44,6 +52,7 @@ class TableInfo:
     # data columns with a version column, and every column's attnum (the journal's masks)
     versioned: tuple[str, ...] = ()
     attnums: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
+    alternate_keys: tuple[AlternateKey, ...] = ()
 
     @property
     def per_column(self) -> bool:
@@ -122,6 +131,19 @@ def introspect(conn: psycopg.Connection) -> Schema:
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE k.contype = 'f' AND n.nspname = 'public' AND c.relname = ANY(%s)""",
         ([t for t, _ in tracked],)).fetchall()
+    # Alternate keys: whole-column unique indexes but the primary key (a partial or an
+    # expression index is no business key a peer's row can be matched on)
+    uniques = conn.execute("""
+        SELECT c.relname, ic.relname,
+               array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY u(n, o)
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.n
+                     ORDER BY u.o)
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE i.indisunique AND NOT i.indisprimary AND i.indpred IS NULL
+          AND i.indexprs IS NULL AND n.nspname = 'public' AND c.relname = ANY(%s)
+        ORDER BY 1, 2""", ([t for t, _ in tracked],)).fetchall()
     tables: dict[str, TableInfo] = {}
     for name, pk in tracked:
         every = [c for t, c, *_ in cols if t == name]
@@ -138,5 +160,7 @@ def introspect(conn: psycopg.Connection) -> Schema:
             not_null=frozenset(c for t, c, _, nn, *_ in cols if t == name and nn),
             builtin=frozenset(c for t, c, _, _, b, _ in cols if t == name and b),
             versioned=tuple(c for c in names if c + VERSION_SUFFIX in meta),
-            attnums={c: n for t, c, *_, n in cols if t == name})
+            attnums={c: n for t, c, *_, n in cols if t == name},
+            alternate_keys=tuple(AlternateKey(ix, tuple(k)) for t, ix, k in uniques
+                                 if t == name))
     return Schema(tables)

@@ -1,16 +1,15 @@
 """Every statement on regionsync's own bookkeeping tables, by name.
 
 ``sync.settings`` (the region's name), ``sync.peer_state`` (a token per peer and what the
-policy let it send), ``sync.integration_log`` (each batch applied), ``sync.dead_letter``,
-``sync.conflict_log``, ``sync.narrowed_column``, ``sync.policy_audit``, the erasure
-records (``sync.erasure``, ``sync.erasure_log``) and the egress bookkeeping
-(``sync.egress_role``, ``egress_table``, ``egress_sent``, ``egress_withdrawal``; the
-owner's per-destination marking of its sent set runs server-side, in the
-``sync.egress_mark`` that ``sync.source.egress`` makes from the policy; `migrate` names the
-region inside its own Alembic transaction). Other modules
-call these functions instead of writing the SQL again, so a column or a rule about these
-tables (a token never moves backwards, a dead letter's back-off) lives in one place.
-The journal and tombstones are not here: they are part of capture's and apply's own
+policy let it send), ``sync.integration_log`` (each batch applied), ``sync.conflict_log``,
+``sync.narrowed_column``, ``sync.policy_audit``, the erasure records (``sync.erasure``,
+``sync.erasure_log``) and the egress bookkeeping (``sync.egress_role``, ``egress_table``,
+``egress_sent``, ``egress_withdrawal``; the owner's per-destination marking of its sent set
+runs server-side, in the ``sync.egress_mark`` that ``sync.source.egress`` makes from the
+policy; `migrate` names the region inside its own Alembic transaction). Other modules call
+these functions instead of writing the SQL again, so a column or a rule about these tables
+(a token never moves backwards) lives in one place. The dead letters have their own module,
+``sync.db.dead_letters``; the journal and tombstones are part of capture's and apply's own
 statements.
 """
 
@@ -111,23 +110,7 @@ def log_batch(conn: Conn, peer: str, *, kind: str, rows: int, policy_sha: str | 
                  "VALUES (%s, %s, %s, %s, %s)", (peer, kind, rows, policy_sha, token))
 
 
-# -- dead_letter ---------------------------------------------------------------------------
-
-
-def put_dead_letter(conn: Conn, peer: str, table: str, key: Any, *, op: str,
-                    row: dict[str, Any] | None, error: str, sqlstate: str | None,
-                    retryable: bool) -> None:
-    """Record (or count again) a row that could not be applied."""
-    conn.execute("""
-        INSERT INTO sync.dead_letter AS d (peer, tablename, pk, op, row_data, error, sqlstate,
-                                           retryable)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT (peer, tablename, pk) DO UPDATE SET
-            op = EXCLUDED.op, row_data = EXCLUDED.row_data, error = EXCLUDED.error,
-            sqlstate = EXCLUDED.sqlstate, retryable = EXCLUDED.retryable,
-            attempts = d.attempts + 1, last_failed_at = now()""",
-        (peer, table, key, op, json.dumps(row) if row is not None else None, error, sqlstate,
-         retryable))
+# -- clock ---------------------------------------------------------------------------------
 
 
 def now(conn: Conn) -> datetime:
@@ -137,78 +120,24 @@ def now(conn: Conn) -> datetime:
     return row[0]
 
 
-def dead_letters_due(conn: Conn, peer: str, limit: int) -> list[tuple[int, str, UUID]]:
-    """(id, table, key) of ``peer``'s retryable dead letters whose back-off has passed
-    (2^attempts seconds, at most 5 minutes)."""
-    return conn.execute("""
-        SELECT id, tablename, pk FROM sync.dead_letter
-        WHERE peer = %s AND retryable
-          AND last_failed_at < now() - make_interval(secs => least(power(2, attempts), 300))
-        ORDER BY id LIMIT %s""", (peer, limit)).fetchall()
-
-
-def dead_letters_by_id(conn: Conn, peer: str, ids: list[int]) -> list[tuple[int, str, UUID]]:
-    """(id, table, key) of exactly these dead letters of ``peer``."""
-    return conn.execute("SELECT id, tablename, pk FROM sync.dead_letter "
-                        "WHERE peer = %s AND id = ANY(%s) ORDER BY id", (peer, ids)).fetchall()
-
-
-def resolve_dead_letters(conn: Conn, ids: list[int], since: datetime) -> int:
-    """Drop the dead letters among ``ids`` that did not fail again after ``since``."""
-    return conn.execute("DELETE FROM sync.dead_letter WHERE id = ANY(%s) AND last_failed_at < %s",
-                        (ids, since)).rowcount
-
-
-def count_dead_letters(conn: Conn, peer: str) -> int:
-    return scalar(conn.execute("SELECT count(*) FROM sync.dead_letter WHERE peer = %s",
-                        (peer,)))
-
-
-def list_dead_letters(conn: Conn, peer: str | None, table: str | None) -> list[tuple]:
-    return conn.execute("""
-        SELECT id, peer, tablename, pk, op, sqlstate, retryable, attempts, last_failed_at,
-               left(error, 80)
-        FROM sync.dead_letter
-        WHERE (%(peer)s::text IS NULL OR peer = %(peer)s)
-          AND (%(table)s::text IS NULL OR tablename = %(table)s)
-        ORDER BY id""", {"peer": peer, "table": table}).fetchall()
-
-
-def get_dead_letter(conn: Conn, ident: int) -> dict[str, Any] | None:
-    cur = conn.execute("SELECT * FROM sync.dead_letter WHERE id = %s", (ident,))
-    row = cur.fetchone()
-    names = [d.name for d in cur.description or []]
-    return dict(zip(names, row, strict=True)) if row else None
-
-
-def dead_letter_ids(conn: Conn) -> list[int]:
-    return [r[0] for r in conn.execute("SELECT id FROM sync.dead_letter ORDER BY id")]
-
-
-def dead_letter_peers(conn: Conn, ids: list[int]) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT DISTINCT peer FROM sync.dead_letter WHERE id = ANY(%s) ORDER BY 1", (ids,))]
-
-
-def discard_dead_letters(conn: Conn, ids: list[int]) -> int:
-    return conn.execute("DELETE FROM sync.dead_letter WHERE id = ANY(%s)", (ids,)).rowcount
-
-
 # -- conflict_log --------------------------------------------------------------------------
 
 
 def record_conflict(conn: Conn, *, table: str, key: Any, peer: str, winner_origin: str,
                     winner_modifiedon: Any, loser_origin: str | None, loser_modifiedon: Any,
                     loser_row: dict[str, Any], diff_json: str,
-                    columns: dict[str, dict[str, str]] | None = None) -> None:
+                    columns: dict[str, dict[str, str]] | None = None,
+                    reason: str | None = None) -> None:
     """``columns``: per column that lost, both versions (``lost``, ``won``: time and
-    origin as ``sync.version_text`` writes them); None for a whole-row decision."""
+    origin as ``sync.version_text`` writes them); None for a whole-row decision.
+    ``reason``: what decided it, when not last-writer-wins (an alternate key)."""
     conn.execute("""
         INSERT INTO sync.conflict_log (tablename, pk, peer, winner_origin, winner_modifiedon,
-                                       loser_origin, loser_modifiedon, loser_row, diff, columns)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                                       loser_origin, loser_modifiedon, loser_row, diff, columns,
+                                       reason)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
         (table, key, peer, winner_origin, winner_modifiedon, loser_origin, loser_modifiedon,
-         json.dumps(loser_row), diff_json, json.dumps(columns) if columns else None))
+         json.dumps(loser_row), diff_json, json.dumps(columns) if columns else None, reason))
 
 
 def list_conflicts(conn: Conn, table: str | None, limit: int) -> list[tuple]:
@@ -218,7 +147,8 @@ def list_conflicts(conn: Conn, table: str | None, limit: int) -> list[tuple]:
                coalesce((SELECT string_agg(k, ', ' ORDER BY k)
                          FROM jsonb_object_keys(columns) k),
                         (SELECT string_agg(k, ', ') FROM jsonb_object_keys(
-                             coalesce(diff->'values_changed', '{}'::jsonb)) k))
+                             coalesce(diff->'values_changed', '{}'::jsonb)) k)),
+               coalesce(reason, 'last writer wins')
         FROM sync.conflict_log
         WHERE %(table)s::text IS NULL OR tablename = %(table)s
         ORDER BY id DESC LIMIT %(limit)s""", {"table": table, "limit": limit}).fetchall()

@@ -2,7 +2,9 @@
 
 Foreign-key and unique violations are usually ordering effects between peers (a parent
 authored elsewhere arrives a moment later), so most dead letters heal on a later retry;
-attempts back off exponentially (2^attempts seconds, at most 5 minutes).
+attempts back off exponentially (2^attempts seconds, at most 5 minutes). One that fails
+``STUCK_AFTER`` times in a row for the same reason is marked stuck (sync/db/state.py):
+retried hourly, counted apart, and `regionsync dlq list` says what would heal it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
-from sync.db import state
+from sync.db import dead_letters, state
 from sync.link.connections import LinkConnections
 from sync.link.pages import PageSink
 from sync.link.plan import TablePlan
@@ -57,8 +59,8 @@ class DeadLetterRetry:
         session = self.conns.open()
         peer, region = self.conns.settings.peer, self.conns.settings.region
         target = session.target
-        rows = (state.dead_letters_by_id(target, peer, ids) if ids is not None
-                else state.dead_letters_due(target, peer, limit))
+        rows = (dead_letters.dead_letters_by_id(target, peer, ids) if ids is not None
+                else dead_letters.dead_letters_due(target, peer, limit))
         if not rows:
             self._count()
             return 0, 0
@@ -76,7 +78,7 @@ class DeadLetterRetry:
                 for seg in page.segments:
                     read[seg.table] += seg.rows
         self.plan.record_egress(session, read, snap.token)
-        resolved = state.resolve_dead_letters(target, [r[0] for r in rows], started)
+        resolved = dead_letters.resolve_dead_letters(target, [r[0] for r in rows], started)
         if resolved:
             log.info("peer %s: %d of %d dead letters resolved on retry", peer, resolved,
                      len(rows))
@@ -87,5 +89,6 @@ class DeadLetterRetry:
         session = self.conns.session
         if self.metrics is not None and session is not None:
             s = self.conns.settings
-            n = state.count_dead_letters(session.target, s.peer)
+            n, stuck = dead_letters.count_dead_letters(session.target, s.peer)
             self.metrics.dead_letters.labels(s.peer, s.region).set(n)
+            self.metrics.dead_letters_stuck.labels(s.peer, s.region).set(stuck)

@@ -61,6 +61,13 @@ class PolicyFile(BaseModel):
         description="Per table: groups of columns that merge as one unit (amount with "
                     "currency, address lines): a concurrent edit takes the whole group from "
                     "the newer side. Every region's policy must declare the same groups.")
+    alternate_keys: dict[Name, list[list[Name]]] = Field(
+        default_factory=dict,
+        description="Per table: its business keys (Dataverse alternate keys). Every unique "
+                    "index of a tracked table is one already; declaring it here records it "
+                    "in the reviewed policy, and `policy check` refuses a declared key that "
+                    "no unique index enforces. Created in two regions at once, the key stays "
+                    "with the copy that claimed it first; the later copy keeps a marked key.")
 
 
 def policy_json_schema() -> dict:
@@ -135,7 +142,8 @@ def load_policy(directory: Path, schema: Schema | None = None,
                     classification=classification,
                     never_leaves_region=frozenset(never), sha=digest.hexdigest()[:16],
                     files=tuple(str(p) for p, _, _ in parsed),
-                    column_groups={t: g for t, g in groups.items()})
+                    column_groups={t: g for t, g in groups.items()},
+                    alternate_keys=_alternate_keys(parsed))
     docs = {str(p): d for p, d, _ in parsed}
     _check_residency(policy, docs)
     if schema is not None:
@@ -165,6 +173,22 @@ def _column_groups(parsed: list[tuple[Path, object, PolicyFile]]
                                       line=line, key=key)
                 out.setdefault(table, []).append(tuple(group))
     return {t: tuple(g) for t, g in out.items()}
+
+
+def _alternate_keys(parsed: list[tuple[Path, object, PolicyFile]]
+                    ) -> dict[str, tuple[tuple[str, ...], ...]]:
+    out: dict[str, list[tuple[str, ...]]] = {}
+    for path, doc, pf in parsed:
+        for table, keys in pf.alternate_keys.items():
+            for index, key in enumerate(keys):
+                if not key or len(set(key)) != len(key):
+                    loc = ("alternate_keys", table, index)
+                    raise PolicyError(f"alternate key {table}: {key} needs one column or more, "
+                                      "each once", file=str(path),
+                                      line=yamlfile.line_of(doc, loc),
+                                      key=yamlfile.key_path(loc))
+                out.setdefault(table, []).append(tuple(key))
+    return {t: tuple(k) for t, k in out.items()}
 
 
 def _check_groups(rule: TableRule, doc: object, path: Path) -> None:
@@ -272,6 +296,22 @@ def check_against_schema(policy: Policy, schema: Schema,
                                   f"{table}.{bad[0]}, which is not a data column of a tracked "
                                   "table", file=policy.files[0] if policy.files else None,
                                   key=f"column_groups.{table}")
+    for table, keys in policy.alternate_keys.items():
+        info = schema.tables.get(table)
+        for cols in keys:
+            listed = ", ".join(cols)
+            unknown = [c for c in cols if info is None or c not in info.columns]
+            if unknown:
+                raise PolicyError(f"alternate key {table}: [{listed}] names unknown column "
+                                  f"{table}.{unknown[0]}", key=f"alternate_keys.{table}",
+                                  file=policy.files[0] if policy.files else None)
+            assert info is not None
+            if not any(set(k.columns) == set(cols) for k in info.alternate_keys):
+                raise PolicyError(f"alternate key {table}: [{listed}] has no unique index in "
+                                  "the database, so one region could hold it twice; create "
+                                  f"one (CREATE UNIQUE INDEX ON public.{table} ({listed})) or "
+                                  "remove the declaration", key=f"alternate_keys.{table}",
+                                  file=policy.files[0] if policy.files else None)
     for key in policy.classification:
         table, column = key.split(".", 1)
         if table not in schema.tables or (column != "*" and column not in

@@ -70,6 +70,8 @@ class Policy:
     sha: str
     files: tuple[str, ...] = field(default=())
     column_groups: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    # declared business keys (each must be a unique index; every unique index is one)
+    alternate_keys: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
 
     def all_rules(self) -> Iterable[TableRule]:
         for rules in self.rules.values():

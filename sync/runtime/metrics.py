@@ -93,6 +93,10 @@ class Metrics:
         self.dead_letters = Gauge("regionsync_dead_letters",
                                   "Rows from this source waiting in sync.dead_letter", PAIR,
                                   registry=r)
+        self.dead_letters_stuck = Gauge(
+            "regionsync_dead_letters_stuck",
+            "Dead letters that failed for the same reason too often to heal by retrying",
+            PAIR, registry=r)
         self.poll_duration = Histogram("regionsync_poll_duration_seconds",
                                        "Time to read and apply one batch", PAIR, registry=r,
                                        buckets=TIME_BUCKETS)

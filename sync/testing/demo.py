@@ -262,6 +262,14 @@ def edits(conns: dict[str, psycopg.Connection], echo: Callable[[str], None]) -> 
         north.execute("UPDATE contact SET address1_country = 'SE' "
                       "WHERE lastname = 'Last3-EUWEST'")
     echo("  eu-west edits contact Last3-EUWEST's first name while eu-north edits its country")
+    # the same business key (account number, unique) created in two regions at once
+    with west.transaction(), north.transaction():
+        west.execute("INSERT INTO account (accountnumber, name, address1_country) "
+                     "VALUES ('ACME-NEW', 'Acme (entered in eu-west)', 'IE')")
+        north.execute("INSERT INTO account (accountnumber, name, address1_country) "
+                      "VALUES ('ACME-NEW', 'Acme (entered in eu-north)', 'SE')")
+    echo("  eu-west and eu-north both create account ACME-NEW (a unique account number) at "
+         "the same moment")
 
 
 def report(conns: dict[str, psycopg.Connection], ports: dict[str, int],
@@ -300,6 +308,13 @@ def report(conns: dict[str, psycopg.Connection], ports: dict[str, int],
                            "WHERE lastname = 'Last3-EUWEST'").fetchone() for r, c in conns.items()}
     echo("concurrent edits of two fields merged column by column, both kept everywhere: "
          f"{merged}")
+    acme = {r: sorted((n.split(" ~dup-")[0] + (" ~dup-…" if "~dup-" in n else ""), name)
+                      for n, name in c.execute(
+                          "SELECT accountnumber, name FROM account "
+                          "WHERE accountnumber LIKE 'ACME-NEW%'").fetchall())
+            for r, c in conns.items()}
+    echo("one account number created in two regions: the first copy keeps it, the later one "
+         f"is kept under a marked key, the same everywhere: {acme}")
     for r, c in conns.items():
         row = state.first_conflict(c)
         if row:

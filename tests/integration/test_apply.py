@@ -38,23 +38,24 @@ def test_parent_and_children_from_one_transaction_arrive_without_fk_failure(mesh
 
 
 def test_failing_row_goes_to_dead_letter_and_the_rest_commits(mesh: Mesh) -> None:
-    # eu-north already has its own account with the alternate key W-DUP
-    account(mesh.conn("eu-north"), "W-DUP", "north's own")
+    # eu-north refuses what its peers allow: a CHECK only it has
+    north = mesh.conn("eu-north")
+    north.execute("ALTER TABLE account ADD CONSTRAINT account_not_refused "
+                  "CHECK (name <> 'refused') NOT VALID")
     mesh.link("eu-north", "eu-west").run_once()   # initial load (empty) -> deltas from here
     west = mesh.conn("eu-west")
     with west.transaction():
-        dup = account(west, "W-DUP", "west's")
+        bad = account(west, "W-BAD", "refused")
         ok = account(west, "W-OK")
     batch = mesh.link("eu-north", "eu-west").run_once()
     assert batch.dead_letters == {"account": 1}
-    north = mesh.conn("eu-north")
     assert north.execute("SELECT count(*) FROM account WHERE accountid = %s",
                          (ok,)).fetchone()[0] == 1
-    row = north.execute("SELECT tablename, pk, op, sqlstate, error, row_data->>'name' "
-                        "FROM sync.dead_letter").fetchone()
-    assert row[:4] == ("account", dup, "upsert", "23505")
-    assert "account_accountnumber_key" in row[4] or "accountnumber" in row[4]
-    assert row[5] == "west's"
+    row = north.execute("SELECT tablename, pk, op, sqlstate, error, row_data->>'name', "
+                        "retryable FROM sync.dead_letter").fetchone()
+    assert row[:4] == ("account", bad, "upsert", "23514")
+    assert "account_not_refused" in row[4]
+    assert row[5] == "refused" and row[6] is False   # a CHECK does not heal by waiting
     # the token moved on: the failing row does not block later changes
     assert mesh.link("eu-north", "eu-west").run_once().rows == 0
 

@@ -11,6 +11,12 @@ base) is newer than its newest delete, and then every synced column in every reg
 the value of the newest version of that column written to that incarnation (the insert
 counts as a write of every column).
 
+The writers also create accounts with account numbers drawn from a small pool, and rename
+them within it, so the same alternate key is created in two regions at once again and
+again (sync/apply/altkeys.py): after quiescence every region holds every account, the
+same row for each, each account number is the newest one written or that value kept
+under the loser's mark, and no dead letter remains anywhere.
+
 The default run is short (a fixed seed, ~20 s of writes). Longer runs with other seeds:
 
     REGIONSYNC_STRESS_SECONDS=120 REGIONSYNC_STRESS_SEEDS=1,2,3 pytest -m stress
@@ -31,6 +37,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from sync.apply.altkeys import MARK
 from tests.fix_daemons import mesh_daemons
 from tests.fix_pg import Mesh
 
@@ -38,6 +45,7 @@ REGIONS = ["eu-west", "eu-north", "us-east"]
 SYNCED = ("firstname", "lastname", "telephone1", "address1_country")
 EDITABLE = ("firstname", "telephone1", "address1_country", "medical_notes")
 COLUMNS = "contactid, " + ", ".join(SYNCED) + ", sync_base"
+ACCOUNT_NUMBERS = [f"ACC-{i}" for i in range(8)]   # small: collisions are the point
 
 
 @dataclass(frozen=True)
@@ -59,16 +67,30 @@ class Tally:
     rolled_back: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class Accounts:
+    """Accounts the writers committed: every account number written to each, with its
+    version (the newest wins, unless a collision marked the row later)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    numbers: dict[uuid.UUID, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def known(self) -> list[uuid.UUID]:
+        with self.lock:
+            return list(self.numbers)
+
+
 class Writer(threading.Thread):
     """The application in one region: random writes on shared keys until told to stop."""
 
     def __init__(self, region: str, url: str, keys: list[uuid.UUID], seed: int,
                  stop: threading.Event, record: dict[uuid.UUID, list[Write]],
-                 lock: threading.Lock) -> None:
+                 lock: threading.Lock, accounts: Accounts) -> None:
         super().__init__(name=f"writer-{region}", daemon=True)
         self.region, self.url, self.keys = region, url, keys
         self.rng = random.Random(f"{seed}-{region}")
         self.stop, self.record, self.lock = stop, record, lock
+        self.accounts = accounts
         self.tally = Tally()
         self.error: BaseException | None = None
         self._n = 0
@@ -103,10 +125,14 @@ class Writer(threading.Thread):
 
     def _transaction(self, conn: psycopg.Connection) -> None:
         seen: list[tuple[uuid.UUID, Write]] = []
+        numbered: list[tuple[uuid.UUID, tuple[str, str]]] = []
         statements = 1 if self.rng.random() < 0.8 else self.rng.randint(2, 3)
         try:
             for _ in range(statements):
-                seen += self._statement(conn)
+                if self.rng.random() < 0.1:
+                    numbered += self._account(conn)
+                else:
+                    seen += self._statement(conn)
                 self.tally.statements += 1
             conn.commit()
         except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected,
@@ -119,6 +145,27 @@ class Writer(threading.Thread):
         with self.lock:
             for key, version in seen:
                 self.record.setdefault(key, []).append(version)
+        with self.accounts.lock:
+            for aid, number in numbered:
+                self.accounts.numbers.setdefault(aid, []).append(number)
+
+    def _account(self, conn: psycopg.Connection) -> list[tuple[uuid.UUID, tuple[str, str]]]:
+        """Create an account with a pooled number, or rename one (a unique violation here
+        rolls the transaction back, as an application's would)."""
+        number = self.rng.choice(ACCOUNT_NUMBERS)
+        known = self.accounts.known()
+        if known and self.rng.random() < 0.4:
+            aid = self.rng.choice(known)
+            if not conn.execute("UPDATE account SET accountnumber = %s WHERE accountid = %s "
+                                "RETURNING 1", (number, aid)).fetchall():
+                return []
+        else:
+            aid = uuid.UUID(int=self.rng.getrandbits(128), version=4)
+            conn.execute("INSERT INTO account (accountid, accountnumber, name) "
+                         "VALUES (%s, %s, %s)", (aid, number, self.region))
+        row = conn.execute("SELECT coalesce(accountnumber__v, sync_base), accountnumber "
+                           "FROM account WHERE accountid = %s", (aid,)).fetchone()
+        return [(aid, (row[0], row[1]))]
 
     def _statement(self, conn: psycopg.Connection) -> list[tuple[uuid.UUID, Write]]:
         op = self.rng.choices(["insert", "update", "delete"], weights=[3, 5, 2])[0]
@@ -167,9 +214,16 @@ class Writer(threading.Thread):
             "WHERE tablename = 'contact' AND pk = ANY(%s)", (done,)).fetchall()]
 
 
-def _snapshot(mesh: Mesh) -> dict[str, dict[uuid.UUID, tuple]]:
-    return {r: {row[0]: row for row in mesh.conn(r).execute(
-        f"SELECT {COLUMNS} FROM contact ORDER BY contactid").fetchall()} for r in REGIONS}
+def _snapshot(mesh: Mesh) -> dict[str, dict[Any, tuple]]:
+    """Per region: contacts by key, accounts by ("account", key)."""
+    out: dict[str, dict[Any, tuple]] = {}
+    for r in REGIONS:
+        c = mesh.conn(r)
+        out[r] = {row[0]: row for row in c.execute(
+            f"SELECT {COLUMNS} FROM contact ORDER BY contactid").fetchall()}
+        out[r].update({("account", row[0]): row for row in c.execute(
+            "SELECT accountid, accountnumber, name FROM account ORDER BY accountid")})
+    return out
 
 
 def _quiet(mesh: Mesh, timeout: float) -> dict[str, dict[uuid.UUID, tuple]]:
@@ -224,9 +278,32 @@ def check_against_oracle(snap: dict[str, dict[uuid.UUID, tuple]],
                 if got[col] != want[col]:
                     problems.append(f"{region}: {key}.{col} holds {got[col]!r}; the newest "
                                     f"version written is {want[col]!r}")
-    unknown = {k for r in REGIONS for k in snap[r]} - set(record)
+    unknown = {k for r in REGIONS for k in snap[r] if isinstance(k, uuid.UUID)} - set(record)
     problems += [f"row {k} that no writer committed" for k in sorted(unknown)]
     return problems, checked
+
+
+def check_accounts(snap: dict[str, dict[Any, tuple]], accounts: Accounts,
+                   mesh: Mesh) -> list[str]:
+    """Alternate-key collisions resolved alike everywhere, nothing left in dead letters."""
+    problems = []
+    for aid, numbers in sorted(accounts.numbers.items()):
+        rows = {r: snap[r].get(("account", aid)) for r in REGIONS}
+        if any(row is None for row in rows.values()):
+            problems.append(f"account {aid} missing in {[r for r, v in rows.items() if v is None]}")
+            continue
+        if len({row for row in rows.values()}) != 1:
+            problems.append(f"account {aid} differs between regions: {rows}")
+        held = rows[REGIONS[0]][1]
+        newest = max(numbers)[1]
+        written = {n for _, n in numbers}
+        mark = f"{MARK}{aid}"
+        if held != newest and not (held.endswith(mark) and held[:-len(mark)] in written):
+            problems.append(f"account {aid} holds {held!r}: neither its newest number "
+                            f"{newest!r} nor a number it was given, marked")
+    problems += [f"{r}: {n} dead letter(s) after quiescence" for r in REGIONS
+                 if (n := mesh.one(r, "SELECT count(*) FROM sync.dead_letter"))]
+    return problems
 
 
 def leaks(mesh: Mesh) -> list[str]:
@@ -256,7 +333,9 @@ def run_stress(mesh: Mesh, tmp_path: Path, seed: int, seconds: float, *,
     keys = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(60)]
     record: dict[uuid.UUID, list[Write]] = {}
     lock, stop = threading.Lock(), threading.Event()
-    writers = [Writer(r, mesh.urls[r], keys, seed, stop, record, lock) for r in REGIONS]
+    accounts = Accounts()
+    writers = [Writer(r, mesh.urls[r], keys, seed, stop, record, lock, accounts)
+               for r in REGIONS]
     errors: list[BaseException] = []
     # a failed peer is probed again after 5 s (the default, 60 s, bounds recovery in
     # production the same way; here it would only make the runs longer)
@@ -284,6 +363,7 @@ def run_stress(mesh: Mesh, tmp_path: Path, seed: int, seconds: float, *,
         assert w.error is None, f"{w.name}: {w.error!r}"
     assert all(alive.values()), f"a daemon died: {alive}"
     problems, checked = check_against_oracle(snap, record)
+    problems += check_accounts(snap, accounts, mesh)
     problems += leaks(mesh)
     stats = {"seed": seed, "keys": len(record), "columns_checked": checked,
              "converged_s_after_writes": round(converged_in, 1),
@@ -291,6 +371,9 @@ def run_stress(mesh: Mesh, tmp_path: Path, seed: int, seconds: float, *,
              "transactions": sum(w.tally.transactions for w in writers),
              "rolled_back": [w.tally.rolled_back for w in writers],
              "writes": sum(len(v) for v in record.values()),
+             "accounts": len(accounts.numbers),
+             "marked": sum(1 for k, row in snap[REGIONS[0]].items()
+                           if isinstance(k, tuple) and MARK in row[1]),
              "problems": len(problems)}
     print("stress:", stats)
     assert not problems, "\n".join(problems[:30])

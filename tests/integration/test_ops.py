@@ -169,8 +169,9 @@ def test_dead_letter_and_conflict_commands(mesh: Mesh, tmp_path: Path) -> None:
     assert fixed.returncode == 0 and "resolved 1" in fixed.stdout
     assert mesh.one("us-east", "SELECT count(*) FROM contact") == 1
     # discard
-    account(mesh.conn("us-east"), "DUP")
-    account(west, "DUP")
+    mesh.conn("us-east").execute("ALTER TABLE account ADD CONSTRAINT account_not_refused "
+                                 "CHECK (name <> 'refused') NOT VALID")
+    account(west, "REF-1", "refused")
     mesh.pull("us-east", "eu-west")
     assert "discarded 1" in cli("dlq", "discard", "--all", "--config", str(cfg)).stdout
     assert mesh.one("us-east", "SELECT count(*) FROM sync.dead_letter") == 0

@@ -209,3 +209,30 @@ def test_a_column_group_naming_a_system_or_unknown_column_is_refused(tmp_path: P
                                       f"column_groups:\n  contact: [[lastname, {bad}]]\n")
         with pytest.raises(PolicyError, match=f"names contact.{bad}, which is not a data"):
             load_policy(d, schema())
+
+
+def keyed_schema() -> Schema:
+    from sync.db.catalog import AlternateKey
+    cols = ("contactid", "firstname", "lastname", "emailaddress1", "createdon", "modifiedon",
+            "versionnumber", "sync_origin")
+    return Schema({"contact": TableInfo("contact", "contactid", cols, {}, alternate_keys=(
+        AlternateKey("contact_emailaddress1_key", ("emailaddress1",)),))})
+
+
+def test_a_declared_alternate_key_needs_a_unique_index(tmp_path: Path) -> None:
+    base = "rules:\n  contact:\n    columns: [firstname, emailaddress1]\n"
+    ok = write(tmp_path, "p.yaml", base + "alternate_keys:\n  contact: [[emailaddress1]]\n")
+    assert load_policy(ok, keyed_schema()).alternate_keys == {"contact": (("emailaddress1",),)}
+    bad = write(tmp_path, "p.yaml", base + "alternate_keys:\n  contact: [[lastname]]\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy(bad, keyed_schema())
+    assert str(err.value) == (
+        f"{bad / 'p.yaml'}: alternate_keys.contact: alternate key contact: [lastname] has no "
+        "unique index in the database, so one region could hold it twice; create one "
+        "(CREATE UNIQUE INDEX ON public.contact (lastname)) or remove the declaration")
+    unknown = write(tmp_path, "p.yaml", base + "alternate_keys:\n  contact: [[nosuch]]\n")
+    with pytest.raises(PolicyError, match=re.escape("names unknown column contact.nosuch")):
+        load_policy(unknown, keyed_schema())
+    twice = write(tmp_path, "p.yaml", base + "alternate_keys:\n  contact: [[lastname, lastname]]\n")
+    with pytest.raises(PolicyError, match=re.escape("p.yaml:5: alternate_keys.contact[0]")):
+        load_policy(twice)
