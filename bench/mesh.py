@@ -1,6 +1,7 @@
 """``mixed_mesh``: three regions writing at once, three daemons; and its anchor, the same
-workload on pglogical (``pglogical_mesh``), with the split of each run into the writers'
-time and the convergence after the last write."""
+workload on native bidirectional logical replication (``native_mesh``, PostgreSQL 16 and
+later) or, on PostgreSQL 15, on pglogical (``pglogical_mesh``), with the split of each run
+into the writers' time and the convergence after the last write."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import psycopg
 from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster, free_port
 
-from . import pglogical_mesh
+from . import native_mesh, pglogical_mesh
 from . import workload as w
 from .variants import POLICY, fresh_db
 
@@ -120,24 +121,28 @@ def mixed_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path,
 
 def report_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path,
                 settings: dict[str, str], reps: int = 3) -> bool:
-    """mixed_mesh and the same workload on pglogical, ``reps`` times each, interleaved;
+    """mixed_mesh and the same workload on the anchor (native on 16+, pglogical on 15),
+    ``reps`` times each, interleaved;
     True if regionsync's median is not slower. Also the breakdown of the difference: how
     long the writers took (regionsync's pay capture, pglogical's do not), how long each
     took to converge after the last write, and (once) regionsync with its daemons' sessions
     at synchronous_commit=off, as pglogical's apply runs (not a supported setting: see the
     README). One run of each moved by ±15 % on this machine, hence medians."""
-    runs: dict[str, list[tuple[float, float]]] = {"regionsync": [], "pglogical": []}
+    with psycopg.connect(next(iter(clusters.values())).url()) as c:
+        major = int(c.execute("SHOW server_version_num").fetchone()[0]) // 10000
+    # the anchor users would compare with on this server: native (origin = none) from 16
+    other, module = (("native", native_mesh) if major >= 16 else ("pglogical", pglogical_mesh))
+    runs: dict[str, list[tuple[float, float]]] = {"regionsync": [], other: []}
     ops = pops = 0
     for rep in range(reps):
-        for name in (("regionsync", "pglogical") if rep % 2 == 0
-                     else ("pglogical", "regionsync")):
+        for name in (("regionsync", other) if rep % 2 == 0 else (other, "regionsync")):
             MESH_WRITES.clear()
             if name == "regionsync":
                 seconds, ops = mixed_mesh(clusters, n, tmp)
             else:
-                anchor = pglogical_mesh.run(n, settings, timed_mesh)
+                anchor = module.run(n, settings, timed_mesh)
                 if anchor is None:
-                    print("  pglogical mesh: n/a (apt-get install postgresql-15-pglogical)")
+                    print(f"  {other} mesh: n/a (apt-get install postgresql-15-pglogical)")
                     return False
                 seconds, pops = anchor
             runs[name].append((seconds, MESH_WRITES[-1]))
@@ -158,8 +163,8 @@ def report_mesh(clusters: dict[str, LocalCluster], n: int, tmp: Path,
           f"{reps}: {text}", flush=True)
     print(f"  regionsync, daemons at synchronous_commit=off (once): {ops / aseconds:,.0f} "
           f"changes/s (writers {awrites:.2f}s, then {aseconds - awrites:.2f}s)", flush=True)
-    theirs, text = rates("pglogical", pops)
+    theirs, text = rates(other, pops)
     ratio = ours / theirs
-    print(f"  pglogical mesh, same workload: {text}; regionsync / pglogical {ratio:.2f}× "
-          f"(target ≥ 1.0× {'PASS' if ratio >= 1.0 else 'FAIL'})")
+    print(f"  {other} mesh (PostgreSQL {major}), same workload: {text}; regionsync / {other} "
+          f"{ratio:.2f}× (target ≥ 1.0× {'PASS' if ratio >= 1.0 else 'FAIL'})")
     return ratio >= 1.0

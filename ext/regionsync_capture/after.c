@@ -279,7 +279,7 @@ after_delete(const char *table, const char *here, const char *applying, Row *row
 		IndexScanDesc scan;
 
 		PushActiveSnapshot(GetTransactionSnapshot());
-		scan = index_beginscan(trel, pkey, GetActiveSnapshot(), 2, 0);
+		scan = rs_index_beginscan(trel, pkey, GetActiveSnapshot(), 2, 0);
 		for (int i = 0; i < n; i++)
 		{
 			bool		isnull = true;

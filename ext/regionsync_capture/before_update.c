@@ -5,19 +5,27 @@ PG_FUNCTION_INFO_V1(capture_before_update);
 
 typedef struct BeforeCache
 {
-	Oid			relid;
+	Oid			relid;			/* the hash key */
+	bool		valid;			/* false after a relcache invalidation of relid or seq */
 	int			natts;
 	int			a_ver,
 				a_mod,
 				a_org,
 				a_cre;
 	Oid			seq;
-	Oid			user;			/* the writer member was asked for */
-	bool		member;			/* of regionsync_apply */
 	int			a_base,			/* sync_base, sync_changed (-1: no per-column versions) */
 				a_chg;
 	int		   *vattr;			/* per attribute: its version column, or -1 */
 } BeforeCache;
+
+/* One statement's: the table's entry, and whether its writer is apply. */
+typedef struct BeforeState
+{
+	BeforeCache *cache;
+	bool		asked;
+	Oid			user;			/* the writer member was asked for */
+	bool		member;			/* of regionsync_apply */
+} BeforeState;
 
 /* A column version as sync.version_text writes it: UTC time, fixed width, then origin. */
 char *
@@ -33,10 +41,35 @@ rs_version_text(TimestampTz t, const char *origin)
 					tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec, origin);
 }
 
+/*
+ * What the trigger needs to know of a table (its system columns, each data column's
+ * version column, the version sequence) is looked up once per backend and table, not per
+ * statement: a 1-row UPDATE paid for the lookups (a name scan of every column per column)
+ * on every statement. Entries live in TopMemoryContext and are marked stale by a relcache
+ * invalidation of the table or the sequence (ALTER TABLE, a migration), or of everything.
+ */
+static HTAB *before_caches = NULL;
+
+static void
+invalidate_before_caches(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	BeforeCache *c;
+
+	if (before_caches == NULL)
+		return;
+	hash_seq_init(&status, before_caches);
+	while ((c = hash_seq_search(&status)) != NULL)
+		if (relid == InvalidOid || c->relid == relid || c->seq == relid)
+			c->valid = false;
+}
+
 /* Each data column's version column ("<name>__v"), where the table has them. */
 static void
 map_versions(BeforeCache *c, TupleDesc desc, Relation rel, MemoryContext cxt)
 {
+	if (c->vattr != NULL)
+		pfree(c->vattr);
 	c->vattr = MemoryContextAlloc(cxt, sizeof(int) * desc->natts);
 	c->a_base = rs_column(desc, "sync_base", false, rel) - 1;
 	c->a_chg = rs_column(desc, "sync_changed", false, rel) - 1;
@@ -54,6 +87,46 @@ map_versions(BeforeCache *c, TupleDesc desc, Relation rel, MemoryContext cxt)
 				strcmp(NameStr(TupleDescAttr(desc, j)->attname), vname) == 0)
 				c->vattr[i] = j;
 	}
+}
+
+/* The table's entry, (re)built when missing or stale. */
+static BeforeCache *
+before_cache(Relation rel, TupleDesc desc)
+{
+	Oid			relid = RelationGetRelid(rel);
+	BeforeCache *c;
+	bool		found;
+
+	if (before_caches == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(BeforeCache);
+		ctl.hcxt = TopMemoryContext;
+		before_caches = hash_create("regionsync before-update columns", 16, &ctl,
+									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterRelcacheCallback(invalidate_before_caches, (Datum) 0);
+	}
+	c = hash_search(before_caches, &relid, HASH_ENTER, &found);
+	if (!found)
+	{
+		c->vattr = NULL;
+		c->valid = false;
+	}
+	if (!c->valid || c->natts != desc->natts)
+	{
+		c->valid = false;		/* until every lookup below has succeeded */
+		c->natts = desc->natts;
+		c->a_ver = rs_column(desc, "versionnumber", true, rel) - 1;
+		c->a_mod = rs_column(desc, "modifiedon", true, rel) - 1;
+		c->a_org = rs_column(desc, "sync_origin", true, rel) - 1;
+		c->a_cre = rs_column(desc, "createdon", false, rel) - 1;
+		c->seq = rs_version_sequence();
+		map_versions(c, desc, rel, TopMemoryContext);
+		c->valid = true;
+	}
+	return c;
 }
 
 /* Equal as the row comparison `NEW IS NOT DISTINCT FROM OLD` sees it: bytes first, then
@@ -125,30 +198,32 @@ capture_before_update(PG_FUNCTION_ARGS)
 	newt = td->tg_newtuple;
 
 	{
-		/* per statement (the trigger's FmgrInfo lives that long): columns, sequence and
-		 * whether the writer is apply, asked again only if the user changes */
-		BeforeCache *c = fcinfo->flinfo->fn_extra;
+		/* per backend and table (see before_caches): columns and sequence. Per statement
+		 * (fn_extra, the trigger's FmgrInfo lives that long): the entry, and whether the
+		 * writer is apply — asked again every statement, so that a role revoked from
+		 * regionsync_apply is never honoured past the statement that saw it a member */
+		BeforeState *st = fcinfo->flinfo->fn_extra;
+		Oid			relid = RelationGetRelid(rel);
+		BeforeCache *c;
 
-		if (c == NULL || c->relid != RelationGetRelid(rel) || c->natts != desc->natts)
+		if (st == NULL)
 		{
-			c = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(BeforeCache));
-			c->relid = RelationGetRelid(rel);
-			c->natts = desc->natts;
-			c->a_ver = rs_column(desc, "versionnumber", true, rel) - 1;
-			c->a_mod = rs_column(desc, "modifiedon", true, rel) - 1;
-			c->a_org = rs_column(desc, "sync_origin", true, rel) - 1;
-			c->a_cre = rs_column(desc, "createdon", false, rel) - 1;
-			c->seq = rs_version_sequence();
-			c->user = InvalidOid;
-			map_versions(c, desc, rel, fcinfo->flinfo->fn_mcxt);
-			fcinfo->flinfo->fn_extra = c;
+			st = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(BeforeState));
+			fcinfo->flinfo->fn_extra = st;
 		}
-		if (c->user != GetUserId())
+		c = st->cache;
+		if (c == NULL || c->relid != relid || !c->valid || c->natts != desc->natts)
 		{
-			c->user = GetUserId();
-			c->member = rs_is_apply_member();
+			c = before_cache(rel, desc);
+			st->cache = c;
 		}
-		if (c->member)
+		if (!st->asked || st->user != GetUserId())
+		{
+			st->user = GetUserId();
+			st->member = rs_is_apply_member();
+			st->asked = true;
+		}
+		if (st->member)
 		{
 			const char *stamped = rs_apply_setting("regionsync.stamped");
 

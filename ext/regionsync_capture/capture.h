@@ -33,6 +33,7 @@
 #include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -43,6 +44,16 @@
 #include "utils/typcache.h"
 #include "utils/memutils.h"
 #include "utils/uuid.h"
+
+/* PostgreSQL 18 gave index_beginscan() an instrumentation argument (NULL: none). The one
+ * version difference of the C path, chosen by PG_VERSION_NUM at build time. */
+#if PG_VERSION_NUM >= 180000
+#define rs_index_beginscan(heap, index, snap, nkeys, norderbys) \
+	index_beginscan((heap), (index), (snap), NULL, (nkeys), (norderbys))
+#else
+#define rs_index_beginscan(heap, index, snap, nkeys, norderbys) \
+	index_beginscan((heap), (index), (snap), (nkeys), (norderbys))
+#endif
 #include "utils/xid8.h"
 
 #define SAFE_SEARCH_PATH "pg_catalog, pg_temp"

@@ -58,7 +58,7 @@ rs_shadowed_by_tombstone(const char *table, const char *here, Row *rows, int n,
 	PushActiveSnapshot(GetTransactionSnapshot());
 	ScanKeyInit(&key[0], 1, BTGreaterEqualStrategyNumber, F_TIMESTAMPTZ_GE,
 				TimestampTzGetDatum(oldest));
-	scan = index_beginscan(trel, irel, GetActiveSnapshot(), 1, 0);
+	scan = rs_index_beginscan(trel, irel, GetActiveSnapshot(), 1, 0);
 	index_rescan(scan, key, 1, NULL, 0);
 	while (!hit && index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
@@ -112,7 +112,7 @@ rs_shadowed_by_tombstone(const char *table, const char *here, Row *rows, int n,
 	{
 		Relation	pkey = index_open(rs_sync_relation("tombstone_pkey"), AccessShareLock);
 
-		scan = index_beginscan(trel, pkey, GetActiveSnapshot(), 2, 0);
+		scan = rs_index_beginscan(trel, pkey, GetActiveSnapshot(), 2, 0);
 		for (int i = 0; i < n && !hit; i++)
 		{
 			if (rs_tombstone_of(scan, table_text, &rows[i].pk, slot))

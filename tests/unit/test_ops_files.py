@@ -105,7 +105,7 @@ def test_compose_file_matches_the_cli_the_configs_and_prometheus(monkeypatch,
     regions = ["eu-west", "eu-north", "us-east"]
     entry = ["--log-format", "json"]       # the Dockerfile's ENTRYPOINT after `regionsync`
     for r in regions:
-        assert services[f"pg-{r}"]["image"].startswith("regionsync-postgres:15")
+        assert services[f"pg-{r}"]["image"].startswith("regionsync-postgres:18")
         for kind in ("migrate", "regionsync"):
             svc = services[f"{kind}-{r}"]
             assert svc["image"] == "regionsync:latest"
@@ -173,6 +173,12 @@ def test_compose_databases_carry_the_c_capture_triggers() -> None:
         assert svc["build"]["dockerfile"] == "docker/postgres.Dockerfile"
     text = (ROOT / "docker" / "postgres.Dockerfile").read_text()
     assert "COPY ext/regionsync_capture" in text and "make -C /ext install" in text
+    # a current major, the extension built against that same major's headers, and the
+    # volume where PostgreSQL 18's image keeps its data (/var/lib/postgresql/18/docker)
+    assert set(re.findall(r"^FROM postgres:(\d+)", text, re.M)) == {"18"}
+    assert "postgresql-server-dev-18" in text
+    for svc in databases.values():
+        assert any(v.endswith(":/var/lib/postgresql") for v in svc["volumes"]), svc["volumes"]
     for config in (ROOT / "docker" / "config").glob("*.yaml"):
         assert YAML(typ="safe").load(config.read_text())["capture"] == "c", config
 
