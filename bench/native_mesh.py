@@ -24,12 +24,10 @@ from collections.abc import Callable
 
 import psycopg
 
-from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster
 
 from . import workload as w
 
-MEDICAL = ("medical_notes", "implant_serial")
 SETTINGS = {"track_commit_timestamp": "on", "max_worker_processes": "16"}
 
 
@@ -71,15 +69,8 @@ def run(n: int, settings: dict[str, str],
                 return None
         urls = {r: c.create_database("mesh") for r, c in clusters.items()}
         for r in regions:
-            migrate(urls[r], r, w.CAPTURE)
-            conns[r] = psycopg.connect(urls[r], autocommit=True)
+            conns[r], columns = w.anchor_node(urls[r], r)
             c = conns[r]
-            for (table,) in c.execute("SELECT tablename FROM sync.tracked_table").fetchall():
-                c.execute(f'ALTER TABLE public."{table}" DISABLE TRIGGER USER')
-            columns = [col for (col,) in c.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                "'public' AND table_name = 'contact' ORDER BY ordinal_position")
-                if col not in MEDICAL and col.removesuffix("__v") not in MEDICAL]
             c.execute(f"CREATE PUBLICATION mesh FOR TABLE public.contact "
                       f"({', '.join(columns)})")
         for r in regions:

@@ -2,7 +2,7 @@
 
 Three nodes, each subscribed to the other two with ``forward_origins = '{}'`` (no
 echo), ``last_update_wins`` on commit timestamps, and a replication set whose column
-list leaves out the medical columns — regionsync's shipped-mesh policy, as far as
+list leaves out the medical columns and their versions — regionsync's shipped-mesh policy, as far as
 pglogical can say it. The schema is regionsync's (``migrate``) with its triggers
 disabled: pglogical captures from WAL, so the writers pay no capture and the apply
 workers run with ``synchronous_commit = off`` (pglogical's default), which regionsync's
@@ -19,12 +19,10 @@ from pathlib import Path
 
 import psycopg
 
-from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster
 
 from . import workload as w
 
-MEDICAL = ("medical_notes", "implant_serial")
 SETTINGS = {"shared_preload_libraries": "pglogical", "track_commit_timestamp": "on",
             "pglogical.conflict_resolution": "last_update_wins",
             "max_worker_processes": "16"}
@@ -65,19 +63,12 @@ def run(n: int, settings: dict[str, str],
             trust_output_plugin(clusters[r])
         urls = {r: c.create_database("mesh") for r, c in clusters.items()}
         for r in regions:
-            migrate(urls[r], r, w.CAPTURE)
-            conns[r] = psycopg.connect(urls[r], autocommit=True)
+            conns[r], columns = w.anchor_node(urls[r], r)
             c = conns[r]
-            for (table,) in c.execute("SELECT tablename FROM sync.tracked_table").fetchall():
-                c.execute(f'ALTER TABLE public."{table}" DISABLE TRIGGER USER')
             c.execute("CREATE EXTENSION pglogical")
             c.execute("SELECT pglogical.create_node(node_name := %s, dsn := %s)",
                       (r.replace("-", "_"), urls[r]))
             c.execute("SELECT pglogical.create_replication_set('mesh', true, true, true, false)")
-            columns = [col for (col,) in c.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                "'public' AND table_name = 'contact' ORDER BY ordinal_position")
-                if col not in MEDICAL]
             c.execute("SELECT pglogical.replication_set_add_table('mesh', 'public.contact', "
                       "false, columns := %s)", (columns,))
         for r in regions:

@@ -38,6 +38,25 @@ COPY_FLOOR_COLUMNS = ["contactid", "firstname", "lastname", "emailaddress1", "te
 # the capture triggers every bench database gets (`--capture`): auto, c or plpgsql
 CAPTURE = "auto"
 
+MEDICAL = ("medical_notes", "implant_serial")
+
+
+def anchor_node(url: str, region: str) -> tuple[psycopg.Connection, list[str]]:
+    """A node of an anchor mesh (native, pglogical): regionsync's schema with its triggers
+    off (those systems capture from WAL), and the contact columns it may send: all but the
+    medical ones and their versions."""
+    from sync.db.migrate import migrate
+    migrate(url, region, CAPTURE)
+    conn = psycopg.connect(url, autocommit=True)
+    for (table,) in conn.execute("SELECT tablename FROM sync.tracked_table").fetchall():
+        conn.execute(f'ALTER TABLE public."{table}" DISABLE TRIGGER USER')
+    columns = [col for (col,) in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+        "AND table_name = 'contact' ORDER BY ordinal_position")
+        if col not in MEDICAL and col.removesuffix("__v") not in MEDICAL]
+    return conn, columns
+
+
 def seed(conn: psycopg.Connection, n: int, start: int = 1) -> None:
     conn.execute("""
         INSERT INTO contact (lastname, firstname, emailaddress1, telephone1, address1_country,
