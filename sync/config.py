@@ -117,7 +117,10 @@ class BreakerConfig(BaseModel):
     failures: int = Field(5, ge=1, le=1000,
                           description="consecutive failed batches that open a peer's breaker")
     open_seconds: float = Field(60.0, gt=0, le=3600,
-                                description="how long it stays open before one probe")
+                                description="the longest it stays open before one probe")
+    first_probe_seconds: float = Field(
+        5.0, gt=0, le=3600, description="the first probe after it opens; each failed probe "
+        "doubles the wait, up to open_seconds")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

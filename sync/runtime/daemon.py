@@ -138,8 +138,7 @@ class Daemon:
         for peer in cfg.peers:
             link = PeerLink.from_config(cfg, peer.name, policy=self.policy.current,
                                         metrics=self.metrics, stop=self._stop)
-            self._peers[peer.name] = PeerRun(
-                link, Breaker(cfg.breaker.failures, cfg.breaker.open_seconds))
+            self._peers[peer.name] = PeerRun(link, Breaker.from_config(cfg.breaker))
         self.metrics.leader.labels(cfg.region).set(0)
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(len(cfg.peers) + 2)},

@@ -251,3 +251,36 @@ def test_a_failing_peer_opens_its_breaker_and_a_probe_closes_it(mesh: Mesh,
             peer.restart()
         assert stop_daemon(proc) == 0
     assert "circuit breaker open after 2 failed batches" in (tmp_path / "d.log").read_text()
+
+
+def test_a_peer_back_from_a_restart_is_probed_within_seconds(mesh: Mesh,
+                                                             tmp_path: Path) -> None:
+    """With the default open_seconds (60 s) a peer's restart used to keep its link waiting
+    a full minute; the first probe now comes after first_probe_seconds (5 s)."""
+    import json
+
+    port = free_port()
+    cfg = write_config(tmp_path / "n.yaml", "eu-north", mesh.urls["eu-north"],
+                       {"us-east": mesh.urls["us-east"]}, port, poll_interval=0.1,
+                       extra={"breaker": "{failures: 2}"})
+    proc = start_daemon(cfg, tmp_path / "d.log")
+    peer = mesh.clusters["us-east"]
+
+    def breaker() -> str:
+        return json.loads(get(port, "/status")[1])["peers"]["us-east"].get("breaker", "")
+
+    try:
+        wait_for(lambda: _healthy(port) and breaker() == "closed")
+        mesh.conn("us-east").close()
+        peer.stop()
+        wait_for(lambda: breaker() == "open", 60)
+        peer.restart()
+        restarted = time.monotonic()
+        back = contact(mesh.conn("us-east"), "Back")
+        wait_for(lambda: mesh.one("eu-north", "SELECT count(*) FROM contact WHERE "
+                                  "contactid = %s", (back,)) == 1, 30)
+        assert time.monotonic() - restarted < 20, "waited for open_seconds, not the probe"
+    finally:
+        with contextlib.suppress(Exception):
+            peer.restart()
+        assert stop_daemon(proc) == 0
