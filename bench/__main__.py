@@ -155,17 +155,19 @@ def main() -> None:
     logical = {**server, "wal_level": "logical", "max_wal_senders": "10",
                "max_replication_slots": "10", "wal_retrieve_retry_interval": "20ms",
                "max_logical_replication_workers": "8", "max_sync_workers_per_subscription": "2"}
-    print(f"machine: {platform.node()} · {platform.processor() or platform.machine()} · "
-          f"{os.cpu_count()} cores · PostgreSQL 15, fsync on, WAL logical, "
-          + ", ".join(f"{k}={v}" for k, v in server.items()))
     with tempfile.TemporaryDirectory(prefix="regionsync-bench-") as tmpdir:
         tmp = Path(tmpdir)
         cl = {"eu-west": LocalCluster("eu-west", settings=logical).start(),
               "eu-north": LocalCluster("eu-north", settings=logical).start(),
               "us-east": LocalCluster("us-east", settings=logical).start()}
+        with psycopg.connect(cl["eu-west"].url()) as c:
+            version = c.execute("SHOW server_version").fetchone()[0]
+        print(f"machine: {platform.node()} · {platform.processor() or platform.machine()} · "
+              f"{os.cpu_count()} cores · PostgreSQL {version} ({cl['eu-west'].bin}), fsync "
+              "on, WAL logical, " + ", ".join(f"{k}={v}" for k, v in server.items()))
         try:
             src, dst = cl["eu-west"], cl["eu-north"]
-            if not args.no_capture_tax:
+            if not args.no_capture_tax and not args.mesh_only:
                 url = fresh_db(src, "tax")
                 migrate(url, "eu-west", w.CAPTURE)
                 print(f"capture tax: the same statements with capture on, off and at the floor, "
