@@ -25,6 +25,7 @@ from psycopg import sql
 
 from sync.apply.altkeys import AlternateKeys
 from sync.apply.conflicts import ConflictRecorder
+from sync.apply.deletes import Deletes
 from sync.apply.merge import existence, merge_columns
 from sync.apply.rowfallback import RowFallback
 from sync.db import state
@@ -59,7 +60,6 @@ class Applier:
     def __init__(self, conn: psycopg.Connection, schema: Schema, *, peer: str,
                  region: str, journal: bool = True, origins: str = "peer") -> None:
         self.conn = conn
-        self.origins = origins   # whose copies a withdrawal from this peer may remove
         # Journal applied rows (a hub must: it forwards them); a region that forwards
         # nothing can skip it, like SymmetricDS's sync_on_incoming_batch=false.
         self.journal = journal
@@ -69,6 +69,8 @@ class Applier:
         self.conflicts = ConflictRecorder(conn, peer=peer, region=region)
         self.rows = RowFallback(conn, peer=peer)
         self.altkeys = AlternateKeys(conn, peer=peer)
+        self.deletes = Deletes(conn, self.conflicts, self.rows, peer=peer, region=region,
+                               origins=origins)
         # Test hook: called with a step name between statements (crash-atomicity tests).
         self.fault_hook: Any = None
         # Tables that were empty (and without tombstones) when an initial load began:
@@ -185,7 +187,7 @@ class Applier:
                     self._direct.discard(info.name)
                     stage = self._stage(info, seg, result)
                 if seg.kind == "withdraw":
-                    self._withdraw(info, stage, result)
+                    self.deletes.withdraw(info, stage, result)
                 elif seg.kind == "upsert":
                     if not backfill:
                         result.conflicts[info.name] += self.conflicts.local_losers(
@@ -195,7 +197,7 @@ class Applier:
                     self._upsert(info, seg, stage, result, backfill=backfill)
                     self.altkeys.settle(pending)
                 else:
-                    self._delete(info, stage, result)
+                    self.deletes.delete(info, stage, result)
             self._step("token")
             if token is not None:
                 self._save_token(token, batch_rows, kind == "initial", policy_sha, view)
@@ -349,59 +351,5 @@ class Applier:
         result.skipped[info.name] += skipped
         if skipped and not backfill:
             result.conflicts[info.name] += self.conflicts.incoming_losers(info, stage, cols)
-
-    # -- withdrawals ----------------------------------------------------------------------
-    def _withdraw(self, info: TableInfo, stage: sql.Identifier, result: PageResult) -> None:
-        """Remove copies the peer no longer lets us hold (a row that left a row filter).
-        Not a business delete: no tombstone, and the journal entry carries the peer's
-        origin, so nothing is pulled back or forwarded as a delete."""
-        theirs = (sql.SQL("t.sync_origin = {}").format(sql.Literal(self.peer))
-                  if self.origins == "peer"
-                  else sql.SQL("t.sync_origin <> {}").format(sql.Literal(self.region)))
-        n = self.conn.execute(sql.SQL(
-            "DELETE FROM public.{} t USING {} w WHERE t.{} = w.pk AND {}").format(
-            sql.Identifier(info.name), stage, sql.Identifier(info.pk), theirs)).rowcount
-        result.applied[(info.name, "withdraw")] += n
-
-    # -- deletes --------------------------------------------------------------------------
-    def _delete(self, info: TableInfo, stage: sql.Identifier, result: PageResult) -> None:
-        pk, table = sql.Identifier(info.pk), sql.Identifier(info.name)
-        tname = sql.Literal(info.name)
-        # A delete that loses to a newer local version is a conflict too.
-        result.conflicts[info.name] += self.conflicts.losing_deletes(info, stage)
-        # Tombstones first: the capture trigger reads the deletion time from them, and they
-        # keep an older version arriving later from another peer from resurrecting the row.
-        stmt = sql.SQL("""
-            WITH tomb AS (
-                INSERT INTO sync.tombstone AS tb (tablename, pk, modifiedon, origin)
-                SELECT {tname}, d.pk, d.modifiedon, d.origin FROM {stage} d WHERE {one}
-                ON CONFLICT (tablename, pk) DO UPDATE
-                    SET modifiedon = EXCLUDED.modifiedon, origin = EXCLUDED.origin
-                WHERE (EXCLUDED.modifiedon, EXCLUDED.origin) > (tb.modifiedon, tb.origin))
-            SELECT 1""")
-        delete = sql.SQL("""
-            WITH r AS (DELETE FROM public.{table} t USING {stage} d
-                       WHERE t.{pk} = d.pk AND {one}
-                         AND (d.modifiedon, d.origin) >= {t_version}
-                       RETURNING 1)
-            SELECT count(*) FROM r""")
-
-        lock_rows = sql.SQL("""
-            SELECT count(*) FROM (SELECT 1 FROM public.{table} t
-                                  WHERE t.{pk} IN (SELECT d.pk FROM {stage} d WHERE {one})
-                                  ORDER BY t.{pk} FOR UPDATE) l""")
-
-        def run(one: sql.Composable, params: tuple[Any, ...] = ()) -> None:
-            # row locks in key order first, as the upserts take them
-            self.conn.execute(lock_rows.format(table=table, pk=pk, stage=stage, one=one), params)
-            self.conn.execute(stmt.format(tname=tname, stage=stage, one=one), params)
-            n = scalar(self.conn.execute(delete.format(table=table, stage=stage, pk=pk, one=one,
-                                                       t_version=existence(info, "t")),
-                                  params))
-            result.applied[(info.name, "delete")] += n
-
-        self.rows.bulk_or_rows(info, stage, "delete", lambda: run(sql.SQL("true")),
-                           lambda key: run(sql.SQL("d.pk = %s"), (key,)), result)
-
 
 __all__ = ["Applier"]

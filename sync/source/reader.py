@@ -36,6 +36,7 @@ from sync.errors import Throttled
 from sync.policy.model import TableRule
 from sync.records import Origins, Page, Pending, ReadPlan, Segment, SegmentKind, Snapshot
 from sync.source.copyout import copy_out
+from sync.source.rowversion import row_origin, wire_value
 from sync.wire import BINARY_TRAILER, DELETE_COLUMNS, WITHDRAW_COLUMNS, strip_binary_header
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class SourceReader:
         """The COPY of allowed columns of matching rows, and the filter values to bind
         (with ``set_config``) before running it."""
         cols = (*rule.wire_columns(info), *rule.version_columns(info))
-        where = (self._origin_is_ours_to_read(_row_origin(info, rule)) if plan.initial
+        where = (self._origin_is_ours_to_read(row_origin(info, rule)) if plan.initial
                  else self._keys(info, plan, sql.Identifier("t", info.pk)))
         if info.name in self.owner_filtered:
             where = sql.SQL("{} AND t.{} IN ({})").format(
@@ -349,30 +350,6 @@ class SourceReader:
         self.conn.execute("SET LOCAL enable_nestloop = off; SET LOCAL jit = off" if wide else
                           "SET LOCAL enable_nestloop TO DEFAULT; SET LOCAL jit TO DEFAULT")
         self._wide = wide
-
-
-def _row_version(info: TableInfo, rule: TableRule) -> sql.Composable:
-    """The newest version among what the destination reads of a row (its base and the
-    versions of the columns it is sent): a destination's ``modifiedon`` and
-    ``sync_origin``, which no edit of a column it may not read can move."""
-    return sql.SQL("greatest({})").format(sql.SQL(", ").join(
-        sql.Identifier("t", c) for c in rule.version_columns(info)))
-
-
-def _row_origin(info: TableInfo, rule: TableRule) -> sql.Composable:
-    if not info.per_column:
-        return sql.SQL("t.sync_origin")
-    return sql.SQL("substr({}, 29)").format(_row_version(info, rule))
-
-
-def wire_value(info: TableInfo, rule: TableRule, column: str) -> sql.Composable:
-    """What the COPY sends as ``column``: the column itself, except a per-column table's
-    row time and origin, derived from the versions sent (see ``_row_version``)."""
-    if info.per_column and column == "modifiedon":
-        return sql.SQL("left({}, 27)::timestamptz").format(_row_version(info, rule))
-    if info.per_column and column == "sync_origin":
-        return _row_origin(info, rule)
-    return sql.Identifier("t", column)
 
 
 def _is_trailer(message: bytes | memoryview) -> bool:

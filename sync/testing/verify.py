@@ -10,7 +10,7 @@ from psycopg import sql
 
 from sync.db.catalog import Schema
 from sync.policy.model import Policy
-from sync.source.reader import wire_value
+from sync.source.rowversion import wire_value
 
 
 def synced_rows(conn: psycopg.Connection, schema: Schema, policy: Policy, table: str,
