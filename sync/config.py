@@ -270,3 +270,37 @@ def load_config(path: Path) -> RegionConfig:
                               line=yamlfile.line_of(doc, (*loc, field)) or
                               yamlfile.line_of(doc, loc), key=exc.key) from exc
     return cfg
+
+
+def edit_peers(path: Path, *, add: PeerConfig | None = None,
+               remove: str | None = None) -> bool:
+    """Add a peer to, or remove a region from (``peers`` and ``destinations``), the config
+    file, keeping its comments and layout (a round trip through ruamel.yaml). The edited
+    text is validated before it replaces the file (atomically, same mode); returns whether
+    anything changed. Raises ``ConfigError`` naming the file when it cannot."""
+    path = Path(path)
+    doc = yamlfile.load(path)
+    peers = doc.get("peers") or []
+    changed = False
+    if add is not None:
+        if any(p.get("name") == add.name for p in peers):
+            return False
+        entry = {k: str(v) for k, v in add.model_dump(exclude_defaults=True).items()
+                 if v is not None}
+        peers.append({"name": add.name, **entry})
+        doc["peers"] = peers
+        changed = True
+    if remove is not None:
+        kept = [p for p in peers if p.get("name") != remove]
+        if len(kept) != len(peers):
+            peers[:] = kept
+            changed = True
+        destinations = doc.get("destinations") or []
+        if remove in destinations:
+            destinations.remove(remove)
+            changed = True
+    if not changed:
+        return False
+    yamlfile.validate(RegionConfig, doc, path)
+    yamlfile.dump(doc, path)
+    return True

@@ -130,3 +130,18 @@ def expand_env(value: str, *, where: str) -> str:
             return default
         raise ConfigError(f"environment variable {name} is not set", key=where)
     return _ENV.sub(repl, value)
+
+
+def dump(doc: Any, path: Path) -> None:
+    """Write ``doc`` back to ``path`` as a round trip (comments kept), atomically: a
+    temporary file beside it, with the file's mode, renamed over it."""
+    yaml = YAML(typ="rt")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            yaml.dump(doc, out)
+        tmp.chmod(path.stat().st_mode & 0o7777)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write: {exc.strerror}", file=str(path)) from exc

@@ -65,8 +65,10 @@ def demo(rows: int, keep_running: bool) -> None:
 def _register() -> None:
     from sync.cli.forget import forget
     from sync.cli.ops import conflicts, dlq, egress, resync, roles, status
+    from sync.cli.peers import peers
     from sync.cli.policy import policy, retract
-    for command in (policy, retract, status, dlq, conflicts, resync, roles, egress, forget):
+    for command in (policy, retract, status, dlq, conflicts, resync, roles, egress, forget,
+                    peers):
         main.add_command(command)
 
 

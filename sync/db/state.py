@@ -85,6 +85,18 @@ def forget_peer(conn: Conn, peer: str) -> None:
     conn.execute("DELETE FROM sync.peer_state WHERE peer = %s", (peer,))
 
 
+def forget_region(conn: Conn, region: str) -> dict[str, int]:
+    """A retired region's bookkeeping here: our token for it, the policy view and narrowed
+    columns of what it sent, its dead letters (what it wrote reaches us from the survivors
+    now). Its history — conflict, integration and egress logs — stays for the auditors.
+    Returns the rows removed per table."""
+    out = {}
+    for table in ("peer_state", "narrowed_column", "dead_letter"):
+        out[table] = conn.execute(sql.SQL("DELETE FROM sync.{} WHERE peer = %s").format(
+            sql.Identifier(table)), (region,)).rowcount
+    return out
+
+
 def peer_records(conn: Conn) -> dict[str, dict[str, Any]]:
     """Per peer: token, last success, counters, policy, dead letters and conflicts."""
     peers: dict[str, dict[str, Any]] = {}

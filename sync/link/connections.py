@@ -16,6 +16,7 @@ from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
 from sync.errors import PeerFatal
 from sync.link.settings import LinkSettings
+from sync.protocol import negotiate, served
 from sync.source.reader import SourceReader, binary_tables
 
 
@@ -30,6 +31,7 @@ class Session:
     applier: Applier               # the main lane, on ``target``
     lanes: list[Applier] = field(default_factory=list)   # the applier, then one per extra
     lane_conns: list[psycopg.Connection] = field(default_factory=list)
+    protocol: int = 0              # the wire protocol negotiated with the owner
 
     @property
     def alive(self) -> bool:
@@ -78,9 +80,10 @@ class LinkConnections:
         except BaseException:
             target.close()
             raise
-        schema = introspect(target)
-        theirs = introspect(source)
         try:
+            protocol = negotiate(served(source), peer=s.peer, region=s.region)
+            schema = introspect(target)
+            theirs = introspect(source)
             check_versions(schema, theirs, peer=s.peer, region=s.region)
         except BaseException:
             source.close()
@@ -90,7 +93,8 @@ class LinkConnections:
                               binary=binary_tables(schema, theirs))
         applier = Applier(target, schema, peer=s.peer, region=s.region, journal=s.forward,
                           origins=s.origins)
-        self._session = Session(source, target, schema, reader, applier, [applier])
+        self._session = Session(source, target, schema, reader, applier, [applier],
+                                protocol=protocol)
         return self._session
 
     def lanes(self) -> list[Applier]:

@@ -278,6 +278,28 @@ class PeerLink:
         log.info("backfill from %s done: %d rows of %s in %.1fs", self.peer, streamed.rows,
                  names, time.monotonic() - started)
 
+    def catch_up(self, author: str) -> int:
+        """Apply every row and tombstone the peer holds that ``author`` (a region being
+        retired) wrote: any row with a column whose version is the author's, merged per
+        column, so what a survivor received of the author reaches us too. Our token for
+        the peer does not move. Returns the rows read."""
+        session = self.conns.open()
+        plan = self._plan(session, self._policy())
+        session.reader.author = author
+        try:
+            session.reader.prepare(None)
+            with session.reader.batch() as snap:
+                pages = session.reader.pages(ReadPlan(), plan.tables, plan.rules,
+                                             self.settings.page_size)
+                streamed = self.sink.stream(pages, kind="backfill", policy_sha=plan.policy.sha)
+                if streamed.complete:
+                    self.sink.apply(streamed.last or Page(()), kind="backfill",
+                                    policy_sha=plan.policy.sha, view=plan.view)
+            self.plan.record_egress(session, streamed.read, snap.token)
+        finally:
+            session.reader.author = None
+        return streamed.rows
+
     # -- reporting ----------------------------------------------------------------------------
     def _report_quiet(self, started: float) -> BatchResult:
         idle = self.quiet.idle

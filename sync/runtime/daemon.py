@@ -5,7 +5,9 @@ never overlaps the previous one, and missed runs collapse into one. A batch that
 page is followed at once by another (drain); otherwise the job waits for the interval.
 Transient failures back off exponentially with jitter, per peer. Only the daemon that
 holds the region's leader lock polls; a second one waits as a standby. ``stop()``
-(SIGTERM, SIGINT) lets the page in flight commit, then returns.
+(SIGTERM, SIGINT) lets the page in flight commit, then returns; ``reload()`` (SIGHUP)
+re-reads the config and starts, stops or restarts only the links it changes
+(``sync.runtime.reload``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import logging
 import random
 import signal
 import threading
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,30 +26,30 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from sync.config import RegionConfig
+from sync.config import RegionConfig, load_config
 from sync.db import state
 from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
 from sync.errors import (
     ConfigError,
-    PeerFatal,
     PolicyError,
     SchemaError,
     SyncError,
-    Throttled,
     TransientError,
     describe,
     from_db,
 )
 from sync.link import PeerLink
 from sync.policy.holder import PolicyHolder
-from sync.policy.loader import policy_fingerprint
+from sync.policy.loader import load_policy, policy_fingerprint
 from sync.policy.model import Policy
-from sync.runtime.breaker import Breaker, State
+from sync.runtime.breaker import Breaker
 from sync.runtime.http import StatusServer
 from sync.runtime.leader import LeaderLock
 from sync.runtime.metrics import Metrics
 from sync.runtime.peerrun import PeerRun
+from sync.runtime.poll import Poller
+from sync.runtime.reload import ReloadRecord, plan_reload
 from sync.runtime.retention import Pruner
 from sync.runtime.status import link_status, local_status
 from sync.source.egress import apply_egress
@@ -56,7 +57,7 @@ from sync.source.egress import apply_egress
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
-STOPPED_RECHECK = 300.0   # a stopped link is tried again this often (the cause may be fixed)
+POLL_THREADS = 64         # made on demand: room for the peers a reload adds
 
 
 class Daemon:
@@ -75,6 +76,9 @@ class Daemon:
         self.is_leader = False
         self.policy: PolicyHolder | None = None
         self.http_port: int | None = None
+        self.last_reload: ReloadRecord | None = None
+        self._poller = Poller(self.metrics, lambda: self.config, self._stop)
+        self._reload_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
     def _local_schema(self) -> Schema:
@@ -135,23 +139,17 @@ class Daemon:
         self.policy = PolicyHolder(cfg.policy_dir, schema, regions=regions,
                                    on_loaded=self._policy_loaded,
                                    on_refused=self._policy_refused)
-        for peer in cfg.peers:
-            link = PeerLink.from_config(cfg, peer.name, policy=self.policy.current,
-                                        metrics=self.metrics, stop=self._stop)
-            self._peers[peer.name] = PeerRun(link, Breaker.from_config(cfg.breaker))
         self.metrics.leader.labels(cfg.region).set(0)
         self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(len(cfg.peers) + 2)},
+            executors={"default": ThreadPoolExecutor(max(POLL_THREADS, len(cfg.peers) + 2))},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
             timezone=UTC)
         self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
-        now = datetime.now(UTC)
         self._check_leader()
         self._scheduler.add_job(self._check_leader, "interval",
                                 seconds=cfg.leader_check_interval, id="leader")
-        for name in self._peers:
-            self._scheduler.add_job(self._poll, "interval", seconds=cfg.poll_interval,
-                                    args=[name], id=f"poll-{name}", next_run_time=now)
+        for peer in cfg.peers:
+            self._start_link(cfg, peer.name)
         self._pruner = Pruner(
             self._local, cfg.retention, pullers=cfg.destination_regions(), stop=self._stop,
             tokens=lambda: {n: p.link.peer_has_seen for n, p in self._peers.items()},
@@ -182,7 +180,7 @@ class Daemon:
             threading.Thread(target=shutdown, name="regionsync-shutdown", daemon=True).start()
             if not done.wait(timeout):
                 log.warning("polls still running after %.0fs; exiting anyway", timeout)
-        for run in self._peers.values():
+        for run in list(self._peers.values()):
             run.link.close()
         self._lock.release()
         if self._http is not None:
@@ -194,17 +192,96 @@ class Daemon:
         """Start, then block until SIGTERM/SIGINT; returns after a clean stop.
 
         Handlers go in before ``start()``, so a signal during start-up also ends cleanly."""
-        requested = threading.Event()
+        requested, reload = threading.Event(), threading.Event()
 
         def handler(signum: int, _frame: object) -> None:
             log.info("received %s; finishing the page in flight", signal.Signals(signum).name)
             requested.set()
             self._stop.set()
+
+        def hangup(_signum: int, _frame: object) -> None:
+            reload.set()
+            requested.set()      # wake the loop below; it tells a reload from a stop
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, hangup)
         self.start()
-        requested.wait()
+        while True:
+            requested.wait()
+            if self._stop.is_set():
+                break
+            requested.clear()
+            if reload.is_set():
+                reload.clear()
+                self.reload()
         self.stop()
+
+    # -- the set of links: start, reload --------------------------------------------------
+    def _start_link(self, cfg: RegionConfig, name: str) -> None:
+        assert self._scheduler is not None and self.policy is not None
+        link = PeerLink.from_config(cfg, name, policy=self.policy.current,
+                                    metrics=self.metrics, stop=self._stop)
+        self._peers[name] = PeerRun(link, Breaker.from_config(cfg.breaker))
+        self._scheduler.add_job(self._poll, "interval", seconds=cfg.poll_interval,
+                                args=[name], id=f"poll-{name}", next_run_time=datetime.now(UTC))
+
+    def _end_link(self, name: str, timeout: float = 60.0) -> None:
+        """Stop one link for good: no new page, the one in flight commits, then close."""
+        run = self._peers[name]
+        run.retired = True
+        assert self._scheduler is not None
+        with contextlib.suppress(JobLookupError):
+            self._scheduler.remove_job(f"poll-{name}")
+        if run.busy.acquire(timeout=timeout):
+            run.busy.release()
+        else:
+            log.warning("peer %s: its poll still runs after %.0fs; closing anyway", name,
+                        timeout, extra={"peer": name})
+        run.link.close()
+        del self._peers[name]
+        for gauge in (self.metrics.link_stopped, self.metrics.breaker_state):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name, self.config.region)
+
+    def reload(self) -> ReloadRecord:
+        """Re-read the config file (SIGHUP). A file that does not load, or whose policy
+        does not validate for its regions, is refused in one line: nothing changes."""
+        with self._reload_lock:
+            record = self._reload()
+            self.last_reload = record
+            self.metrics.config_reloads.labels("ok" if record.ok else "refused").inc()
+            self.metrics.config_reload_ok.set(1 if record.ok else 0)
+            return record
+
+    def _reload(self) -> ReloadRecord:
+        running = self.config
+        source = running.source_file
+        if source is None or self._scheduler is None or self.policy is None:
+            return ReloadRecord(ok=False, error="not started from a config file")
+        try:
+            plan = plan_reload(running, load_config(source))
+            cfg = plan.effective
+            regions = [cfg.region, *(p.name for p in cfg.peers)]
+            load_policy(cfg.policy_dir, self.policy.schema, regions)
+        except SyncError as exc:
+            log.error("reload refused, the running configuration stays: %s", describe(exc),
+                      extra={"region": running.region})
+            return ReloadRecord(ok=False, error=describe(exc))
+        for key in plan.at_restart:
+            log.warning("reload: %s changed in %s; it takes effect at the next restart",
+                        key, source, extra={"region": running.region})
+        for name in (*plan.removed, *plan.changed):
+            self._end_link(name)
+        self.config = cfg
+        self.policy.regions = regions
+        self._pruner.cfg, self._pruner.pullers = cfg.retention, cfg.destination_regions()
+        for name in (*plan.changed, *plan.added):
+            self._start_link(cfg, name)
+        if plan.added or plan.removed or running.destinations != cfg.destinations \
+                or running.serve != cfg.serve:
+            self._policy_loaded(self.policy.current())   # roles for the destinations now
+        log.info("reload: %s", plan.summary(), extra={"region": cfg.region})
+        return ReloadRecord(plan=plan)
 
     def link(self, peer: str) -> PeerLink:
         """The running link for ``peer`` (KeyError before `start` made it)."""
@@ -220,7 +297,7 @@ class Daemon:
         if not self.is_leader and not self._stop.is_set() and self._lock.try_acquire():
             self.is_leader = True
             log.info("region %s: this daemon is the leader", region)
-            for name in self._peers:   # take over at once, not at the next poll tick
+            for name in list(self._peers):   # take over at once, not at the next tick
                 with contextlib.suppress(JobLookupError):
                     assert self._scheduler is not None   # leadership is checked after start
                     self._scheduler.modify_job(f"poll-{name}", next_run_time=datetime.now(UTC))
@@ -230,56 +307,12 @@ class Daemon:
 
     # -- jobs -----------------------------------------------------------------------------
     def _poll(self, peer: str) -> None:
-        run = self._peers[peer]
-        link = run.link
-        if not self.is_leader and not self._stop.is_set():
-            self._warm(peer, link)
-        if not self.is_leader or self._stop.is_set() or time.monotonic() < run.not_before:
+        run = self._peers.get(peer)
+        if run is None or run.retired:
             return
-        breaker = run.breaker
-        if not breaker.allow():
-            return
-        self._breaker_metric(peer, breaker.state)
-        try:
-            try:
-                while not self._stop.is_set() and self.is_leader:
-                    batch = link.run_once()
-                    self.metrics.peer_reachable.labels(peer).set(1)
-                    if batch.retries:
-                        self.metrics.apply_retries.labels(peer, self.config.region).inc(
-                            batch.retries)
-                    if not (batch.full and batch.complete):
-                        break
-                if not self._stop.is_set():
-                    link.retry_dead_letters_due()
-            except psycopg.Error as exc:      # the database edge: classify once, here
-                raise from_db(exc, peer=peer) from exc
-            run.failures = 0
-            self._resume(peer)
-            self._breaker_metric(peer, breaker.succeeded())
-        except Throttled as exc:     # the owner's retry-after: wait, without a failure
-            run.not_before = time.monotonic() + exc.retry_after
-            self.metrics.throttled.labels(peer, self.config.region).inc()
-            log.info("peer %s: %s", peer, describe(exc), extra={"peer": peer})
-            link.close()
-        except TransientError as exc:
-            unreachable = exc.sqlstate is None or exc.sqlstate.startswith("08")
-            if unreachable:
-                self.metrics.peer_reachable.labels(peer).set(0)
-            self._back_off(peer, link, exc, unreachable)
-            before = breaker.state
-            if self._breaker_metric(peer, breaker.failed()) is State.OPEN \
-                    and before is not State.OPEN:
-                log.warning("peer %s: circuit breaker open after %d failed batches; next probe "
-                            "in %.0fs", peer, breaker.failures, breaker.open_seconds,
-                            extra={"peer": peer})
-        except (PeerFatal, ConfigError, SchemaError) as exc:
-            self._stop_link(peer, link, exc)
-        except Exception as exc:   # a bug: one line at ERROR, the traceback at DEBUG
-            log.error("peer %s: unexpected %s: %s; will retry", peer, type(exc).__name__,
-                      describe(exc), extra={"peer": peer})
-            log.debug("traceback", exc_info=True)
-            self._back_off(peer, link, exc, False)
+        with run.busy:      # a reload that stops this link waits for the page in flight
+            if not run.retired:
+                self._poller.poll(peer, run, leading=lambda: self.is_leader)
 
     def _prune(self) -> None:
         """Retention (the leader's job): a failure is logged and tried next round."""
@@ -290,57 +323,6 @@ class Daemon:
         except psycopg.Error as exc:
             log.warning("pruning failed (%s); next round in %.0fs", describe(exc),
                         self.config.retention.interval)
-
-    def _breaker_metric(self, peer: str, state: State) -> State:
-        self.metrics.breaker_state.labels(peer, self.config.region).set(int(state))
-        return state
-
-    def _stop_link(self, peer: str, link: PeerLink, exc: SyncError) -> None:
-        """Retrying cannot cure this: the link stops (other links go on), says why on
-        /status, in regionsync_link_stopped and in one log line, and is tried again every
-        STOPPED_RECHECK seconds in case the cause was fixed."""
-        reason = describe(exc)
-        run = self._peers[peer]
-        if run.stopped != reason:
-            log.error("peer %s: link stopped: %s", peer, reason,
-                      extra={"peer": peer, "error": type(exc).__name__})
-        run.stopped = reason
-        self.metrics.link_stopped.labels(peer, self.config.region).set(1)
-        if link.health is not None:
-            link.health.failed(f"stopped: {reason}", False)
-        run.not_before = time.monotonic() + STOPPED_RECHECK
-        link.close()
-
-    def _resume(self, peer: str) -> None:
-        run = self._peers[peer]
-        if run.stopped is not None:
-            run.stopped = None
-            log.info("peer %s: link running again", peer, extra={"peer": peer})
-            self.metrics.link_stopped.labels(peer, self.config.region).set(0)
-
-    def _warm(self, peer: str, link: PeerLink) -> None:
-        """A standby keeps its connections open and schemas read, so that taking over
-        starts applying at once (a hot standby); failures only matter once it leads."""
-        try:
-            link.warm()
-        except (psycopg.Error, SyncError) as exc:
-            log.debug("standby: peer %s not reachable yet (%s)", peer, exc)
-
-    def _back_off(self, peer: str, link: PeerLink, exc: Exception, unreachable: bool) -> None:
-        run = self._peers[peer]
-        run.failures += 1
-        n = run.failures
-        # exponential, capped, with full jitter: peers that failed together (a shared
-        # network path) do not retry together
-        delay = random.uniform(0, min(MAX_BACKOFF, self.config.poll_interval * 2 ** (n - 1)))
-        run.not_before = time.monotonic() + delay
-        self.metrics.apply_errors.labels(peer, self.config.region).inc()
-        reason = describe(exc)
-        if link.health is not None:
-            link.health.failed(reason, unreachable)
-        log.warning("peer %s: batch failed (%s); retry %d in %.1fs", peer, reason, n, delay,
-                    extra={"peer": peer, "attempt": n})
-        link.close()
 
     def _on_skipped(self, event: JobExecutionEvent) -> None:
         if event.job_id.startswith("poll-"):
@@ -396,4 +378,5 @@ class Daemon:
                 self.metrics.peer(name, cfg.region, cfg.poll_interval), run.link,
                 run.breaker.state.name, run.stopped)
         return {"region": cfg.region, "role": "leader" if self.is_leader else "standby",
-                "policy": self.policy.current().sha if self.policy else None, "peers": peers}
+                "policy": self.policy.current().sha if self.policy else None, "peers": peers,
+                "reload": self.last_reload.as_status() if self.last_reload else None}

@@ -139,6 +139,13 @@ class Metrics:
                                  ["sha"], registry=r)
         self.policy_reload_failures = Counter("regionsync_policy_reload_failures_total",
                                               "Policy changes refused as invalid", registry=r)
+        self.config_reloads = Counter("regionsync_config_reloads_total",
+                                      "Configuration reloads (SIGHUP), by result: ok or "
+                                      "refused (the running configuration stayed)",
+                                      ["result"], registry=r)
+        self.config_reload_ok = Gauge("regionsync_config_last_reload_successful",
+                                      "1 unless the last reload was refused", registry=r)
+        self.config_reload_ok.set(1)
         self.skipped_polls = Counter("regionsync_skipped_polls_total",
                                      "Polls not started because the previous one still ran",
                                      ["source"], registry=r)

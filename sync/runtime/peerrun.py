@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from sync.link import PeerLink
 from sync.runtime.breaker import Breaker
@@ -17,3 +18,5 @@ class PeerRun:
     failures: int = 0               # consecutive failed batches (back-off)
     not_before: float = 0.0         # monotonic: no poll before this
     stopped: str | None = None      # why the link stopped, while it is stopped
+    retired: bool = False           # a reload removed it: no new page starts
+    busy: threading.Lock = field(default_factory=threading.Lock)   # held by its poll

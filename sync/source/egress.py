@@ -230,6 +230,38 @@ def apply_egress(conn: psycopg.Connection, policy: Policy, schema: Schema,
     return [role_for(d) for d in destinations]
 
 
+def drop_destination(conn: psycopg.Connection, region: str) -> bool:
+    """Retire a destination: its sessions end, its row-security policies, grants, records
+    and role go, in one transaction. Returns whether the role existed. A later
+    ``apply_egress`` that still lists the region would make it again."""
+    role = role_for(region)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('regionsync.egress'))")
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE usename = %s", (role,))
+        state.forget_egress_except(conn, [r for (r,) in conn.execute(
+            "SELECT region FROM sync.egress_role WHERE region <> %s", (region,))])
+        for (table,) in conn.execute(
+                "SELECT tablename FROM pg_policies WHERE schemaname = 'public' "
+                "AND policyname = %s", (role,)).fetchall():
+            conn.execute(sql.SQL("DROP POLICY {} ON public.{}").format(
+                sql.Identifier(role), sql.Identifier(table)))
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            return False
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        except psycopg.errors.DependentObjectsStillExist:
+            # roles belong to the server: another database there still grants it something
+            log.warning("role %s keeps privileges in another database of this server: it "
+                        "can read nothing here now; drop it there (DROP OWNED BY, then "
+                        "DROP ROLE)", role)
+            return False
+    log.info("destination %s retired: role %s dropped", region, role)
+    return True
+
+
 def _withdraw_narrowed(conn: psycopg.Connection, schema: Schema, role: str, current: Current,
                        grants: list[Grant]) -> None:
     """Keep the sent set (migration 0010) true to a new policy. A table no longer filtered

@@ -67,9 +67,14 @@ class SourceReader:
         # keys it has sent us, and a batch of them is bounded by ``prepare``
         self.owner_filtered: frozenset[str] = frozenset()
         self._wide = False       # the current COPY hashes its keys (see _join_for)
+        # a catch-up after a region is retired: read only what ``author`` wrote (any row
+        # holding a column version of it, its tombstones), whoever holds it now
+        self.author: str | None = None
 
     def _origin_args(self) -> tuple[str, bool]:
         """(origin, exclude) for the owner's journal functions: see ``_origin_is_ours``."""
+        if self.author is not None:
+            return self.author, False
         return (self.peer, False) if self.origins == "peer" else (self.region, True)
 
     def prepare(self, since: str | None) -> str | None:
@@ -102,6 +107,8 @@ class SourceReader:
     def _origin_is_ours_to_read(self, column: sql.Composable) -> sql.Composable:
         """``column`` (an origin) is one this reader pulls: in a mesh only what the peer
         itself authored; from a hub everything but our own (loop prevention)."""
+        if self.author is not None:
+            return sql.SQL("{} = {}").format(column, sql.Literal(self.author))
         if self.origins == "peer":
             return sql.SQL("{} = {}").format(column, sql.Literal(self.peer))
         return sql.SQL("{} <> {}").format(column, sql.Literal(self.region))
@@ -140,8 +147,14 @@ class SourceReader:
         """The COPY of allowed columns of matching rows, and the filter values to bind
         (with ``set_config``) before running it."""
         cols = (*rule.wire_columns(info), *rule.version_columns(info))
-        where = (self._origin_is_ours_to_read(row_origin(info, rule)) if plan.initial
-                 else self._keys(info, plan, sql.Identifier("t", info.pk)))
+        if not plan.initial:
+            where = self._keys(info, plan, sql.Identifier("t", info.pk))
+        elif self.author is not None and info.per_column:   # any column it last wrote
+            where = sql.SQL("{} = ANY(ARRAY[{}])").format(sql.Literal(self.author), sql.SQL(
+                ", ").join(sql.SQL("substr({}, 29)").format(sql.Identifier("t", c))
+                           for c in rule.version_columns(info)))
+        else:
+            where = self._origin_is_ours_to_read(row_origin(info, rule))
         if info.name in self.owner_filtered:
             where = sql.SQL("{} AND t.{} IN ({})").format(
                 where, sql.Identifier(info.pk), self._held(info, plan))

@@ -109,9 +109,10 @@ def test_a_link_to_a_peer_before_0018_stops_alone_naming_both(mesh: Mesh,
             link.run_once()
     finally:
         link.close()
-    assert str(err.value).startswith(
-        "peer ap-south: ap-south's database is at a schema before 0018 (row-level versions) "
-        "and eu-north's has per-column versions; run `regionsync migrate` for ap-south")
+    assert str(err.value) == (
+        "peer ap-south: ap-south serves protocol 1 (regionsync 0.1.0) and eu-north reads "
+        "protocol 2 (regionsync 0.2.0): upgrade ap-south's database first (`regionsync "
+        "migrate` there with regionsync 0.2.0 or later), then its daemon")
     assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 0
     # the other links are untouched
     cid = contact(mesh.conn("eu-west"), "New")

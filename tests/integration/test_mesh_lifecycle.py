@@ -1,0 +1,166 @@
+"""The mesh grows and shrinks while it runs: a region joins while the others write, the
+daemons reload their configs on SIGHUP without dropping the links that did not change, and
+a retired region's changes reach every survivor from whichever survivor holds them.
+
+Every daemon runs as `regionsync run`, reads its peers as the roles they made for it, and
+is told of changes the way operators do it: `regionsync peers add|retire` and a SIGHUP.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psycopg
+import psycopg.conninfo
+
+from sync.source.egress import role_for
+from sync.testing.cluster import free_port
+from tests.fix_daemons import start_daemon, stop_daemon, wait_for, write_config
+from tests.fix_pg import Mesh
+from tests.integration.helpers import cli, contact
+
+OLD = ("eu-west", "eu-north", "us-east")
+
+
+def as_role(mesh: Mesh, owner: str, destination: str) -> str:
+    """``owner``'s database as the role it made for ``destination``."""
+    return psycopg.conninfo.make_conninfo(mesh.urls[owner], user=role_for(destination))
+
+
+def status(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def link_pids(mesh: Mesh, region: str, peers: tuple[str, ...]) -> dict[str, list[int]]:
+    """The backend pids, at each peer, of ``region``'s link reading it."""
+    out = {}
+    for peer in peers:
+        with psycopg.connect(mesh.urls[peer], autocommit=True) as c:
+            out[peer] = sorted(r[0] for r in c.execute(
+                "SELECT pid FROM pg_stat_activity WHERE usename = %s AND datname = "
+                "current_database()", (role_for(region),)))
+    return out
+
+
+class Writers:
+    """One writer per region: new contacts (with a medical note that must stay home) and
+    phone edits of contacts it knows, until stopped."""
+
+    def __init__(self, mesh: Mesh, regions: tuple[str, ...]) -> None:
+        self.mesh = mesh
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._run, args=(r, i), daemon=True)
+                        for i, r in enumerate(regions)]
+
+    def _run(self, region: str, seed: int) -> None:
+        rnd = random.Random(seed)
+        mine: list[uuid.UUID] = []
+        try:
+            with psycopg.connect(self.mesh.urls[region], autocommit=True) as conn:
+                n = 0
+                while not self.stop.is_set():
+                    n += 1
+                    if not mine or rnd.random() < 0.5:
+                        mine.append(contact(conn, f"W{region}{n}",
+                                            medical=f"MEDICAL-{region}-{n}"))
+                    else:
+                        conn.execute("UPDATE contact SET telephone1 = %s WHERE contactid = %s",
+                                     (f"+{n}", rnd.choice(mine)))
+                    time.sleep(0.02)
+        except BaseException as exc:   # reported by the test, not lost in a thread
+            self.errors.append(exc)
+
+    def __enter__(self) -> Writers:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def synced(mesh: Mesh, region: str) -> list[tuple]:
+    """What every region may hold of contacts: the columns ap-south is sent."""
+    return mesh.rows(region, "contact", destination="ap-south")
+
+
+def test_a_fourth_region_joins_while_three_write(mesh: Mesh, tmp_path: Path) -> None:
+    ports = {r: free_port() for r in (*OLD, "ap-south")}
+    configs = {}
+    for r in OLD:
+        configs[r] = write_config(tmp_path / f"{r}.yaml", r, mesh.urls[r],
+                                  {p: as_role(mesh, p, r) for p in OLD if p != r}, ports[r])
+        made = cli("roles", "--config", str(configs[r]), "--apply")
+        assert made.returncode == 0, made.stderr
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for r in OLD:
+            procs[r] = start_daemon(configs[r], tmp_path / f"{r}.log")
+        with Writers(mesh, OLD) as writers:
+            wait_for(lambda: all(status(ports[r])["peers"][p].get("token")
+                                 for r in OLD for p in OLD if p != r), 60, "three linked")
+            before = {r: link_pids(mesh, r, tuple(p for p in OLD if p != r)) for r in OLD}
+            assert all(pids for r in OLD for pids in before[r].values())
+            # a bad config is refused in one line; the running one stays
+            good = configs["eu-west"].read_text()
+            configs["eu-west"].write_text(good + "peers_typo: 1\n")
+            procs["eu-west"].send_signal(signal.SIGHUP)
+            refused = wait_for(lambda: (status(ports["eu-west"]).get("reload") or {}), 30)
+            assert refused["ok"] is False and "peers_typo" in refused["error"]
+            configs["eu-west"].write_text(good)
+            # ap-south joins: its own config lists the three; each of them adds it
+            configs["ap-south"] = write_config(
+                tmp_path / "ap-south.yaml", "ap-south", mesh.urls["ap-south"],
+                {p: as_role(mesh, p, "ap-south") for p in OLD}, ports["ap-south"])
+            made = cli("roles", "--config", str(configs["ap-south"]), "--apply")
+            assert made.returncode == 0, made.stderr
+            for r in OLD:
+                added = cli("peers", "add", "ap-south", "--config", str(configs[r]),
+                            "--url", as_role(mesh, "ap-south", r))
+                assert added.returncode == 0, added.stderr
+                assert "ap-south: reachable, protocol 2" in added.stdout, added.stdout
+                assert f"with url postgresql://{role_for('ap-south')}@" in added.stdout
+                procs[r].send_signal(signal.SIGHUP)
+            procs["ap-south"] = start_daemon(configs["ap-south"], tmp_path / "ap-south.log")
+            for r in OLD:
+                reload = wait_for(lambda r=r: (status(ports[r]).get("reload") or {}).get(
+                    "added"), 30, f"{r} reloaded")
+                assert reload == ["ap-south"]
+                assert sorted(status(ports[r])["reload"]["kept"]) == sorted(
+                    p for p in OLD if p != r)
+            time.sleep(3)      # the four write on, linked both ways
+        assert not writers.errors, writers.errors
+        # a write in the new region reaches everyone
+        new = contact(mesh.conn("ap-south"), "FromApSouth", medical="MEDICAL-ap-south-0")
+        for r in OLD:
+            wait_for(lambda r=r: mesh.one(r, "SELECT count(*) FROM contact WHERE contactid = %s",
+                                          (new,)) == 1, 60, f"{r} has ap-south's write")
+        wait_for(lambda: all(synced(mesh, r) == synced(mesh, "eu-west")
+                             for r in (*OLD, "ap-south")), 90, "four regions converged")
+        assert len(synced(mesh, "ap-south")) > 100
+        # the existing links were never restarted: same backends at their peers
+        after = {r: link_pids(mesh, r, tuple(p for p in OLD if p != r)) for r in OLD}
+        assert after == before
+    finally:
+        codes = {r: stop_daemon(p) for r, p in procs.items()}
+    assert set(codes.values()) == {0}, codes
+    for r in (*OLD, "ap-south"):
+        # no medical value crossed: every note a region holds is its own
+        assert mesh.one(r, "SELECT count(*) FROM contact WHERE medical_notes LIKE 'MEDICAL-%%' "
+                           "AND medical_notes NOT LIKE %s", (f"MEDICAL-{r}-%",)) == 0
+        log = (tmp_path / f"{r}.log").read_text()
+        assert "Traceback" not in log and "link stopped" not in log, log
+    assert "reload refused, the running configuration stays" in (
+        tmp_path / "eu-west.log").read_text()
