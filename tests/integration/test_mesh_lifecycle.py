@@ -164,3 +164,83 @@ def test_a_fourth_region_joins_while_three_write(mesh: Mesh, tmp_path: Path) -> 
         assert "Traceback" not in log and "link stopped" not in log, log
     assert "reload refused, the running configuration stays" in (
         tmp_path / "eu-west.log").read_text()
+
+
+def test_a_retired_regions_changes_reach_every_survivor(mesh: Mesh, tmp_path: Path) -> None:
+    """us-east writes, and only eu-west hears of it; us-east is then gone for good. After
+    `peers retire us-east` at both survivors, eu-north holds every change us-east wrote
+    (from eu-west), its roles and records are gone, and eu-west's journal, which waited
+    for us-east's token, is pruned."""
+    west, north, east = "eu-west", "eu-north", "us-east"
+    for r in (west, north, east):
+        cfg = write_config(tmp_path / f"{r}-roles.yaml", r, mesh.urls[r],
+                           {p: mesh.urls[p] for p in (west, north, east) if p != r})
+        made = cli("roles", "--config", str(cfg), "--apply")
+        assert made.returncode == 0, made.stderr
+    x = contact(mesh.conn(west), "Shared")
+    doomed = contact(mesh.conn(west), "Doomed")
+    mesh.sync([west, north, east])
+    # us-east's last words, heard by eu-west only: a new contact, a phone edit of x, a delete
+    born = contact(mesh.conn(east), "BornInUsEast", medical="MEDICAL-us-east")
+    mesh.conn(east).execute("UPDATE contact SET telephone1 = '+1-555' WHERE contactid = %s",
+                            (x,))
+    mesh.conn(east).execute("DELETE FROM contact WHERE contactid = %s", (doomed,))
+    mesh.pull(west, east)
+    # eu-north edits another column of x later: at eu-west, x's newest version is eu-north's,
+    # and us-east's phone is found by its column's version, not the row's
+    mesh.conn(north).execute("UPDATE contact SET firstname = 'Nora' WHERE contactid = %s", (x,))
+    mesh.pull(west, north)
+    assert mesh.one(north, "SELECT telephone1 FROM contact WHERE contactid = %s", (x,)) is None
+    gone_port = free_port()    # us-east's database is decommissioned: nothing answers
+    dead = psycopg.conninfo.make_conninfo(mesh.urls[east], port=gone_port, connect_timeout=1)
+    ports = {west: free_port(), north: free_port()}
+    retention = {"retention": "{journal: 1s, expire_after: 1d, interval: 1s}"}
+    configs = {r: write_config(tmp_path / f"{r}.yaml", r, mesh.urls[r],
+                               {other: as_role(mesh, other, r), east: dead}, ports[r],
+                               extra=retention)
+               for r, other in ((west, north), (north, west))}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for r in (west, north):
+            procs[r] = start_daemon(configs[r], tmp_path / f"{r}.log")
+        wait_for(lambda: status(ports[north])["peers"][west].get("token"), 60, "north linked")
+        time.sleep(4)          # rounds of pruning: us-east never consumed eu-west's journal
+        waiting = mesh.one(west, "SELECT count(*) FROM sync.change_set")
+        assert waiting > 0
+        for r in (north, west):
+            retired = cli("peers", "retire", east, "--config", str(configs[r]))
+            assert retired.returncode == 0, retired.stderr
+            assert f"{east} retired here: role dropped" in retired.stdout, retired.stdout
+            procs[r].send_signal(signal.SIGHUP)
+            assert east not in configs[r].read_text()
+        for r in (west, north):
+            wait_for(lambda r=r: (status(ports[r]).get("reload") or {}).get("removed"), 30)
+            assert status(ports[r])["reload"]["removed"] == [east]
+            assert east not in status(ports[r])["peers"]
+        # everything us-east wrote that a survivor held, everywhere
+        assert mesh.one(north, "SELECT lastname FROM contact WHERE contactid = %s",
+                        (born,)) == "BornInUsEast"
+        assert mesh.one(north, "SELECT medical_notes FROM contact WHERE contactid = %s",
+                        (born,)) is None
+        assert mesh.conn(north).execute(
+            "SELECT telephone1, firstname FROM contact WHERE contactid = %s", (x,)
+        ).fetchone() == ("+1-555", "Nora")
+        assert mesh.one(north, "SELECT count(*) FROM contact WHERE contactid = %s",
+                        (doomed,)) == 0
+        wait_for(lambda: synced(mesh, north) == synced(mesh, west), 30, "survivors agree")
+        # its roles and records are gone at both survivors; retention no longer waits
+        for r in (west, north):
+            assert mesh.one(r, "SELECT count(*) FROM pg_roles WHERE rolname = %s",
+                            (role_for(east),)) == 0
+            assert mesh.one(r, "SELECT count(*) FROM sync.peer_state WHERE peer = %s",
+                            (east,)) == 0
+            assert mesh.one(r, "SELECT count(*) FROM sync.egress_role WHERE region = %s",
+                            (east,)) == 0
+        wait_for(lambda: mesh.one(west, "SELECT count(*) FROM sync.change_set "
+                                        "WHERE changed_at < now() - interval '3 seconds'") == 0,
+                 30, "eu-west's journal pruned")
+        again = cli("peers", "retire", east, "--config", str(configs[west]))
+        assert again.returncode == 0 and "role already gone" in again.stdout, again.stdout
+    finally:
+        codes = {r: stop_daemon(p) for r, p in procs.items()}
+    assert set(codes.values()) == {0}, codes
