@@ -23,7 +23,7 @@ import psycopg
 from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster
 
-from . import capture_tax
+from . import capture_tax, scaling
 from . import workload as w
 from .mesh import report_mesh
 from .variants import Native, Regionsync, copy_floor, fresh_db
@@ -138,6 +138,9 @@ def main() -> None:
     ap.add_argument("--mesh-only", action="store_true",
                     help="only mixed_mesh and its pglogical anchor")
     ap.add_argument("--no-capture-tax", action="store_true", help="skip the capture tax")
+    ap.add_argument("--regions", default=None, metavar="N[,N…]",
+                    help="only the scaling runs: this many regions (e.g. 3,5,8), mesh and "
+                         "hub-and-spoke, --rows contacts across them (bench/scaling.py)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     n, kinds = args.rows, args.workloads.split(",")
@@ -155,6 +158,10 @@ def main() -> None:
     logical = {**server, "wal_level": "logical", "max_wal_senders": "10",
                "max_replication_slots": "10", "wal_retrieve_retry_interval": "20ms",
                "max_logical_replication_workers": "8", "max_sync_workers_per_subscription": "2"}
+    if args.regions:
+        with tempfile.TemporaryDirectory(prefix="regionsync-bench-") as tmpdir:
+            scaling.report([int(x) for x in args.regions.split(",")], n, Path(tmpdir))
+        return
     with tempfile.TemporaryDirectory(prefix="regionsync-bench-") as tmpdir:
         tmp = Path(tmpdir)
         cl = {"eu-west": LocalCluster("eu-west", settings=logical).start(),

@@ -24,22 +24,25 @@ from .variants import POLICY, fresh_db
 
 
 def mesh_workload(conns: dict[str, psycopg.Connection], n: int) -> int:
-    """Each region seeds its own third at once, then edits and deletes the next region's
-    rows; returns the changes authored. Shared by regionsync's mesh and pglogical's; the
-    time the writes took is left in ``MESH_WRITES``."""
+    """Each region seeds its own share at once, then edits and deletes the next region's
+    rows; returns the changes authored. Shared by regionsync's mesh, the anchors and the
+    scaling runs (any number of regions); the time the writes took is left in
+    ``MESH_WRITES``."""
     started = time.perf_counter()
     regions = list(conns)
-    per = n // 3
+    k = len(regions)
+    per = n // k
     threads = [threading.Thread(target=w.seed, args=(conns[r], per, 1 + i * per))
                for i, r in enumerate(regions)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    total = per * 3
-    w.wait_count(conns[regions[0]], total)
+    total = per * k
+    for r in regions:   # every region holds what it is about to edit
+        w.wait_count(conns[r], total)
     for i, r in enumerate(regions):   # each region edits and deletes others' rows
-        other = regions[(i + 1) % 3]
+        other = regions[(i + 1) % k]
         conns[r].execute("UPDATE contact SET telephone1 = %s WHERE sync_origin = %s AND "
                          "contactid IN (SELECT contactid FROM contact WHERE sync_origin = %s"
                          " ORDER BY contactid LIMIT %s)", (f"by-{r}", other, other, per // 10))
@@ -47,7 +50,7 @@ def mesh_workload(conns: dict[str, psycopg.Connection], n: int) -> int:
                          "contact WHERE sync_origin = %s ORDER BY contactid DESC LIMIT %s)",
                          (other, per // 100))
     MESH_WRITES.append(time.perf_counter() - started)
-    return total + 3 * (per // 10) + 3 * (per // 100)
+    return total + k * (per // 10) + k * (per // 100)
 
 
 MESH_WRITES: list[float] = []
@@ -69,7 +72,7 @@ def wait_converged(conns: dict[str, psycopg.Connection], timeout: float = 600) -
 def check_medical_home(conns: dict[str, psycopg.Connection], n: int) -> None:
     """A row's home region is the one that seeded its number range; medical values may
     exist only there (sync_origin is the *last* writer, which may be another region)."""
-    per = n // 3
+    per = n // len(conns)
     for i, (r, c) in enumerate(conns.items()):
         lo, hi = 1 + i * per, (i + 1) * per
         if c.execute("SELECT count(*) FROM contact WHERE medical_notes IS NOT NULL AND NOT "
