@@ -20,7 +20,7 @@ import pytest
 from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
 from sync.db.migrate import migrate
-from sync.errors import SyncError
+from sync.errors import PeerFatal, SyncError
 from sync.link import LinkSettings, PeerLink
 from sync.policy import Policy, load_policy
 from sync.records import BatchResult
@@ -96,6 +96,18 @@ class Mesh:
         while out[-1].full:
             out.append(self.link(target, source).run_once())
         return out
+
+    def refusal(self, target: str, peer: str, url: str | None = None) -> str:
+        """The one line a fresh link ``target <- peer`` (at ``url``, default the peer's)
+        stops with; fails the test if its first batch does not stop it."""
+        link = new_link(region=target, peer=peer, peer_conninfo=url or self.urls[peer],
+                        local_conninfo=self.urls[target], policy=lambda: self.policy)
+        try:
+            with pytest.raises(PeerFatal) as err:
+                link.run_once()
+        finally:
+            link.close()
+        return str(err.value)
 
     def sync(self, regions: list[str] | None = None, max_rounds: int = 10) -> int:
         """Full mesh rounds until a round moves nothing; returns rows moved."""

@@ -239,9 +239,7 @@ class Daemon:
                         timeout, extra={"peer": name})
         run.link.close()
         del self._peers[name]
-        for gauge in (self.metrics.link_stopped, self.metrics.breaker_state):
-            with contextlib.suppress(KeyError):
-                gauge.remove(name, self.config.region)
+        self.metrics.forget_peer(name, self.config.region)
 
     def reload(self) -> ReloadRecord:
         """Re-read the config file (SIGHUP). A file that does not load, or whose policy

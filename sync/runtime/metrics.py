@@ -13,6 +13,7 @@ becomes unreachable shows a rising lag rather than the last value or 0.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -158,6 +159,20 @@ class Metrics:
             self.lag.labels(source, target).set_function(h.lag)
             self.backlog.labels(source, target).set_function(lambda: float(h.backlog))
         return self.health[key]
+
+    def forget_peer(self, source: str, target: str) -> None:
+        """A link a reload removed: its gauges go, so that no alert waits on a peer that is
+        no longer configured (a lag left to rise forever would page someone)."""
+        self.health.pop((source, target), None)
+        for metric in vars(self).values():
+            names = getattr(metric, "_labelnames", ())
+            if names[:2] == tuple(PAIR) or names == ("peer",) or names == ("source",):
+                # every child of this peer (counters by table and op too); prometheus_client
+                # removes one label set at a time and lists them only in ``_metrics``
+                for labels in [k for k in getattr(metric, "_metrics", {}) if k[0] == source
+                               and (len(names) == 1 or k[1] == target)]:
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*labels)
 
     def set_policy(self, sha: str) -> None:
         self.policy_info.clear()

@@ -118,15 +118,21 @@ def test_daemon_syncs_exports_metrics_and_stops_on_sigterm(mesh: Mesh, tmp_path:
     assert "received SIGTERM" in text and "stopped" in text
     assert "secret" not in text
     # restart: whatever was not finished arrives, nothing twice
-    proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "WEST_URL": mesh.urls["eu-west"]})
+    with (tmp_path / "restart.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "run", "--config",
+                                 str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "WEST_URL": mesh.urls["eu-west"]})
     try:
         wait_for(lambda: mesh.rows("eu-north", "contact") == mesh.rows("eu-west", "contact"))
         wait_for(lambda: _healthy(port))
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = None
+    assert code == 0, (tmp_path / "restart.log").read_text()
     # one journal entry per insert and per update at the receiver: nothing applied twice
     assert mesh.one("eu-north", "SELECT count(*) FROM sync.change_log WHERE op = 'u'") == 3006
     assert mesh.one("eu-north", "SELECT count(*) FROM sync.change_log WHERE op = 'i'") == 3007

@@ -217,6 +217,10 @@ def test_a_retired_regions_changes_reach_every_survivor(mesh: Mesh, tmp_path: Pa
             wait_for(lambda r=r: (status(ports[r]).get("reload") or {}).get("removed"), 30)
             assert status(ports[r])["reload"]["removed"] == [east]
             assert east not in status(ports[r])["peers"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports[r]}/metrics") as m:
+                exported = m.read().decode()
+            assert f'source="{west if r == north else north}"' in exported
+            assert f'source="{east}"' not in exported and f'peer="{east}"' not in exported
         # everything us-east wrote that a survivor held, everywhere
         assert mesh.one(north, "SELECT lastname FROM contact WHERE contactid = %s",
                         (born,)) == "BornInUsEast"

@@ -19,7 +19,6 @@ import psycopg
 import pytest
 
 from sync import __version__
-from sync.errors import PeerFatal
 from sync.protocol import RELEASE, SPEAKS
 from sync.testing.cluster import LocalCluster
 from tests.fix_pg import Mesh, new_link
@@ -61,13 +60,7 @@ def test_an_overlapping_range_syncs_and_one_that_does_not_stops_that_link(mesh: 
     # two releases ahead, ours dropped: that link stops, naming both and what to upgrade
     west.execute(SERVE.format(low=SPEAKS[1] + 1, high=SPEAKS[1] + 2, release="0.4.0"))
     contact(west, "Unseen")
-    link = _link(mesh)
-    try:
-        with pytest.raises(PeerFatal) as err:
-            link.run_once()
-    finally:
-        link.close()
-    assert str(err.value) == (
+    assert mesh.refusal("eu-north", "eu-west") == (
         f"peer eu-west: eu-west serves protocol {SPEAKS[1] + 1}-{SPEAKS[1] + 2} (regionsync "
         f"0.4.0) and eu-north reads protocol {SPEAKS[1]} (regionsync {RELEASE}): upgrade "
         f"eu-north's regionsync (this daemon) to a release that speaks protocol "
@@ -81,14 +74,9 @@ def test_an_overlapping_range_syncs_and_one_that_does_not_stops_that_link(mesh: 
 
 
 def test_a_peer_url_that_reaches_another_region_stops_that_link(mesh: Mesh) -> None:
-    link = new_link(region="eu-north", peer="us-east", peer_conninfo=mesh.urls["eu-west"],
-                    local_conninfo=mesh.urls["eu-north"], policy=lambda: mesh.policy)
-    try:
-        with pytest.raises(PeerFatal, match=r"the URL for peer us-east reaches region "
-                                            r"eu-west's database; fix peers\[us-east\]\.url"):
-            link.run_once()
-    finally:
-        link.close()
+    assert mesh.refusal("eu-north", "us-east", mesh.urls["eu-west"]) == (
+        "peer us-east: the URL for peer us-east reaches region eu-west's database; "
+        "fix peers[us-east].url")
 
 
 def _previous_release(dest: Path) -> Path:
@@ -134,14 +122,7 @@ def test_a_receiver_of_this_release_against_an_owner_of_the_previous(
         mesh: Mesh, previous_owner: str) -> None:
     with psycopg.connect(previous_owner) as conn:
         assert conn.execute("SELECT to_regproc('sync.protocol_versions')").fetchone() == (None,)
-    link = new_link(region="eu-north", peer="ap-south", peer_conninfo=previous_owner,
-                    local_conninfo=mesh.urls["eu-north"], policy=lambda: mesh.policy)
-    try:
-        with pytest.raises(PeerFatal) as err:
-            link.run_once()
-    finally:
-        link.close()
-    assert str(err.value) == (
+    assert mesh.refusal("eu-north", "ap-south", previous_owner) == (
         f"peer ap-south: ap-south serves protocol 1 (regionsync 0.1.0) and eu-north reads "
         f"protocol {SPEAKS[0]} (regionsync {RELEASE}): upgrade ap-south's database first "
         f"(`regionsync migrate` there with regionsync {RELEASE} or later), then its daemon")
