@@ -192,26 +192,28 @@ class Daemon:
         """Start, then block until SIGTERM/SIGINT; returns after a clean stop.
 
         Handlers go in before ``start()``, so a signal during start-up also ends cleanly."""
-        requested, reload = threading.Event(), threading.Event()
+        wake, reload = threading.Event(), threading.Event()
 
         def handler(signum: int, _frame: object) -> None:
             log.info("received %s; finishing the page in flight", signal.Signals(signum).name)
-            requested.set()
             self._stop.set()
+            wake.set()
 
         def hangup(_signum: int, _frame: object) -> None:
             reload.set()
-            requested.set()      # wake the loop below; it tells a reload from a stop
+            wake.set()
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGHUP, hangup)
         self.start()
-        while True:
-            requested.wait()
-            if self._stop.is_set():
-                break
-            requested.clear()
-            if reload.is_set():
+        while not self._stop.is_set():
+            # The kernel may hand a signal to any thread; Python runs its handler only in
+            # the main thread, once that thread runs again. A wait without a timeout is not
+            # woken then (seen: a SIGHUP, and a SIGTERM, left unhandled until the next
+            # signal), so the main thread looks in twice a second.
+            wake.wait(0.5)
+            wake.clear()
+            if reload.is_set() and not self._stop.is_set():
                 reload.clear()
                 self.reload()
         self.stop()

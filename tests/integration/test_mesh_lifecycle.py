@@ -248,3 +248,29 @@ def test_a_retired_regions_changes_reach_every_survivor(mesh: Mesh, tmp_path: Pa
     finally:
         codes = {r: stop_daemon(p) for r, p in procs.items()}
     assert set(codes.values()) == {0}, codes
+
+
+def test_every_sighup_and_the_sigterm_are_handled_within_a_second(mesh: Mesh,
+                                                                  tmp_path: Path) -> None:
+    """The kernel hands a process's signal to any of its threads; the daemon's main thread
+    must still run the handler soon (it once slept until the next signal)."""
+    port = free_port()
+    cfg = write_config(tmp_path / "eu-west.yaml", "eu-west", mesh.urls["eu-west"],
+                       {p: mesh.urls[p] for p in ("eu-north", "us-east")}, port,
+                       poll_interval=0.05)
+    proc = start_daemon(cfg, tmp_path / "eu-west.log")
+    try:
+        wait_for(lambda: status(port)["peers"]["eu-north"].get("token"), 60, "linked")
+        seen = None
+        for _ in range(12):
+            contact(mesh.conn("eu-north"), "Busy")    # threads at work when the signal lands
+            proc.send_signal(signal.SIGHUP)
+            started = time.monotonic()
+            at = wait_for(lambda: ((status(port).get("reload") or {}).get("at") != seen
+                                   and status(port)["reload"]["at"]), 5, "the reload")
+            assert time.monotonic() - started < 2.0
+            seen = at
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+    finally:
+        stop_daemon(proc)
