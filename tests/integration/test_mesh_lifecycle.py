@@ -266,8 +266,9 @@ def test_every_sighup_and_the_sigterm_are_handled_within_a_second(mesh: Mesh,
             contact(mesh.conn("eu-north"), "Busy")    # threads at work when the signal lands
             proc.send_signal(signal.SIGHUP)
             started = time.monotonic()
-            at = wait_for(lambda: ((status(port).get("reload") or {}).get("at") != seen
-                                   and status(port)["reload"]["at"]), 5, "the reload")
+            at = wait_for(lambda seen=seen: (
+                (status(port).get("reload") or {}).get("at") != seen
+                and status(port)["reload"]["at"]), 5, "the reload")
             assert time.monotonic() - started < 2.0
             seen = at
         proc.send_signal(signal.SIGTERM)
