@@ -24,12 +24,12 @@ from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster
 
 from . import workload as w
+from .cpu_drain import TICK, server_cpu
 from .mesh import MESH_WRITES, check_medical_home, mesh_workload, wait_converged
 from .variants import POLICY, fresh_db
 
 NAMES = ("eu-west", "eu-north", "us-east", "ap-south", "sa-east", "af-south", "me-central",
          "ca-central", "eu-south", "ap-east")
-TICK = os.sysconf("SC_CLK_TCK")
 IDLE_SECONDS = 20.0
 
 
@@ -40,19 +40,6 @@ def _cpu(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def _server_pids(cluster: LocalCluster) -> list[int]:
-    """The postmaster and every process it started (backends, walwriter, …)."""
-    master = int((cluster.data / "postmaster.pid").read_text().split()[0])
-    pids = [master]
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == master:
-                pids.append(int(stat.parent.name))
-        except (OSError, ValueError):
-            continue
-    return pids
 
 
 def _peers(topology: str, regions: list[str], r: str) -> list[tuple[str, str]]:
@@ -100,11 +87,9 @@ def run_one(clusters: dict[str, LocalCluster], topology: str, n: int,
             _config(paths[r], r, urls, _peers(topology, regions, r), 1.0, forward[r])
             procs[r].send_signal(1)   # SIGHUP
         time.sleep(5)
-        pids = {r: _server_pids(clusters[r]) for r in regions}
-        before = {r: (_cpu(procs[r].pid), sum(_cpu(p) for p in pids[r])) for r in regions}
+        before = {r: (_cpu(procs[r].pid), server_cpu(clusters[r])) for r in regions}
         time.sleep(IDLE_SECONDS)
-        after = {r: (_cpu(procs[r].pid), sum(_cpu(p) for p in _server_pids(clusters[r])))
-                 for r in regions}
+        after = {r: (_cpu(procs[r].pid), server_cpu(clusters[r])) for r in regions}
         daemon = [100 * (after[r][0] - before[r][0]) / IDLE_SECONDS for r in regions]
         server = [100 * (after[r][1] - before[r][1]) / IDLE_SECONDS for r in regions]
         return {"changes": ops, "per_s": ops / seconds, "converge": seconds - writes,
