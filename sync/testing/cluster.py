@@ -134,15 +134,9 @@ class LocalCluster:
         last_error = ""
         for _ in range(5):
             self.port = free_port()
-            opts = [f"-p {self.port}", "-c listen_addresses=127.0.0.1",
-                    f"-c unix_socket_directories={self.base}",
-                    "-c log_line_prefix='%m [%p] %a '", "-c max_connections=200"]
-            if self.fast:
-                opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-            opts += [f"-c {k}={v}" for k, v in self.settings.items()]
             proc = self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
-                             str(self.logfile), "-w", "-t", "60", "-o", " ".join(opts), "start",
-                             check=False)
+                             str(self.logfile), "-w", "-t", "60", "-o", self._options(),
+                             "start", check=False)
             if proc.returncode == 0:
                 return self
             last_error = proc.stderr + self.log_tail()
@@ -160,14 +154,21 @@ class LocalCluster:
                       check=False)
 
     def restart(self) -> None:
-        """Start again on the same port (after ``stop`` or ``kill``)."""
+        """Start again on the same port (after ``stop`` or ``kill``), with the same
+        settings as ``start``."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-w",
+                  "-t", "60", "-o", self._options(), "start")
+
+    def _options(self) -> str:
+        """The server's options: this cluster's port and socket, the suite's speed
+        settings when ``fast``, then ``settings`` (later ``-c`` wins)."""
         opts = [f"-p {self.port}", "-c listen_addresses=127.0.0.1",
-                f"-c unix_socket_directories={self.base}", "-c log_line_prefix='%m [%p] %a '"]
+                f"-c unix_socket_directories={self.base}",
+                "-c log_line_prefix='%m [%p] %a '", "-c max_connections=200"]
         if self.fast:
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         opts += [f"-c {k}={v}" for k, v in self.settings.items()]
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-w",
-                  "-o", " ".join(opts), "start")
+        return " ".join(opts)
 
     def remove(self) -> None:
         if self._base is None:
