@@ -246,13 +246,15 @@ class AlternateKeys:
             "set_config('regionsync.stamped', '', true), "
             "set_config('regionsync.journal', '', true)").fetchone()
         assert saved is not None
-        try:
-            self.conn.execute(stmt, params)
-        finally:
-            self.conn.execute("SELECT set_config('regionsync.origin', %s, true), "
-                              "set_config('regionsync.stamped', %s, true), "
-                              "set_config('regionsync.journal', %s, true)",
-                              tuple(v or "" for v in saved[:3]))
+        # No try/finally: if the edit fails, the page transaction is aborted (its rollback
+        # takes these transaction-local settings with it), and a restore there would only
+        # raise "current transaction is aborted" in place of the edit's own error — which
+        # turned a deadlock, retried as contention, into a stopped link.
+        self.conn.execute(stmt, params)
+        self.conn.execute("SELECT set_config('regionsync.origin', %s, true), "
+                          "set_config('regionsync.stamped', %s, true), "
+                          "set_config('regionsync.journal', %s, true)",
+                          tuple(v or "" for v in saved[:3]))
 
 
 __all__ = ["AlternateKeys", "Pending", "markable"]
