@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from sync import versions
 from sync.db.catalog import introspect
 from sync.source.egress import local_role_statements
 
@@ -35,10 +36,10 @@ JOURNAL = ("INSERT INTO sync.change_set (tablename, op, origin, pks, versions) "
            "FROM w HAVING count(*) > 0")
 STAMP = ("versionnumber = nextval('public.regionsync_versionnumber_seq'), "
          "modifiedon = clock_timestamp()")
-# per-column versions (migration 0018): the changed column's version and the change mask
-COLUMN_VERSION = (", firstname__v = to_char(clock_timestamp() AT TIME ZONE 'UTC', "
-                  "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || ' ' || %(region)s, "
-                  "sync_changed = 1")
+# per-column versions (migrations 0018, 0021): the changed column's version (a number, as
+# sync.version_of computes it) and the change mask
+COLUMN_VERSION = (", firstname__v = (((extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+                  " - 946684800000000) << 11) | %(number)s, sync_changed = 1")
 TOMBSTONES = ("t AS (INSERT INTO sync.tombstone AS tb (tablename, pk, modifiedon, origin) "
               "SELECT 'contact', contactid, greatest(clock_timestamp(), "
               "modifiedon + interval '1 microsecond'), %(region)s FROM w "
@@ -49,7 +50,8 @@ TOMBSTONES = ("t AS (INSERT INTO sync.tombstone AS tb (tablename, pk, modifiedon
 
 def _update(size: int) -> Shape:
     def run(conn: psycopg.Connection, ids: list, rep: str, floor: str | None) -> None:
-        p = {"marker": f"tax-{rep}", "region": floor}
+        p = {"marker": f"tax-{rep}", "region": floor,
+             "number": versions.default_number(floor) if floor else 0}
         for i in range(0, 2000 if size == 1 else min(len(ids), 20_000), size):
             p["ids"] = ids[i:i + size]
             if floor:

@@ -10,4 +10,4 @@ stages; ``errors`` the one error root; ``testing`` throwaway clusters for the de
 tests.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"

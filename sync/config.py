@@ -213,6 +213,11 @@ class RegionConfig(BaseModel):
         "auto", description="capture triggers: the C extension ext/regionsync_capture where "
                             "the server has it (auto), required (c), or PL/pgSQL; applied "
                             "by `regionsync migrate`")
+    origin_numbers: dict[RegionName, int] = Field(
+        default_factory=dict, description="region -> its number (1-2047) in column versions; "
+                                          "a region not named takes a hash of its name. The "
+                                          "same map in every region's config; needed only "
+                                          "when two names hash alike (`migrate` says so)")
     leader_check_interval: float = Field(
         2.0, gt=0, le=60, description="seconds between leader-lock checks (standby takeover)")
     source_file: Path | None = Field(None, exclude=True)
@@ -225,6 +230,19 @@ class RegionConfig(BaseModel):
     @classmethod
     def _empty_peers(cls, v: object) -> object:
         return [] if v is None else v  # `peers:` with nothing under it: a receive-less region
+
+    @field_validator("origin_numbers")
+    @classmethod
+    def _origin_numbers(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, number in v.items():
+            if not 1 <= number <= 2047:
+                raise ValueError(f"{name}: {number} is not an origin number (1-2047)")
+        taken: dict[int, str] = {}
+        for name, number in sorted(v.items()):
+            if number in taken:
+                raise ValueError(f"{taken[number]} and {name} both have number {number}")
+            taken[number] = name
+        return v
 
     @model_validator(mode="after")
     def _peers_distinct(self) -> RegionConfig:

@@ -9,14 +9,17 @@ both speak. Ranges that do not overlap stop that link alone, in one line naming 
 sides and which to upgrade — as pglogical and Spock negotiate a min/max protocol version.
 
 Supported skew: a release's database serves its own protocol and the one before, and its
-receiver speaks both (from protocol 2 on), so adjacent releases interoperate while a mesh
-is upgraded one region at a time: each region's database first (``regionsync migrate``),
-then its daemon (docs/operations.md, "Upgrading").
+receiver speaks both, so adjacent releases interoperate while a mesh is upgraded one
+region at a time — except where what the owner's tables hold changes, since a receiver
+reads them directly: protocol 2 (per-column versions) and 3 (versions as numbers) each
+stop the links between releases, one line each, until both ends are upgraded
+(docs/operations.md, "Upgrading").
 
 | protocol | release | what changed |
 |---|---|---|
 | 1 | 0.1.0 | row-level versions (``modifiedon``/``sync_origin`` decide a row) |
 | 2 | 0.2.0 | per-column versions (``<column>__v``), alternate keys, protocol negotiation |
+| 3 | 0.3.0 | versions are numbers (``bigint``, sync/versions.py); origin numbers checked |
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import psycopg
 from sync import __version__
 from sync.errors import PeerFatal
 
-SPEAKS = (2, 2)          # the protocol versions this release's receiver reads
+SPEAKS = (3, 3)          # the protocol versions this release's receiver reads
 RELEASE = __version__
 
 

@@ -40,7 +40,8 @@ share_stripes(int32 space, Row *rows, int n)
  * system columns itself, or a tombstone of a key is at least as new. The statement's rows
  * are stamped as local writes now, past any tombstone, then journalled. */
 static void
-stamp_inserted(TriggerData *td, const char *table, const char *pkcol, const char *here)
+stamp_inserted(TriggerData *td, const char *table, const char *pkcol, const char *here,
+			   int number)
 {
 	const char *prev = GetConfigOption("regionsync.stamped", true, false);
 	const char *t = quote_identifier(table);
@@ -68,7 +69,9 @@ stamp_inserted(TriggerData *td, const char *table, const char *pkcol, const char
 
 			if (TupleDescAttr(desc, i)->attisdropped)
 				continue;
-			if (strcmp(name, "sync_base") == 0)
+			if (strcmp(name, "sync_base") == 0 && rs_numeric_versions(desc, i))
+				appendStringInfo(&sql, "sync_base = sync.version_of(s.stamp, %d), ", number);
+			else if (strcmp(name, "sync_base") == 0)
 				appendStringInfoString(&sql,
 									   "sync_base = to_char(s.stamp AT TIME ZONE 'UTC', "
 									   "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || ' ' || $1, ");
@@ -140,14 +143,15 @@ after_insert(TriggerData *td, const char *table, const char *pkcol, int32 space,
 	if (!forged)
 		forged = rs_versions_forged(td->tg_newtable, RelationGetDescr(td->tg_relation),
 									rs_column(RelationGetDescr(td->tg_relation), "modifiedon", true,
-											  td->tg_relation), here);
+											  td->tg_relation), here,
+									rs_origin_number(td, 3));
 	if (!forged && !rs_shadowed_by_tombstone(table, here, rows, n, oldest))
 	{
 		rs_journal_write(table, 'i', here, rs_uuid_array(rows, NULL, n), rs_version_array(rows, NULL, n), NULL);
 		return;
 	}
 	saved = rs_enter_owner();
-	stamp_inserted(td, table, pkcol, here);
+	stamp_inserted(td, table, pkcol, here, rs_origin_number(td, 3));
 	rs_leave_owner(saved);
 }
 
@@ -299,7 +303,7 @@ after_delete(const char *table, const char *here, const char *applying, Row *row
 }
 
 /*
- * capture_after(region, key column, lock space): the journal of a statement, AFTER
+ * capture_after(region, key column, lock space[, origin number]): the journal of a statement, AFTER
  * INSERT / UPDATE / DELETE FOR EACH STATEMENT with its transition tables.
  */
 Datum

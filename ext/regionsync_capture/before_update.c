@@ -15,6 +15,7 @@ typedef struct BeforeCache
 	Oid			seq;
 	int			a_base,			/* sync_base, sync_changed (-1: no per-column versions) */
 				a_chg;
+	bool		numeric;		/* versions are numbers (0021), not text (0018) */
 	int		   *vattr;			/* per attribute: its version column, or -1 */
 } BeforeCache;
 
@@ -25,6 +26,7 @@ typedef struct BeforeState
 	bool		asked;
 	Oid			user;			/* the writer member was asked for */
 	bool		member;			/* of regionsync_apply */
+	int			number;			/* this region's origin number (0: not asked yet) */
 } BeforeState;
 
 /* A column version as sync.version_text writes it: UTC time, fixed width, then origin. */
@@ -73,6 +75,7 @@ map_versions(BeforeCache *c, TupleDesc desc, Relation rel, MemoryContext cxt)
 	c->vattr = MemoryContextAlloc(cxt, sizeof(int) * desc->natts);
 	c->a_base = rs_column(desc, "sync_base", false, rel) - 1;
 	c->a_chg = rs_column(desc, "sync_changed", false, rel) - 1;
+	c->numeric = rs_numeric_versions(desc, c->a_base);
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -158,7 +161,7 @@ same_value(Form_pg_attribute att, Datum a, bool anull, Datum b, bool bnull)
 }
 
 /*
- * capture_before_update(region): versions and provenance of an updated row.
+ * capture_before_update(region[, origin number]): versions and provenance of an updated row.
  *
  * A no-op update (nothing but system columns differ) keeps its version and gets no
  * journal entry. Otherwise the row takes the next version; a local write also takes the
@@ -188,6 +191,7 @@ capture_before_update(PG_FUNCTION_ARGS)
 	Oid			seq;
 	BeforeCache *cache;
 	int64		mask = 0;
+	int			number = 0;
 
 	rs_check_trigger(fcinfo, "capture_before_update", 1);
 	if (!TRIGGER_FIRED_BEFORE(td->tg_event) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
@@ -231,6 +235,14 @@ capture_before_update(PG_FUNCTION_ARGS)
 				return PointerGetDatum(newt);
 			applying = rs_apply_setting("regionsync.origin");
 		}
+		if (c->numeric && st->number == 0)
+		{
+			st->number = rs_origin_number(td, 1);
+			if (st->number < 0)
+				ereport(ERROR, (errmsg("regionsync: the capture trigger of %s predates numbered versions; run `regionsync migrate`",
+									   RelationGetRelationName(rel))));
+		}
+		number = st->number;
 		a_ver = c->a_ver;
 		a_mod = c->a_mod;
 		a_org = c->a_org;
@@ -312,8 +324,10 @@ capture_before_update(PG_FUNCTION_ARGS)
 			nn[a_org] = false;
 			if (mask != 0)
 			{
-				/* the changed columns take this write's version (one text for all) */
-				Datum		ver = CStringGetTextDatum(rs_version_text(now, rs_region_name(td->tg_trigger->tgargs[0])));
+				/* the changed columns take this write's version (one for all) */
+				Datum		ver = cache->numeric ?
+					Int64GetDatum(rs_version_number(now, number)) :
+					CStringGetTextDatum(rs_version_text(now, rs_region_name(td->tg_trigger->tgargs[0])));
 
 				for (int i = 0; i < desc->natts; i++)
 					if (cache->vattr[i] >= 0 && (mask & (int64) ((uint64) 1 << Min(i, 63))) &&

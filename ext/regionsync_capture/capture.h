@@ -90,6 +90,8 @@ extern int rs_column(TupleDesc desc, const char *name, bool required, Relation r
 extern void rs_check_trigger(FunctionCallInfo fcinfo, const char *fn, int nargs);
 extern Oid rs_sync_relation(const char *name);
 extern const char * rs_region_name(const char *arg);
+extern int rs_origin_number(TriggerData *td, int argno);
+extern bool rs_numeric_versions(TupleDesc desc, int a_base);
 extern Oid rs_sync_owner(void);
 extern SPIPlanPtr rs_keep(const char *sql, int nargs, Oid *types);
 extern void rs_prepare_plans(void);
@@ -98,7 +100,14 @@ extern void rs_leave_owner(AsOwner saved);
 extern void rs_run_plan(SPIPlanPtr plan, Datum *args, const char *nulls);
 extern Row * rs_read_rows(Tuplestorestate *ts, TupleDesc desc, int a_pk, int a_ver, int a_mod, int a_org, int a_chg, int *count);
 extern char * rs_version_text(TimestampTz t, const char *origin);
-extern bool rs_versions_forged(Tuplestorestate *ts, TupleDesc desc, int a_mod, const char *here);
+extern bool rs_versions_forged(Tuplestorestate *ts, TupleDesc desc, int a_mod, const char *here,
+							   int number);
+
+/* A column version as a number (migration 0021): the TimestampTz (microseconds since
+ * 2000-01-01 UTC) shifted left 11 bits, or'ed with the writer's origin number. */
+#define RS_ORIGIN_BITS 11
+#define rs_version_number(t, number) \
+	((int64) (((uint64) (t) << RS_ORIGIN_BITS) | (uint64) (number)))
 extern Datum rs_uuid_array(Row *rows, int *pick, int n);
 extern Datum rs_version_array(Row *rows, int *pick, int n);
 extern void rs_journal_write(const char *table, char op, const char *origin, Datum pks, Datum versions, Row *first);

@@ -51,9 +51,12 @@ rs_check_trigger(FunctionCallInfo fcinfo, const char *fn, int nargs)
 		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 						errmsg("regionsync: %s() is a trigger function", fn)));
 	td = (TriggerData *) fcinfo->context;
-	if (td->tg_trigger->tgnargs != nargs)
+	/* triggers made since migration 0021 add the region's origin number as the last
+	 * argument; those made before (text versions) still run until `regionsync migrate` */
+	if (td->tg_trigger->tgnargs != nargs && td->tg_trigger->tgnargs != nargs + 1)
 		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-						errmsg("regionsync: %s() takes %d trigger arguments", fn, nargs)));
+						errmsg("regionsync: %s() takes %d or %d trigger arguments", fn, nargs,
+							   nargs + 1)));
 	if (RelationGetNamespace(td->tg_relation) != PG_PUBLIC_NAMESPACE)
 		ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						errmsg("regionsync: %s() tracks tables in schema public only", fn)));
@@ -85,6 +88,36 @@ rs_region_name(const char *arg)
 	region = MemoryContextStrdup(CurTransactionContext, region);
 	SPI_finish();
 	return region;
+}
+
+/* The region's origin number: trigger argument argno, or sync.local_origin() where the
+ * trigger was made before the region had one. -1 where the trigger predates numbers. */
+int
+rs_origin_number(TriggerData *td, int argno)
+{
+	const char *arg;
+	int			number;
+
+	if (td->tg_trigger->tgnargs <= argno)
+		return -1;
+	arg = td->tg_trigger->tgargs[argno];
+	if (arg[0] != '\0')
+		return pg_strtoint32(arg);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "regionsync: SPI_connect failed");
+	if (SPI_execute("SELECT sync.local_origin()", true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "regionsync: could not read this database's origin number");
+	number = pg_strtoint32(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	SPI_finish();
+	return number;
+}
+
+/* Whether the table's versions are numbers (0021) rather than text (0018): a table is
+ * retyped by `regionsync migrate`, which may run after the new library is installed. */
+bool
+rs_numeric_versions(TupleDesc desc, int a_base)
+{
+	return a_base >= 0 && TupleDescAttr(desc, a_base)->atttypid == INT8OID;
 }
 
 Oid

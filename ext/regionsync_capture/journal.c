@@ -101,13 +101,15 @@ rs_version_array(Row *rows, int *pick, int n)
  * a column version, a change mask. Such rows are stamped (after.c), like a made-up time.
  */
 bool
-rs_versions_forged(Tuplestorestate *ts, TupleDesc desc, int a_mod, const char *here)
+rs_versions_forged(Tuplestorestate *ts, TupleDesc desc, int a_mod, const char *here,
+				   int number)
 {
 	int			a_base = 0,
 				a_chg = 0;
 	int		   *vatts = palloc(sizeof(int) * desc->natts);
 	int			nv = 0;
 	bool		forged = false;
+	bool		numeric;
 	TupleTableSlot *slot;
 
 	for (int i = 0; i < desc->natts; i++)
@@ -127,6 +129,7 @@ rs_versions_forged(Tuplestorestate *ts, TupleDesc desc, int a_mod, const char *h
 	}
 	if (a_base == 0)
 		return false;			/* no per-column versions on this table */
+	numeric = rs_numeric_versions(desc, a_base - 1);
 	slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 	tuplestore_rescan(ts);
 	while (!forged && tuplestore_gettupleslot(ts, true, false, slot))
@@ -142,6 +145,10 @@ rs_versions_forged(Tuplestorestate *ts, TupleDesc desc, int a_mod, const char *h
 			forged = true;
 			break;
 		}
+		if (numeric)
+			forged = number < 0 ||
+				DatumGetInt64(d) != rs_version_number(DatumGetTimestampTz(m), number);
+		else
 		{
 			char	   *want = rs_version_text(DatumGetTimestampTz(m), here);
 			text	   *got = DatumGetTextPP(d);

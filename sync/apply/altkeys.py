@@ -25,14 +25,14 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from sync import versions
 from sync.apply.merge import existence
-from sync.db import state
+from sync.db import origins, state
 from sync.db.catalog import AlternateKey, TableInfo
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class AlternateKeys:
     def __init__(self, conn: psycopg.Connection, *, peer: str) -> None:
         self.conn = conn
         self.peer = peer
+        self.namer = origins.Namer(conn)
 
     def prepare(self, info: TableInfo, stage: sql.Identifier,
                 cols: tuple[str, ...]) -> tuple[Pending, int]:
@@ -227,11 +228,12 @@ class AlternateKeys:
                 if loser[c] != winner[c] and c != info.pk}
         state.record_conflict(
             self.conn, table=info.name, key=loser[info.pk], peer=self.peer,
-            winner_origin=won[28:], winner_modifiedon=datetime.fromisoformat(won[:27]),
-            loser_origin=lost[28:], loser_modifiedon=datetime.fromisoformat(lost[:27]),
+            winner_origin=self.namer.origin(won), winner_modifiedon=versions.decode(won)[0],
+            loser_origin=self.namer.origin(lost), loser_modifiedon=versions.decode(lost)[0],
             loser_row={c: loser[c] for c in synced},
             diff_json=json.dumps({"alternate_key": diff}),
-            columns={c: {"lost": lost, "won": won} for c in key.columns},
+            columns={c: {"lost": self.namer.describe(lost), "won": self.namer.describe(won)}
+                     for c in key.columns},
             reason=f"alternate key {key.name}: claimed first by {winner[info.pk]}; "
                    f"this copy keeps a marked key")
 

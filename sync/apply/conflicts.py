@@ -14,7 +14,9 @@ import psycopg
 from deepdiff import DeepDiff
 from psycopg import sql
 
-from sync.db import state
+from sync import versions
+from sync.apply.merge import existence
+from sync.db import origins, state
 from sync.db.catalog import TableInfo
 
 
@@ -31,6 +33,21 @@ class ConflictRecorder:
         self.conn = conn
         self.peer = peer
         self.region = region
+        self.namer = origins.Namer(conn)
+
+    def _record_columns(self, table: str, key: Any, lost: dict[str, tuple[int, int]],
+                        loser_row: dict[str, Any], diff_json: str) -> None:
+        """One conflict_log row for the columns that lost (number versions: lost, won)."""
+        won = max(w for _, w in lost.values())
+        loser = max(v for v, _ in lost.values())
+        won_at, loser_at = versions.decode(won)[0], versions.decode(loser)[0]
+        describe = self.namer.describe
+        state.record_conflict(
+            self.conn, table=table, key=key, peer=self.peer,
+            winner_origin=self.namer.origin(won), winner_modifiedon=won_at,
+            loser_origin=self.namer.origin(loser), loser_modifiedon=loser_at,
+            loser_row=loser_row, diff_json=diff_json,
+            columns={c: {"lost": describe(v), "won": describe(w)} for c, (v, w) in lost.items()})
 
     def incoming_losers(self, info: TableInfo, stage: sql.Identifier,
                         cols: tuple[str, ...]) -> int:
@@ -62,43 +79,39 @@ class ConflictRecorder:
         differing), a whole incoming row of an older incarnation, and incoming rows of a
         key deleted here after their insert (a delete wins over every edit of its row)."""
         sent = [c for c in info.versioned if c in cols]
-        versions = sql.SQL(", ").join(
+        version_pairs = sql.SQL(", ").join(
             sql.SQL("{}, jsonb_build_array(t.{v}, s.{v}, to_jsonb(t.{c}), to_jsonb(s.{c}))").format(
                 sql.Literal(c), v=sql.Identifier(c + "__v"), c=sql.Identifier(c)) for c in sent)
         q = sql.SQL("""
-            SELECT s.{pk}, t.sync_base, s.sync_base, jsonb_build_object({versions}), NULL
+            SELECT s.{pk}, t.sync_base, s.sync_base, jsonb_build_object({version_pairs}), NULL
             FROM {stage} s JOIN public.{table} t ON t.{pk} = s.{pk}
             WHERE s.sync_base <= t.sync_base
             UNION ALL
             SELECT s.{pk}, NULL, s.sync_base, '{{}}'::jsonb,
-                   sync.version_text(tb.modifiedon, tb.origin)
+                   sync.version_of(tb.modifiedon, coalesce(
+                       (SELECT o.number FROM sync.origin o WHERE o.region = tb.origin), 0))
             FROM {stage} s JOIN sync.tombstone tb ON tb.tablename = {tname} AND tb.pk = s.{pk}
-            WHERE (tb.modifiedon, tb.origin) >= (left(s.sync_base, 27)::timestamptz,
-                                                 substr(s.sync_base, 29))
+            WHERE (tb.modifiedon, tb.origin) >= {s_version}
               AND tb.modifiedon <> 'infinity'    -- erased: a late version leaves no trace
               AND NOT EXISTS (SELECT 1 FROM public.{table} x WHERE x.{pk} = s.{pk})""").format(
             pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
-            tname=sql.Literal(info.name), versions=versions)
+            tname=sql.Literal(info.name), version_pairs=version_pairs,
+            s_version=existence(info, "s"))
         n = 0
         for key, t_base, s_base, per_column, tomb in self.conn.execute(q).fetchall():
-            lost: dict[str, dict[str, str]] = {}
+            lost: dict[str, tuple[int, int]] = {}
             for col, (t_v, s_v, t_val, s_val) in per_column.items():
                 mine, theirs = t_v or t_base, s_v or s_base
                 if s_base < t_base or (s_v is not None and theirs < mine and t_val != s_val):
-                    lost[col] = {"lost": theirs, "won": mine}
+                    lost[col] = (theirs, mine)
             if tomb is not None:
-                lost = {"(row)": {"lost": s_base, "won": tomb}}
+                lost = {"(row)": (s_base, tomb)}
             if not lost:
                 continue
-            won = max(v["won"] for v in lost.values())
-            loser = max(v["lost"] for v in lost.values())
-            state.record_conflict(
-                self.conn, table=info.name, key=key, peer=self.peer,
-                winner_origin=won[28:], winner_modifiedon=won[:27], loser_origin=loser[28:],
-                loser_modifiedon=loser[:27],
-                loser_row={c: per_column[c][3] for c in lost if c in per_column}
-                or {"lost_to": "delete"},
-                diff_json="{}", columns=lost)
+            self._record_columns(
+                info.name, key, lost,
+                {c: per_column[c][3] for c in lost if c in per_column} or {"lost_to": "delete"},
+                "{}")
             n += 1
         return n
 
@@ -117,12 +130,12 @@ class ConflictRecorder:
         sent = [c for c in info.versioned if c in cols]
         if not sent:
             return 0
-        versions = sql.SQL(", ").join(
+        version_pairs = sql.SQL(", ").join(
             sql.SQL("{}, jsonb_build_array(t.{v}, s.{v}, to_jsonb(t.{c}), to_jsonb(s.{c}))").format(
                 sql.Literal(c), v=sql.Identifier(c + "__v"), c=sql.Identifier(c)) for c in sent)
         q = sql.SQL("""
             SELECT DISTINCT ON (t.{pk}) t.{pk}, t.sync_base, s.sync_base,
-                   jsonb_build_object({versions})
+                   jsonb_build_object({version_pairs})
             FROM sync.change_set c
             CROSS JOIN LATERAL unnest(c.pks, c.versions) AS k(pk, versionnumber)
             JOIN public.{table} t ON t.{pk} = k.pk AND t.versionnumber = k.versionnumber
@@ -131,28 +144,24 @@ class ConflictRecorder:
               AND t.sync_origin = {region} AND s.sync_base >= t.sync_base""").format(
             pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
             region=sql.Literal(self.region), tname=sql.Literal(info.name),
-            seen=self._unseen(peer_has_seen), versions=versions)
-        ours = " " + self.region
+            seen=self._unseen(peer_has_seen), version_pairs=version_pairs)
+        rows = self.conn.execute(q).fetchall()
+        ours = self.namer.number_of(self.region) if rows else None
         n = 0
-        for key, t_base, s_base, per_column in self.conn.execute(q).fetchall():
-            lost: dict[str, dict[str, str]] = {}
+        for key, t_base, s_base, per_column in rows:
+            lost: dict[str, tuple[int, int]] = {}
             for col, (t_v, s_v, t_val, s_val) in per_column.items():
                 mine, theirs = t_v or t_base, s_v or s_base
-                if t_v is None or not t_v.endswith(ours) or t_val == s_val:
+                if t_v is None or (t_v & versions.MAX_ORIGIN) != ours or t_val == s_val:
                     continue          # not a local edit of this column, or nothing lost
                 if s_base > t_base or theirs > mine:
-                    lost[col] = {"lost": mine, "won": theirs}
+                    lost[col] = (mine, theirs)
             if not lost:
                 continue
-            won = max(v["won"] for v in lost.values())
-            loser = max(v["lost"] for v in lost.values())
             local = {c: per_column[c][2] for c in lost}
             incoming = {c: per_column[c][3] for c in lost}
-            state.record_conflict(
-                self.conn, table=info.name, key=key, peer=self.peer,
-                winner_origin=won[28:], winner_modifiedon=won[:27], loser_origin=loser[28:],
-                loser_modifiedon=loser[:27], loser_row=local,
-                diff_json=DeepDiff(incoming, local, verbose_level=2).to_json(), columns=lost)
+            self._record_columns(info.name, key, lost, local,
+                                 DeepDiff(incoming, local, verbose_level=2).to_json())
             n += 1
         return n
 

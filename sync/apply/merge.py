@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from sync import versions
 from sync.db.catalog import TableInfo
 
 
@@ -12,11 +13,14 @@ def existence(info: TableInfo, alias: str) -> sql.Composable:
     """The (time, origin) a tombstone is compared with: the version of the insert that
     created the row (its base). A delete wins over every edit of the row it deleted, and
     only a re-insert after it — whose base is newer — brings the key back. Edits cannot
-    decide existence: their versions cover columns that not every region may see."""
+    decide existence: their versions cover columns that not every region may see.
+    Tombstones keep (time, origin name); the base's origin is named from ``sync.origin``,
+    looked up only for a key that has a tombstone."""
     if not info.per_column:
         return sql.SQL("({a}.modifiedon, {a}.sync_origin)").format(a=sql.Identifier(alias))
     base = sql.Identifier(alias, "sync_base")
-    return sql.SQL("(left({b}, 27)::timestamptz, substr({b}, 29))").format(b=base)
+    return sql.SQL("({t}, (SELECT o.region FROM sync.origin o WHERE o.number = {n}))").format(
+        t=versions.time_sql(base), n=versions.number_sql(base))
 
 
 def merge_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,

@@ -43,7 +43,8 @@ def migrate(config_path: Path) -> None:
     from sync.config import load_config
     from sync.db.migrate import migrate as do_migrate
     cfg = load_config(config_path)
-    do_migrate(cfg.database.conninfo(where="database.url"), cfg.region, cfg.capture)
+    do_migrate(cfg.database.conninfo(where="database.url"), cfg.region, cfg.capture,
+               origin_numbers=cfg.origin_numbers)
     click.echo(f"region {cfg.region}: database at head")
 
 

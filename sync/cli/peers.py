@@ -66,6 +66,7 @@ def add(config_path: Path, name: str, url: str, password_env: str | None, origin
     role it reads us as (its grants from this region's policy), check it answers, and
     print what to do in NAME and here."""
     from sync.config import PeerConfig, edit_peers, load_config
+    from sync.db import origins as registry
     from sync.db.catalog import introspect
     from sync.db.connect import connect
     from sync.policy.loader import load_policy
@@ -104,10 +105,17 @@ def add(config_path: Path, name: str, url: str, password_env: str | None, origin
     try:
         with connect(conninfo, application_name=f"regionsync-{cfg.region}-cli") as src:
             owner = served(src)
-        if owner.region is not None and owner.region != name:
-            raise ConfigError(f"the database at --url belongs to region {owner.region!r}, "
-                              f"not {name!r}", key="--url")
-        negotiate(owner, peer=name, region=cfg.region)
+            if owner.region is not None and owner.region != name:
+                raise ConfigError(f"the database at --url belongs to region {owner.region!r}, "
+                                  f"not {name!r}", key="--url")
+            negotiate(owner, peer=name, region=cfg.region)
+            # the origin numbers both databases have met must agree (sync/db/origins.py)
+            with open_local(cfg) as local:
+                problem = registry.conflict(registry.load(local), registry.load(src))
+            if problem is not None:
+                raise ConfigError(f"{name} and {cfg.region} number origins differently: "
+                                  f"{problem}; give every region the same origin_numbers "
+                                  "before NAME's first write", key="origin_numbers")
         click.echo(f"{name}: reachable, {owner.describe()}")
     except psycopg.Error as exc:
         click.echo(f"{name}: not reachable yet ({describe(from_db(exc))}); this region's "

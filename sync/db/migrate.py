@@ -6,7 +6,9 @@ Idempotent: running it again on a migrated database changes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import psycopg
 from alembic.config import Config
@@ -16,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from alembic import command
 from sync.capture.install import use_capture
+from sync.db import origins
 from sync.errors import ConfigError, SchemaError, from_db
 
 log = logging.getLogger(__name__)
@@ -50,13 +53,15 @@ def check_server_version(version_num: int) -> None:
                     SUPPORTED_MAJORS.stop - 1)
 
 
-def migrate(conninfo: str, region: str, capture: str = "auto") -> None:
+def migrate(conninfo: str, region: str, capture: str = "auto", *,
+            origin_numbers: Mapping[str, int] | None = None) -> None:
     """Upgrade to head, record this database's region name (used by the capture triggers),
     then put the capture triggers ``capture`` asks for in place (see `use_capture`).
 
     ``conninfo`` is anything libpq takes (a URL or ``key=value`` pairs, a password filled
     in from ``password_env``/``password_file``): the engine is handed psycopg connections
     made from it rather than a SQLAlchemy URL, which could not hold both forms.
+    ``origin_numbers`` (the config's) numbers regions in column versions (sync/db/origins.py).
     """
     cfg = Config()
     cfg.set_main_option("script_location", str(alembic_dir()))
@@ -66,6 +71,7 @@ def migrate(conninfo: str, region: str, capture: str = "auto") -> None:
         with engine.begin() as conn:
             check_server_version(int(conn.execute(text("SHOW server_version_num")).scalar_one()))
             cfg.attributes["connection"] = conn
+            cfg.attributes["origin_numbers"] = dict(origin_numbers or {})
             command.upgrade(cfg, "head")
         with engine.begin() as conn:
             current = conn.execute(text("SELECT region FROM sync.settings")).scalar()
@@ -76,9 +82,14 @@ def migrate(conninfo: str, region: str, capture: str = "auto") -> None:
                     key="region")
             conn.execute(text("INSERT INTO sync.settings (region) VALUES (:r) "
                               "ON CONFLICT (id) DO NOTHING"), {"r": region})
+            raw = cast(psycopg.Connection, conn.connection.driver_connection)
+            numbered = origins.load(raw)
+            origins.ensure(raw, region, origin_numbers or {})
+            changed_number = numbered != origins.load(raw)
             changed = use_capture(conn, capture)
-            if current is None or changed:
-                # the capture triggers and column defaults inline the region's name
+            if current is None or changed or changed_number:
+                # the capture triggers and column defaults inline the region's name and
+                # number
                 conn.execute(text("SELECT sync.enable_change_tracking(tablename) "
                                   "FROM sync.tracked_table"))
             kind = conn.execute(text("SELECT sync.capture_kind()")).scalar()

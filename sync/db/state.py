@@ -141,7 +141,7 @@ def record_conflict(conn: Conn, *, table: str, key: Any, peer: str, winner_origi
                     columns: dict[str, dict[str, str]] | None = None,
                     reason: str | None = None) -> None:
     """``columns``: per column that lost, both versions (``lost``, ``won``: time and
-    origin as ``sync.version_text`` writes them); None for a whole-row decision.
+    origin as ``sync.versions.describe`` writes them); None for a whole-row decision.
     ``reason``: what decided it, when not last-writer-wins (an alternate key)."""
     conn.execute("""
         INSERT INTO sync.conflict_log (tablename, pk, peer, winner_origin, winner_modifiedon,

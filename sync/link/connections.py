@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from sync.apply.applier import Applier
+from sync.db import origins
 from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
 from sync.errors import PeerFatal
@@ -32,6 +33,7 @@ class Session:
     lanes: list[Applier] = field(default_factory=list)   # the applier, then one per extra
     lane_conns: list[psycopg.Connection] = field(default_factory=list)
     protocol: int = 0              # the wire protocol negotiated with the owner
+    names: origins.Names = field(default_factory=dict)   # origin numbers both sides share
 
     @property
     def alive(self) -> bool:
@@ -82,6 +84,7 @@ class LinkConnections:
             raise
         try:
             protocol = negotiate(served(source), peer=s.peer, region=s.region)
+            names = origins.exchange(source, target, peer=s.peer, region=s.region)
             schema = introspect(target)
             theirs = introspect(source)
             check_versions(schema, theirs, peer=s.peer, region=s.region)
@@ -90,11 +93,11 @@ class LinkConnections:
             target.close()
             raise
         reader = SourceReader(source, peer=s.peer, region=s.region, origins=s.origins,
-                              binary=binary_tables(schema, theirs))
+                              binary=binary_tables(schema, theirs), names=names)
         applier = Applier(target, schema, peer=s.peer, region=s.region, journal=s.forward,
                           origins=s.origins)
         self._session = Session(source, target, schema, reader, applier, [applier],
-                                protocol=protocol)
+                                protocol=protocol, names=names)
         return self._session
 
     def lanes(self) -> list[Applier]:

@@ -25,18 +25,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import psycopg
 from psycopg import sql
 
+from sync import versions
 from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema, TableInfo
 from sync.db.connect import one_row, scalar
 from sync.errors import Throttled
 from sync.policy.model import TableRule
 from sync.records import Origins, Page, Pending, ReadPlan, Segment, SegmentKind, Snapshot
 from sync.source.copyout import copy_out
-from sync.source.rowversion import row_origin, wire_value
+from sync.source.rowversion import row_origin, row_version, wire_value
 from sync.wire import BINARY_TRAILER, DELETE_COLUMNS, WITHDRAW_COLUMNS, strip_binary_header
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,11 @@ class SourceReader:
     """
 
     def __init__(self, conn: psycopg.Connection, *, peer: str, region: str,
-                 origins: Origins = "peer", binary: frozenset[str] = frozenset()) -> None:
+                 origins: Origins = "peer", binary: frozenset[str] = frozenset(),
+                 names: Mapping[int, str] | None = None) -> None:
         self.conn = conn
+        # the origin numbers both sides share (sync/db/origins.py), from the handshake
+        self.names: Mapping[int, str] = names or {}
         self.peer = peer
         self.region = region
         self.origins = origins
@@ -113,6 +117,17 @@ class SourceReader:
             return sql.SQL("{} = {}").format(column, sql.Literal(self.peer))
         return sql.SQL("{} <> {}").format(column, sql.Literal(self.region))
 
+    def _version_is_ours_to_read(self, version: sql.Composable) -> sql.Composable:
+        """``_origin_is_ours_to_read`` for a version: its origin number compared, no name
+        decoded per row (a name the registry lacks falls back to the name)."""
+        numbers = {name: number for number, name in self.names.items()}
+        who = self.author or (self.peer if self.origins == "peer" else self.region)
+        if who not in numbers:
+            return self._origin_is_ours_to_read(versions.name_sql(version, self.names))
+        op = "<>" if self.author is None and self.origins != "peer" else "="
+        return sql.SQL("{} {} {}").format(versions.number_sql(version), sql.SQL(op),
+                                          sql.Literal(numbers[who]))
+
     def _journal(self, token: str, upto: str | None) -> sql.Composable:
         """The peer's journal as its policy lets us see it (``sync.egress_changes``):
         entries of our origin(s) that the token did not see, up to ``upto``."""
@@ -150,11 +165,13 @@ class SourceReader:
         if not plan.initial:
             where = self._keys(info, plan, sql.Identifier("t", info.pk))
         elif self.author is not None and info.per_column:   # any column it last wrote
-            where = sql.SQL("{} = ANY(ARRAY[{}])").format(sql.Literal(self.author), sql.SQL(
-                ", ").join(sql.SQL("substr({}, 29)").format(sql.Identifier("t", c))
-                           for c in rule.version_columns(info)))
+            where = sql.SQL(" OR ").join(
+                self._version_is_ours_to_read(sql.Identifier("t", c))
+                for c in rule.version_columns(info))
+        elif info.per_column:
+            where = self._version_is_ours_to_read(row_version(info, rule))
         else:
-            where = self._origin_is_ours_to_read(row_origin(info, rule))
+            where = self._origin_is_ours_to_read(row_origin(info, rule, self.names))
         if info.name in self.owner_filtered:
             where = sql.SQL("{} AND t.{} IN ({})").format(
                 where, sql.Identifier(info.pk), self._held(info, plan))
@@ -163,7 +180,7 @@ class SourceReader:
             condition, params = rule.rows.to_sql_params("t", info.types)
             where = sql.SQL("{} AND {}").format(where, condition)
         return sql.SQL("COPY (SELECT {cols} FROM public.{table} t WHERE {where}) TO STDOUT").format(
-            cols=sql.SQL(", ").join(wire_value(info, rule, c) for c in cols),
+            cols=sql.SQL(", ").join(wire_value(info, rule, c, self.names) for c in cols),
             table=sql.Identifier(info.name), where=where), params
 
     def delete_query(self, info: TableInfo, plan: ReadPlan) -> sql.Composed:

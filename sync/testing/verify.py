@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import psycopg
 from psycopg import sql
 
+from sync.db import origins
 from sync.db.catalog import Schema
 from sync.policy.model import Policy
 from sync.source.rowversion import wire_value
@@ -22,7 +23,8 @@ def synced_rows(conn: psycopg.Connection, schema: Schema, policy: Policy, table:
         return []
     cols = (*rule.wire_columns(info), *rule.version_columns(info))
     q = sql.SQL("SELECT {} FROM public.{} t{} ORDER BY {}").format(
-        sql.SQL(", ").join(wire_value(info, rule, c) for c in cols), sql.Identifier(table),
+        sql.SQL(", ").join(wire_value(info, rule, c, origins.load(conn)) for c in cols),
+        sql.Identifier(table),
         sql.SQL(" WHERE ") + rule.rows.to_sql("t") if rule.rows else sql.SQL(""),
         sql.Identifier(info.pk))
     return conn.execute(q).fetchall()

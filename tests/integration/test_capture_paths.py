@@ -273,7 +273,7 @@ def test_a_session_stamps_a_column_added_while_it_was_open(mesh: Mesh,
                 (key,))
     nick, phone, first, row = owner.execute(
         "SELECT nickname__v, telephone1__v, firstname__v, "
-        "sync.version_text(modifiedon, sync_origin) FROM contact WHERE contactid = %s",
+        "sync.version_of(modifiedon, sync.local_origin()) FROM contact WHERE contactid = %s",
         (key,)).fetchone()
     assert nick == phone == row and first < row
     changed = owner.execute("SELECT cols FROM sync.change_set WHERE tablename = 'contact' "

@@ -46,7 +46,8 @@ def test_edits_of_different_columns_in_two_regions_both_survive(mesh: Mesh) -> N
     got = _everywhere(mesh, cid, "address1_country, telephone1")
     assert got["eu-west"] == got["eu-north"] == got["us-east"] == ("SE", "111")
     # the same versions everywhere the column is held
-    versions = _everywhere(mesh, cid, "coalesce(address1_country__v, sync_base)")
+    versions = _everywhere(mesh, cid, "sync.describe_version("
+                                      "coalesce(address1_country__v, sync_base))")
     assert len(set(versions.values())) == 1
     assert versions["eu-west"][0].endswith(" eu-north")
 
@@ -140,13 +141,14 @@ def test_an_older_edit_arriving_late_does_not_resurrect_a_deleted_row(mesh: Mesh
 def test_a_local_insert_cannot_forge_column_versions(mesh: Mesh) -> None:
     west = mesh.conn("eu-west")
     cid = uuid.uuid4()
+    forged = "sync.version_of('2140-01-01 00:00:00+00', 5)"     # far ahead, another origin
     west.execute("INSERT INTO contact (contactid, lastname, telephone1, telephone1__v, sync_base)"
-                 " VALUES (%s, 'Forger', '999', '2999-01-01T00:00:00.000000Z eu-north',"
-                 " '2999-01-01T00:00:00.000000Z eu-north')", (cid,))
-    base, v, origin = west.execute("SELECT sync_base, telephone1__v, sync_origin FROM contact "
-                                   "WHERE contactid = %s", (cid,)).fetchone()
+                 f" VALUES (%s, 'Forger', '999', {forged}, {forged})", (cid,))
+    base, v, origin = west.execute("SELECT sync.describe_version(sync_base), telephone1__v, "
+                                   "sync_origin FROM contact WHERE contactid = %s",
+                                   (cid,)).fetchone()
     assert v is None and origin == "eu-west"
-    assert base.endswith(" eu-west") and not base.startswith("2999")
+    assert base.endswith(" eu-west") and not base.startswith("2140")
 
 
 def _conflicts(mesh: Mesh, cid: uuid.UUID) -> dict[str, list[tuple]]:
@@ -168,8 +170,8 @@ def test_the_conflict_log_names_the_columns_that_lost_with_both_versions(mesh: M
     assert set(columns) == {"lastname"} and (loser, winner) == ("eu-west", "eu-north")
     lost, won = columns["lastname"]["lost"], columns["lastname"]["won"]
     assert lost.endswith(" eu-west") and won.endswith(" eu-north") and lost < won
-    assert won == mesh.one("eu-west", "SELECT lastname__v FROM contact WHERE contactid = %s",
-                           (cid,))
+    assert won == mesh.one("eu-west", "SELECT sync.describe_version(lastname__v) FROM contact "
+                           "WHERE contactid = %s", (cid,))
     # no values in the per-column record: versions only
     assert "West" not in str(columns) and "North" not in str(columns)
 

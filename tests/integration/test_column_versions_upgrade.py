@@ -16,9 +16,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from alembic import command
+from sync import versions
 from sync.capture.install import use_capture
 from sync.db.migrate import alembic_dir, migrate
 from sync.errors import ConfigError
+from sync.protocol import RELEASE, SPEAKS
 from sync.testing.cluster import LocalCluster
 from tests.fix_pg import Mesh
 from tests.integration.helpers import contact
@@ -75,8 +77,8 @@ def test_a_region_migrates_in_place_and_merges_per_column(old_db: tuple[str, str
             "SELECT contactid, modifiedon, sync_origin, versionnumber FROM contact "
             "ORDER BY contactid").fetchall() == rows
         assert conn.execute(
-            "SELECT count(*) FROM contact WHERE sync_base <> sync.version_text(modifiedon, "
-            "sync_origin) OR telephone1__v IS NOT NULL OR lastname__v IS NOT NULL"
+            "SELECT count(*) FROM contact WHERE sync_base <> sync.version_of(modifiedon, "
+            "sync.local_origin()) OR telephone1__v IS NOT NULL OR lastname__v IS NOT NULL"
         ).fetchone() == (0,)
         journal = conn.execute("SELECT count(*) FROM sync.change_set").fetchone()[0]
         # the capture triggers stamp per column from now on
@@ -84,7 +86,8 @@ def test_a_region_migrates_in_place_and_merges_per_column(old_db: tuple[str, str
         v, base, mask = conn.execute(
             "SELECT telephone1__v, sync_base, sync_changed FROM contact WHERE contactid = %s",
             (kept,)).fetchone()
-        assert v.endswith(" ap-south") and v > base and conn.execute(
+        assert v & versions.MAX_ORIGIN == versions.default_number("ap-south")
+        assert v > base and conn.execute(
             "SELECT lastname__v FROM contact WHERE contactid = %s", (kept,)).fetchone() == (None,)
         bit = conn.execute("SELECT 1::bigint << (attnum - 1) FROM pg_attribute WHERE attrelid "
                            "= 'contact'::regclass AND attname = 'telephone1'").fetchone()[0]
@@ -104,8 +107,8 @@ def test_a_link_to_a_peer_before_0018_stops_alone_naming_both(mesh: Mesh,
         contact(conn, "Old")
     assert mesh.refusal("eu-north", "ap-south", url) == (
         "peer ap-south: ap-south serves protocol 1 (regionsync 0.1.0) and eu-north reads "
-        "protocol 2 (regionsync 0.2.0): upgrade ap-south's database first (`regionsync "
-        "migrate` there with regionsync 0.2.0 or later), then its daemon")
+        f"protocol {SPEAKS[0]} (regionsync {RELEASE}): upgrade ap-south's database first "
+        f"(`regionsync migrate` there with regionsync {RELEASE} or later), then its daemon")
     assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 0
     # the other links are untouched
     cid = contact(mesh.conn("eu-west"), "New")

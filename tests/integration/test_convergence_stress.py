@@ -197,7 +197,8 @@ class Writer(threading.Thread):
                 (*values.values(), keys)).fetchall()]
             out = []
             for k, base, written, *vs in conn.execute(
-                    f"SELECT contactid, sync_base, sync.version_text(modifiedon, sync_origin), "
+                    "SELECT contactid, sync_base, "
+                    "sync.version_of(modifiedon, sync.local_origin()), "
                     f"{', '.join(c + '__v' for c in SYNCED)}, {', '.join(SYNCED)} "
                     "FROM contact WHERE contactid = ANY(%s)", (done,)).fetchall():
                 versions = dict(zip(SYNCED, vs[:len(SYNCED)], strict=True))
@@ -210,7 +211,8 @@ class Writer(threading.Thread):
             "DELETE FROM contact WHERE contactid = ANY(%s) RETURNING contactid",
             (keys,)).fetchall()]
         return [(k, Write(None, tombstone=t)) for k, t in conn.execute(
-            "SELECT pk, sync.version_text(modifiedon, origin) FROM sync.tombstone "
+            "SELECT pk, sync.version_of(modifiedon, (SELECT o.number FROM sync.origin o "
+            "WHERE o.region = origin)) FROM sync.tombstone "
             "WHERE tablename = 'contact' AND pk = ANY(%s)", (done,)).fetchall()]
 
 

@@ -130,7 +130,7 @@ def test_a_fourth_region_joins_while_three_write(mesh: Mesh, tmp_path: Path) -> 
                 added = cli("peers", "add", "ap-south", "--config", str(configs[r]),
                             "--url", as_role(mesh, "ap-south", r))
                 assert added.returncode == 0, added.stderr
-                assert "ap-south: reachable, protocol 2" in added.stdout, added.stdout
+                assert "ap-south: reachable, protocol 3" in added.stdout, added.stdout
                 assert f"with url postgresql://{role_for('ap-south')}@" in added.stdout
                 procs[r].send_signal(signal.SIGHUP)
             procs["ap-south"] = start_daemon(configs["ap-south"], tmp_path / "ap-south.log")

@@ -9,6 +9,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
+from sync import versions
 from tests.fix_pg import Mesh
 from tests.integration.helpers import contact
 
@@ -35,9 +36,9 @@ def _write_from_a_clock_ahead(mesh: Mesh, key: uuid.UUID, *, delete: bool = Fals
                                                  versionnumber, sync_base)
                             SELECT %s, 'Ahead', t, 'eu-north',
                                    nextval('public.regionsync_versionnumber_seq'),
-                                   sync.version_text(t, 'eu-north')
+                                   sync.version_of(t, %s)
                             FROM (SELECT clock_timestamp() + %s AS t) ahead""",
-                         (key, AHEAD))
+                         (key, versions.default_number("eu-north"), AHEAD))
             conn.execute("INSERT INTO sync.change_set (tablename, op, origin, pks, versions) "
                          "SELECT 'contact', 'i', 'eu-north', ARRAY[contactid], "
                          "ARRAY[versionnumber] FROM contact WHERE contactid = %s", (key,))

@@ -14,9 +14,12 @@
 --   %5$s region literal  %6$s what `applying` is   %7$s whether the journal is off
 --   %8$s the version columns a local write cannot set   %9$s each column's change check
 --   %10$s an insert that set versions itself             %11$s the versions a stamp resets
+--   %12$s this region's origin number (sync.origin)
 -- Per-column versions (sync.enable_column_versions): the BEFORE trigger compares each data
--- column's old and new value and stamps the changed ones with the write's version; the
--- row's sync_changed mask goes into the journal entry.
+-- column's old and new value and stamps the changed ones with the write's version (a
+-- bigint: the time in microseconds since 2000 shifted left 11 bits, or'ed with the origin
+-- number, as sync.version_of computes it); the row's sync_changed mask goes into the
+-- journal entry.
 -- The AFTER statement triggers run as their owner (SECURITY DEFINER, fixed search_path):
 -- application roles need no privilege on the sync schema. The BEFORE row trigger stays
 -- SECURITY INVOKER (a per-row settings save and restore would cost more than it reads).
@@ -29,6 +32,9 @@ DECLARE
     space integer := sync.key_lock_space(p_table);
     region_sql text := coalesce(quote_literal((SELECT region FROM sync.settings)),
                                 'sync.local_region()');
+    number_sql text := coalesce((SELECT o.number::text FROM sync.origin o
+                                 JOIN sync.settings s ON s.region = o.region),
+                                'sync.local_origin()');
     apply_member text := 'pg_has_role(current_user, ''regionsync_apply'', ''MEMBER'')';
     variant text; applying_sql text; journal_off_sql text;
     keep_sql text; check_sql text; forged_sql text; reset_sql text;
@@ -60,7 +66,7 @@ BEGIN
         CREATE OR REPLACE FUNCTION sync.%1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
         DECLARE
             applying text := %6$s;
-            ver text;
+            ver bigint;
             mask bigint := 0;
         BEGIN
             NEW.versionnumber := OLD.versionnumber;
@@ -81,14 +87,14 @@ BEGIN
                 NEW.modifiedon := greatest(clock_timestamp(),
                                            OLD.modifiedon + interval '1 microsecond');
                 NEW.sync_origin := %5$s;
-                ver := to_char(NEW.modifiedon AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-                       || ' ' || NEW.sync_origin;
+                ver := (((extract(epoch FROM NEW.modifiedon) * 1000000)::bigint
+                         - 946684800000000) << 11) | %12$s;
             END IF;
             %9$s
             NEW.sync_changed := mask;
             RETURN NEW;
         END $body$ $fn$, 'capture_before_' || variant || p_table, pkcol, p_table, space, region_sql,
-               applying_sql, NULL, keep_sql, check_sql);
+               applying_sql, NULL, keep_sql, check_sql, NULL, NULL, number_sql);
     EXECUTE format($fn$
         CREATE OR REPLACE FUNCTION sync.%1$I() RETURNS trigger LANGUAGE plpgsql
         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
@@ -118,9 +124,7 @@ BEGIN
                 -- member), so the settings below skip its own triggers.
                 IF EXISTS (SELECT 1 FROM new_rows n
                            WHERE n.sync_origin IS DISTINCT FROM here
-                              OR n.sync_base IS DISTINCT FROM
-                                 to_char(n.modifiedon AT TIME ZONE 'UTC',
-                                         'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || ' ' || here
+                              OR n.sync_base IS DISTINCT FROM sync.version_of(n.modifiedon, %12$s)
                               OR n.sync_changed IS NOT NULL%10$s
                               OR n.modifiedon < statement_timestamp()
                               OR n.modifiedon > clock_timestamp()
@@ -135,8 +139,7 @@ BEGIN
                     UPDATE public.%3$I t
                     SET sync_origin = here,
                         modifiedon = s.stamp,
-                        sync_base = to_char(s.stamp AT TIME ZONE 'UTC',
-                                            'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || ' ' || here,
+                        sync_base = sync.version_of(s.stamp, %12$s),
                         sync_changed = NULL%11$s,
                         versionnumber = nextval('public.regionsync_versionnumber_seq')
                     FROM (SELECT n.%2$I AS pk,
@@ -205,7 +208,7 @@ BEGIN
             END IF;
             RETURN NULL;
         END $body$ $fn$, 'capture_after_' || variant || p_table, pkcol, p_table, space, region_sql,
-               applying_sql, journal_off_sql, NULL, NULL, forged_sql, reset_sql);
+               applying_sql, journal_off_sql, NULL, NULL, forged_sql, reset_sql, number_sql);
     END LOOP;
 
     FOR ev, timing, refs, level IN VALUES
