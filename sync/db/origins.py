@@ -71,16 +71,31 @@ def exchange(source: psycopg.Connection, target: psycopg.Connection, *, peer: st
              region: str) -> Names:
     """The handshake: learn the owner's numbers, or stop the link when they contradict
     ours. Returns the registry both now share (ours, with the owner's added)."""
-    theirs, ours = load(source), load(target)
+    return learn(target, load(source), peer=peer, region=region)
+
+
+def learn(target: psycopg.Connection, theirs: Mapping[int, str], *, peer: str,
+          region: str) -> Names:
+    """Add the owner's numbers ``theirs`` to ours, or stop the link when they contradict
+    them. Read ``theirs`` in the snapshot a batch reads its rows in: an owner numbers an
+    origin before it holds any version of it, so every version read has its number."""
+    ours = load(target)
+    _agree(ours, theirs, peer=peer, region=region)
+    if any(n not in ours for n in theirs):
+        register(target, {n: r for n, r in theirs.items() if n not in ours})
+        # another link may have numbered the same region meanwhile: what is stored decides
+        ours = load(target)
+        _agree(ours, theirs, peer=peer, region=region)
+    return ours
+
+
+def _agree(ours: Mapping[int, str], theirs: Mapping[int, str], *, peer: str,
+           region: str) -> None:
     problem = conflict(ours, theirs)
     if problem is not None:
         raise PeerFatal(f"{peer} and {region} number origins differently: {problem}; give "
                         "every region of the mesh the same origin_numbers (docs/operations.md, "
                         "\"Origin numbers\")", peer=peer)
-    new = {n: r for n, r in theirs.items() if n not in ours}
-    if new:
-        register(target, new)
-    return {**ours, **new}
 
 
 class Namer:
@@ -113,4 +128,5 @@ class Namer:
         return None
 
 
-__all__ = ["Namer", "Names", "conflict", "ensure", "exchange", "load", "number_for", "register"]
+__all__ = ["Namer", "Names", "conflict", "ensure", "exchange", "learn", "load", "number_for",
+           "register"]

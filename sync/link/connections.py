@@ -100,6 +100,16 @@ class LinkConnections:
                                 protocol=protocol, names=names)
         return self._session
 
+    def learn_origins(self, session: Session) -> None:
+        """Inside a batch's snapshot: the numbers the owner met since the handshake (a hub
+        that heard from a new spoke) are ours before any of their versions is applied."""
+        theirs = origins.load(session.source)
+        if any(n not in session.names for n in theirs):
+            # one dict, shared with the session's reader (its COPY names origins from it)
+            session.names.update(origins.learn(session.target, theirs,
+                                               peer=self.settings.peer,
+                                               region=self.settings.region))
+
     def lanes(self) -> list[Applier]:
         """The appliers for parallel apply: the main one and one per extra local
         connection (``apply_connections``), opened on first use."""

@@ -153,6 +153,7 @@ class PeerLink:
         ours = self._expiry_and_view(session, plan)
         bound = session.reader.prepare(ours)
         with session.reader.batch(bound) as snap:
+            self.conns.learn_origins(session)
             pending = self._pending(session, plan, ours, bound)
             lag = self._lag(snap, pending)
             self.peer_has_seen = session.reader.token_for(self.region)

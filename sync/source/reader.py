@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from sync import versions
+from sync.db import origins as registry
 from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema, TableInfo
 from sync.db.connect import one_row, scalar
 from sync.errors import Throttled
@@ -61,8 +62,9 @@ class SourceReader:
                  origins: Origins = "peer", binary: frozenset[str] = frozenset(),
                  names: Mapping[int, str] | None = None) -> None:
         self.conn = conn
-        # the origin numbers both sides share (sync/db/origins.py), from the handshake
-        self.names: Mapping[int, str] = names or {}
+        # the origin numbers both sides share (sync/db/origins.py): the handshake's, or
+        # the owner's own, read on first use
+        self._names: Mapping[int, str] | None = names
         self.peer = peer
         self.region = region
         self.origins = origins
@@ -116,6 +118,12 @@ class SourceReader:
         if self.origins == "peer":
             return sql.SQL("{} = {}").format(column, sql.Literal(self.peer))
         return sql.SQL("{} <> {}").format(column, sql.Literal(self.region))
+
+    @property
+    def names(self) -> Mapping[int, str]:
+        if self._names is None:
+            self._names = registry.load(self.conn)
+        return self._names
 
     def _version_is_ours_to_read(self, version: sql.Composable) -> sql.Composable:
         """``_origin_is_ours_to_read`` for a version: its origin number compared, no name

@@ -6,8 +6,11 @@ import contextlib
 import os
 import subprocess
 import sys
+import tarfile
 import uuid
 from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -82,3 +85,30 @@ def hub_rounds(mesh: Any, hub: str, spokes: list[str]) -> int:
         for s in spokes:
             moved += sum(b.rows for b in mesh.pull(s, hub))
     return moved
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# released trees, by tag and commit: a clone without tags (CI's) still has the commit
+RELEASES = {"v0.1.0": "71fac6b200ad4626f329aee099e55e69a4b0a165",
+            "v0.2.0": "c9e697f82267850dc39968775e343f6a2d0fa208"}
+
+
+def release_tree(tag: str, dest: Path) -> Path:
+    """A released tree (``sync``, ``alembic``, ``policies``) from this repository's
+    history, so an upgrade test runs the release's own code on a real database."""
+    commit = RELEASES[tag]
+    for ref in (f"{tag}^{{commit}}", commit):
+        found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", ref],
+                               capture_output=True, text=True)
+        if found.returncode == 0:
+            break
+    else:   # a shallow clone: fetch the release, then try once more
+        subprocess.run(["git", "-C", str(ROOT), "fetch", "-q", "origin", commit], check=False)
+        found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", commit],
+                               capture_output=True, text=True)
+        assert found.returncode == 0, f"release {tag} ({commit}) is not in this clone's history"
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", found.stdout.strip(),
+                              "sync", "alembic", "policies"], capture_output=True, check=True)
+    with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest

@@ -23,8 +23,9 @@ from sync.policy import load_policy
 from sync.protocol import RELEASE as RELEASE_NOW
 from sync.source.egress import apply_egress
 from sync.testing.cluster import LocalCluster
+from tests.fix_daemons import write_config
 from tests.fix_pg import POLICIES, Mesh
-from tests.integration.helpers import contact
+from tests.integration.helpers import cli, contact, release_tree
 from tests.integration.test_residency import as_destination
 
 _n = itertools.count(1)
@@ -39,18 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The previous release's tree, from its git tag: its own migrations and functions
-    make the database an upgrade starts from (the tree at head cannot: its server-side
-    files hold today's text)."""
-    dest = tmp_path_factory.mktemp(RELEASE)
-    tag = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q",
-                          f"refs/tags/{RELEASE}"], capture_output=True, text=True)
-    if tag.returncode != 0:
-        pytest.fail(f"the upgrade tests need the git tag {RELEASE} (clone with tags)")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", RELEASE],
-                             capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-    return dest
+    """The previous release's tree: its own migrations and functions make the database an
+    upgrade starts from (the tree at head cannot: its server-side files hold today's text)."""
+    return release_tree(RELEASE, tmp_path_factory.mktemp(RELEASE))
 
 
 def _migrated_by(tree: Path, url: str, region: str, kind: str) -> None:
@@ -252,3 +244,35 @@ def test_a_previous_release_reading_a_migrated_owner_stops_naming_both(
         f"peer ap-south: ap-south serves protocol 2 (regionsync 0.2.0) and eu-north reads "
         f"protocol 3 (regionsync {RELEASE_NOW}): upgrade ap-south's database first "
         f"(`regionsync migrate` there with regionsync {RELEASE_NOW} or later), then its daemon")
+
+
+def test_peers_add_refuses_a_peer_that_numbers_a_region_otherwise(mesh: Mesh,
+                                                                  tmp_path: Path) -> None:
+    mesh.conn("eu-west").execute("INSERT INTO sync.origin VALUES (5, 'zz')")
+    mesh.conn("eu-north").execute("INSERT INTO sync.origin VALUES (6, 'zz')")
+    config = write_config(tmp_path / "eu-west.yaml", "eu-west", mesh.urls["eu-west"], {})
+    before = config.read_text()
+    added = cli("peers", "add", "eu-north", "--config", str(config),
+                "--url", mesh.urls["eu-north"])
+    assert added.returncode != 0
+    assert added.stderr.strip().splitlines()[-1] == (
+        "regionsync: origin_numbers: eu-north and eu-west number origins differently: region "
+        "zz is number 6 there and number 5 here; give every region the same origin_numbers "
+        "before NAME's first write")
+    assert config.read_text() == before
+
+
+def test_a_link_learns_numbers_its_owner_met_after_the_handshake(mesh: Mesh) -> None:
+    """A hub that hears from a new spoke numbers it before it holds any of its versions;
+    a spoke whose session with the hub is already open learns the number in the snapshot
+    of the batch that could carry such a version, not at its next handshake."""
+    contact(mesh.conn("eu-north"), "First")
+    mesh.pull("us-east", "eu-north")                      # the session is open now
+    session = mesh.link("us-east", "eu-north").conns.session
+    assert session is not None
+    mesh.conn("eu-north").execute("INSERT INTO sync.origin VALUES (9, 'ap-east')")
+    contact(mesh.conn("eu-north"), "Second")
+    mesh.pull("us-east", "eu-north")
+    assert mesh.link("us-east", "eu-north").conns.session is session     # same session
+    assert mesh.one("us-east", "SELECT region FROM sync.origin WHERE number = 9") == "ap-east"
+    assert session.names[9] == "ap-east"

@@ -9,10 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tarfile
 import uuid
 from collections.abc import Iterator
-from io import BytesIO
 from pathlib import Path
 
 import psycopg
@@ -22,10 +20,10 @@ from sync import __version__
 from sync.protocol import RELEASE, SPEAKS
 from sync.testing.cluster import LocalCluster
 from tests.fix_pg import Mesh, new_link
-from tests.integration.helpers import contact
+from tests.integration.helpers import contact, release_tree
 
 ROOT = Path(__file__).resolve().parents[2]
-PREVIOUS = ("v0.1.0", "71fac6b200ad4626f329aee099e55e69a4b0a165")   # tag, its commit
+PREVIOUS = "v0.1.0"
 
 SERVE = """CREATE OR REPLACE FUNCTION sync.protocol_versions(OUT min_version integer,
     OUT max_version integer, OUT release text, OUT region text)
@@ -79,30 +77,10 @@ def test_a_peer_url_that_reaches_another_region_stops_that_link(mesh: Mesh) -> N
         "fix peers[us-east].url")
 
 
-def _previous_release(dest: Path) -> Path:
-    """The previous release's tree, from this repository's history."""
-    tag, commit = PREVIOUS
-    for ref in (f"{tag}^{{commit}}", commit):
-        found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", ref],
-                               capture_output=True, text=True)
-        if found.returncode == 0:
-            break
-    else:   # a shallow or tagless clone: fetch the release, then try once more
-        subprocess.run(["git", "-C", str(ROOT), "fetch", "-q", "origin", commit], check=False)
-        found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", commit],
-                               capture_output=True, text=True)
-        assert found.returncode == 0, f"release {tag} ({commit}) is not in this clone's history"
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", found.stdout.strip(),
-                              "sync", "alembic"], capture_output=True, check=True)
-    with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
-        tar.extractall(dest, filter="data")
-    return dest
-
-
 @pytest.fixture
 def previous_owner(pg_clusters: dict[str, LocalCluster], tmp_path: Path) -> Iterator[str]:
     """A database migrated by the previous release's own `migrate`, with one contact."""
-    tree = _previous_release(tmp_path / "previous")
+    tree = release_tree(PREVIOUS, tmp_path / "previous")
     cluster = pg_clusters["ap-south"]
     name = f"prev{uuid.uuid4().hex[:6]}"
     url = cluster.create_database(name)
