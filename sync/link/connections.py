@@ -7,6 +7,8 @@ opens, so a reconnect after a failure also re-reads what the peer sends in binar
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import psycopg
@@ -18,6 +20,7 @@ from sync.db.connect import connect
 from sync.errors import PeerFatal
 from sync.link.settings import LinkSettings
 from sync.protocol import negotiate, served
+from sync.records import Snapshot
 from sync.source.reader import SourceReader, binary_tables
 
 
@@ -100,9 +103,16 @@ class LinkConnections:
                                 protocol=protocol, names=names)
         return self._session
 
+    @contextlib.contextmanager
+    def batch(self, session: Session, bound: str | None = None) -> Iterator[Snapshot]:
+        """The reader's batch, for every read whose rows are applied: in its snapshot, the
+        origin numbers the owner met since the handshake (a hub that heard from a new
+        spoke) become ours before any of their versions is applied."""
+        with session.reader.batch(bound) as snap:
+            self.learn_origins(session)
+            yield snap
+
     def learn_origins(self, session: Session) -> None:
-        """Inside a batch's snapshot: the numbers the owner met since the handshake (a hub
-        that heard from a new spoke) are ours before any of their versions is applied."""
         theirs = origins.load(session.source)
         if any(n not in session.names for n in theirs):
             # one dict, shared with the session's reader (its COPY names origins from it)

@@ -70,7 +70,7 @@ class DeadLetterRetry:
         wanted = {r[1] for r in rows}
         tables = [t for t in tables if t.name in wanted]
         read = Counter[str]()
-        with session.reader.batch() as snap:
+        with self.conns.batch(session) as snap:
             seen = session.reader.token_for(region)
             for page in session.reader.pages(ReadPlan(keys=[r[2] for r in rows]), tables,
                                              rules, self.conns.settings.page_size):

@@ -152,8 +152,7 @@ class PeerLink:
         plan = self._plan(session, policy)
         ours = self._expiry_and_view(session, plan)
         bound = session.reader.prepare(ours)
-        with session.reader.batch(bound) as snap:
-            self.conns.learn_origins(session)
+        with self.conns.batch(session, bound) as snap:
             pending = self._pending(session, plan, ours, bound)
             lag = self._lag(snap, pending)
             self.peer_has_seen = session.reader.token_for(self.region)
@@ -268,7 +267,7 @@ class PeerLink:
                  self.peer, names)
         started = time.monotonic()
         session.reader.prepare(None)    # the owner records every row it may now send us
-        with session.reader.batch() as snap:
+        with self.conns.batch(session) as snap:
             pages = session.reader.pages(ReadPlan(), tables, plan.rules,
                                          self.settings.page_size, deletes=False)
             streamed = self.sink.stream(pages, kind="backfill", policy_sha=plan.policy.sha)
@@ -289,7 +288,7 @@ class PeerLink:
         session.reader.author = author
         try:
             session.reader.prepare(None)
-            with session.reader.batch() as snap:
+            with self.conns.batch(session) as snap:
                 pages = session.reader.pages(ReadPlan(), plan.tables, plan.rules,
                                              self.settings.page_size)
                 streamed = self.sink.stream(pages, kind="backfill", policy_sha=plan.policy.sha)
