@@ -16,6 +16,7 @@ typedef struct BeforeCache
 	int			a_base,			/* sync_base, sync_changed (-1: no per-column versions) */
 				a_chg;
 	bool		numeric;		/* versions are numbers (0021), not text (0018) */
+	bool		alone;			/* no other BEFORE UPDATE row trigger on the table */
 	int		   *vattr;			/* per attribute: its version column, or -1 */
 } BeforeCache;
 
@@ -92,9 +93,33 @@ map_versions(BeforeCache *c, TupleDesc desc, Relation rel, MemoryContext cxt)
 	}
 }
 
+/*
+ * Whether this is the table's only BEFORE UPDATE row trigger. Then a column the statement
+ * does not set (tg_updatedcols) holds its old value in NEW, and is not compared; another
+ * such trigger could change any column, so then every column is. CREATE or DROP TRIGGER
+ * invalidates the table's relcache entry, and with it this answer.
+ */
+static bool
+only_before_update_trigger(Relation rel, Oid self)
+{
+	TriggerDesc *td = rel->trigdesc;
+
+	if (td == NULL)
+		return true;
+	for (int i = 0; i < td->numtriggers; i++)
+	{
+		Trigger    *t = &td->triggers[i];
+
+		if (t->tgoid != self && TRIGGER_FOR_ROW(t->tgtype) &&
+			TRIGGER_FOR_BEFORE(t->tgtype) && TRIGGER_FOR_UPDATE(t->tgtype))
+			return false;
+	}
+	return true;
+}
+
 /* The table's entry, (re)built when missing or stale. */
 static BeforeCache *
-before_cache(Relation rel, TupleDesc desc)
+before_cache(Relation rel, TupleDesc desc, Oid self)
 {
 	Oid			relid = RelationGetRelid(rel);
 	BeforeCache *c;
@@ -127,6 +152,7 @@ before_cache(Relation rel, TupleDesc desc)
 		c->a_cre = rs_column(desc, "createdon", false, rel) - 1;
 		c->seq = rs_version_sequence();
 		map_versions(c, desc, rel, TopMemoryContext);
+		c->alone = only_before_update_trigger(rel, self);
 		c->valid = true;
 	}
 	return c;
@@ -192,6 +218,7 @@ capture_before_update(PG_FUNCTION_ARGS)
 	BeforeCache *cache;
 	int64		mask = 0;
 	int			number = 0;
+	const Bitmapset *set;
 
 	rs_check_trigger(fcinfo, "capture_before_update", 1);
 	if (!TRIGGER_FIRED_BEFORE(td->tg_event) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
@@ -218,7 +245,7 @@ capture_before_update(PG_FUNCTION_ARGS)
 		c = st->cache;
 		if (c == NULL || c->relid != relid || !c->valid || c->natts != desc->natts)
 		{
-			c = before_cache(rel, desc);
+			c = before_cache(rel, desc, td->tg_trigger->tgoid);
 			st->cache = c;
 		}
 		if (!st->asked || st->user != GetUserId())
@@ -289,13 +316,17 @@ capture_before_update(PG_FUNCTION_ARGS)
 			nn[a_cre] = on[a_cre];
 		}
 	}
-	/* what changed: every column, and per versioned column its bit (attnum - 1; past 63
-	 * they share bit 63) for the journal entry */
+	/* what changed: every column the statement set (every column, if another trigger
+	 * could have set more), and per versioned column its bit (attnum - 1; past 63 they
+	 * share bit 63) for the journal entry */
+	set = cache->alone ? td->tg_updatedcols : NULL;
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
 		if (att->attisdropped || (changed && cache->vattr[i] < 0))
+			continue;
+		if (set != NULL && !bms_is_member(i + 1 - FirstLowInvalidHeapAttributeNumber, set))
 			continue;
 		if (!same_value(att, ov[i], on[i], nv[i], nn[i]))
 		{

@@ -282,3 +282,33 @@ def test_a_session_stamps_a_column_added_while_it_was_open(mesh: Mesh,
                                  "'public.contact'::regclass AND attname IN "
                                  "('nickname', 'telephone1')").fetchall())
     assert changed == sum(1 << (n - 1) for n in attnums.values())
+
+
+def test_a_column_another_trigger_changes_takes_its_version(mesh: Mesh,
+                                                            app: psycopg.Connection) -> None:
+    """The C trigger compares only the columns a statement sets, unless another BEFORE
+    UPDATE row trigger could set more: one that fires first (its name sorts earlier) and
+    changes a column the statement did not name has that column stamped too, also in a
+    session that wrote before the trigger existed."""
+    key = contact(app, "Other")
+    app.execute("UPDATE contact SET firstname = 'one' WHERE contactid = %s", (key,))
+    owner = mesh.conn("eu-west")
+    owner.execute("""CREATE FUNCTION public.app_phone() RETURNS trigger LANGUAGE plpgsql AS
+                     $$BEGIN NEW.telephone1 := 'set by a trigger'; RETURN NEW; END$$""")
+    owner.execute("CREATE TRIGGER app_phone BEFORE UPDATE ON contact "
+                  "FOR EACH ROW EXECUTE FUNCTION public.app_phone()")
+    try:
+        app.execute("UPDATE contact SET lastname = 'Renamed' WHERE contactid = %s", (key,))
+        phone, last, first, row, value = owner.execute(
+            "SELECT telephone1__v, lastname__v, firstname__v, "
+            "sync.version_of(modifiedon, sync.local_origin()), telephone1 "
+            "FROM contact WHERE contactid = %s", (key,)).fetchone()
+        assert value == "set by a trigger"
+        assert phone == last == row and first < row
+    finally:
+        owner.execute("DROP TRIGGER app_phone ON contact")
+        owner.execute("DROP FUNCTION public.app_phone()")
+    app.execute("UPDATE contact SET firstname = 'two' WHERE contactid = %s", (key,))
+    phone, first = owner.execute("SELECT telephone1__v, firstname__v FROM contact "
+                                 "WHERE contactid = %s", (key,)).fetchone()
+    assert first > phone              # the trigger is gone: only the column set is stamped
