@@ -1,11 +1,13 @@
 """The COPY wire format shared by the source (which reads pages) and apply (which stages
-them): binary framing, the columns of a delete, and COPYing a segment in."""
+them): which tables travel in binary, binary framing, the columns of a delete, and
+COPYing a segment in."""
 
 from __future__ import annotations
 
 import psycopg
 from psycopg import sql
 
+from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema
 from sync.records import Segment
 
 DELETE_COLUMNS = ("pk", "modifiedon", "origin")
@@ -21,6 +23,25 @@ def strip_binary_header(message: bytes) -> bytes:
         raise ValueError("binary COPY from the peer did not start with the PGCOPY signature")
     extension = int.from_bytes(message[15:19], "big")
     return message[19 + extension:]
+
+
+def is_trailer(message: bytes | memoryview) -> bool:
+    """The binary COPY trailer: the stream's last message (a row message is never these
+    two bytes: it starts with its column count)."""
+    return len(message) == 2 and bytes(message) == BINARY_TRAILER
+
+
+def binary_tables(ours: Schema, theirs: Schema) -> frozenset[str]:
+    """Tables whose columns have the same built-in types here and at the peer: safe to
+    move in binary COPY format (user-defined types carry database-local OIDs)."""
+    same = set()
+    for name, info in ours.tables.items():
+        peer = theirs.tables.get(name)
+        if peer is not None and all(
+                peer.types.get(c) == info.types[c] and c in info.builtin and c in peer.builtin
+                for c in info.columns if c not in LOCAL_ONLY_COLUMNS):
+            same.add(name)
+    return frozenset(same)
 
 
 def ident_list(cols: tuple[str, ...], alias: str | None = None) -> sql.Composable:

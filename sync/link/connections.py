@@ -21,7 +21,8 @@ from sync.errors import PeerFatal
 from sync.link.settings import LinkSettings
 from sync.protocol import negotiate, served
 from sync.records import Snapshot
-from sync.source.reader import SourceReader, binary_tables
+from sync.source.reader import SourceReader
+from sync.wire import binary_tables
 
 
 @dataclass(frozen=True)

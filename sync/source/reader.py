@@ -32,14 +32,14 @@ from psycopg import sql
 
 from sync import versions
 from sync.db import origins as registry
-from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema, TableInfo
+from sync.db.catalog import TableInfo
 from sync.db.connect import one_row, scalar
 from sync.errors import Throttled
 from sync.policy.model import TableRule
 from sync.records import Origins, Page, Pending, ReadPlan, Segment, SegmentKind, Snapshot
 from sync.source.copyout import copy_out
 from sync.source.rowversion import row_origin, row_version, wire_value
-from sync.wire import BINARY_TRAILER, DELETE_COLUMNS, WITHDRAW_COLUMNS, strip_binary_header
+from sync.wire import DELETE_COLUMNS, WITHDRAW_COLUMNS, is_trailer, strip_binary_header
 
 log = logging.getLogger(__name__)
 
@@ -360,11 +360,11 @@ class SourceReader:
                     in_page += 1
                     if in_page >= page_size:
                         segments.append(_segment(info.name, kind, columns, buf, rows, binary,
-                                                 ends_stream=binary and _is_trailer(message),
+                                                 ends_stream=binary and is_trailer(message),
                                                  groups=rule.groups))
                         yield Page(tuple(segments))
                         segments, buf, rows, in_page = [], bytearray(), 0, 0
-            ends = binary and rows > 0 and _is_trailer(message)
+            ends = binary and rows > 0 and is_trailer(message)
             if rows - ends:
                 segments.append(_segment(info.name, kind, columns, buf, rows, binary, ends,
                                          groups=rule.groups))
@@ -390,12 +390,6 @@ class SourceReader:
         self._wide = wide
 
 
-def _is_trailer(message: bytes | memoryview) -> bool:
-    """The binary COPY trailer: the stream's last message (a row message is never these
-    two bytes: it starts with its column count)."""
-    return len(message) == 2 and bytes(message) == BINARY_TRAILER
-
-
 def _segment(table: str, kind: SegmentKind, columns: tuple[str, ...], buf: bytearray, rows: int,
              binary: bool, ends_stream: bool,
              groups: tuple[tuple[str, ...], ...] = ()) -> Segment:
@@ -404,16 +398,3 @@ def _segment(table: str, kind: SegmentKind, columns: tuple[str, ...], buf: bytea
     if ends_stream:
         return Segment(table, kind, columns, bytes(buf[:-2]), rows - 1, binary, groups)
     return Segment(table, kind, columns, bytes(buf), rows, binary, groups)
-
-
-def binary_tables(ours: Schema, theirs: Schema) -> frozenset[str]:
-    """Tables whose columns have the same built-in types here and at the peer: safe to
-    move in binary COPY format (user-defined types carry database-local OIDs)."""
-    same = set()
-    for name, info in ours.tables.items():
-        peer = theirs.tables.get(name)
-        if peer is not None and all(
-                peer.types.get(c) == info.types[c] and c in info.builtin and c in peer.builtin
-                for c in info.columns if c not in LOCAL_ONLY_COLUMNS):
-            same.add(name)
-    return frozenset(same)
