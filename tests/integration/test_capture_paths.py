@@ -128,6 +128,72 @@ def test_a_forged_insert_is_stamped_as_a_local_write(mesh: Mesh,
     assert _journal(mesh, mark) == [("i", "eu-west", [key], [version])]
 
 
+
+def _versions(mesh: Mesh, key: uuid.UUID, table: str = "contact") -> dict[str, int | None]:
+    cur = mesh.conn("eu-west").execute(
+        f"SELECT * FROM {table} WHERE {table}id = %s", (key,))
+    row = cur.fetchone()
+    assert cur.description is not None and row is not None
+    return {d.name: v for d, v in zip(cur.description, row, strict=True)
+            if d.name.endswith("__v") or d.name in ("sync_base", "sync_changed")}
+
+
+def test_a_local_update_cannot_set_versions(mesh: Mesh, app: psycopg.Connection) -> None:
+    """Versions are the trigger's: a writer that sets some along with a change has them
+    reset (only the column it changed is stamped), and one that sets nothing but versions
+    changes nothing at all."""
+    key = contact(app, "Versions")
+    before = _versions(mesh, key)
+    mark = _last_id(mesh)
+    app.execute("UPDATE contact SET firstname = 'Changed', telephone1__v = 9e15::bigint, "
+                "lastname__v = NULL, sync_base = 1, sync_changed = 0 WHERE contactid = %s",
+                (key,))
+    after = _versions(mesh, key)
+    row = mesh.one("eu-west", "SELECT sync.version_of(modifiedon, sync.local_origin()) "
+                   "FROM contact WHERE contactid = %s", (key,))
+    attnum = mesh.one("eu-west", "SELECT attnum FROM pg_attribute WHERE attrelid = "
+                      "'public.contact'::regclass AND attname = 'firstname'")
+    assert isinstance(attnum, int)
+    bit = 1 << (attnum - 1)
+    assert after == {**before, "firstname__v": row, "sync_changed": bit}
+    assert [cols for (cols,) in mesh.conn("eu-west").execute(
+        "SELECT cols FROM sync.change_set WHERE id > %s", (mark,))] == [bit]
+    version = _row(mesh, key)
+    mark = _last_id(mesh)
+    app.execute("UPDATE contact SET telephone1__v = 9e15::bigint, sync_base = 1 "
+                "WHERE contactid = %s", (key,))
+    assert _versions(mesh, key) == after and _row(mesh, key) == version
+    assert _journal(mesh, mark) == []
+
+
+def test_a_table_of_more_than_64_columns_stamps_each_changed_column(
+        mesh: Mesh, app: psycopg.Connection) -> None:
+    """Columns past the 63rd share the mask's last bit (the journal cannot say which of
+    them changed), but each is stamped only when its own value changed."""
+    owner = mesh.conn("eu-west")
+    data = ", ".join(f"c{i} text" for i in range(1, 71))
+    owner.execute(f"CREATE TABLE public.wide (wideid uuid PRIMARY KEY, {data}, "
+                  "createdon timestamptz NOT NULL DEFAULT now(), modifiedon timestamptz "
+                  "NOT NULL DEFAULT now(), versionnumber bigint NOT NULL DEFAULT 0, "
+                  "sync_origin text NOT NULL DEFAULT '')")
+    try:
+        owner.execute("SELECT sync.enable_change_tracking('wide')")
+        owner.execute(f"GRANT SELECT, INSERT, UPDATE ON public.wide TO {app.info.user}")
+        key = uuid.uuid4()
+        app.execute("INSERT INTO wide (wideid, c2, c69, c70) VALUES (%s, 'a', 'b', 'c')",
+                    (key,))
+        before = _versions(mesh, key, "wide")
+        app.execute("UPDATE wide SET c2 = 'A', c70 = 'C', c69 = 'b' WHERE wideid = %s", (key,))
+        after = _versions(mesh, key, "wide")
+        row = mesh.one("eu-west", "SELECT sync.version_of(modifiedon, sync.local_origin()) "
+                       "FROM wide WHERE wideid = %s", (key,))
+        # c2 is attnum 3 (bit 2); c70 is attnum 71, past 63: bit 63, bigint's sign bit
+        assert after == {**before, "c2__v": row, "c70__v": row,
+                         "sync_changed": (1 << 2) | -(1 << 63)}
+    finally:
+        owner.execute("DELETE FROM sync.tracked_table WHERE tablename = 'wide'")
+        owner.execute("DROP TABLE public.wide")
+
 @pytest.mark.parametrize("others", [0, 5], ids=["one-tombstone", "more-than-the-rows"])
 def test_an_insert_goes_past_a_newer_tombstone(mesh: Mesh, app: psycopg.Connection,
                                                others: int) -> None:

@@ -9,17 +9,19 @@
 --     peer's), regionsync.journal = 'off' (a mesh member's apply forwards nothing) and
 --     regionsync.stamped (the stamping UPDATE below skips the BEFORE trigger);
 --   * the local variant (everyone else) reads no setting at all.
--- The function bodies are format() templates:
+-- The AFTER function bodies are format() templates:
 --   %1$I function name   %2$I key column   %3$I table   %4$s lock space
 --   %5$s region literal  %6$s what `applying` is   %7$s whether the journal is off
---   %8$s the version columns a local write cannot set   %9$s each column's change check
 --   %10$s an insert that set versions itself             %11$s the versions a stamp resets
 --   %12$s this region's origin number (sync.origin)
--- Per-column versions (sync.enable_column_versions): the BEFORE trigger compares each data
--- column's old and new value and stamps the changed ones with the write's version (a
--- bigint: the time in microseconds since 2000 shifted left 11 bits, or'ed with the origin
--- number, as sync.version_of computes it); the row's sync_changed mask goes into the
--- journal entry.
+-- Per-column versions (sync.enable_column_versions): the BEFORE trigger computes the mask
+-- of the data columns whose value changed (old IS DISTINCT FROM new) in one expression and
+-- stamps those columns with the write's version (a bigint: the time in microseconds since
+-- 2000 shifted left 11 bits, or'ed with the origin number, as sync.version_of computes
+-- it); the row's sync_changed mask goes into the journal entry. Each interpreted
+-- statement costs about as much as the comparisons it makes, so the trigger runs as few
+-- as it can: one for the mask, one to see whether the statement set a system or version
+-- column itself (reset only then), one mask test per four stamps.
 -- The AFTER statement triggers run as their owner (SECURITY DEFINER, fixed search_path):
 -- application roles need no privilege on the sync schema. The BEFORE row trigger stays
 -- SECURITY INVOKER (a per-row settings save and restore would cost more than it reads).
@@ -37,24 +39,80 @@ DECLARE
                                 'sync.local_origin()');
     apply_member text := 'pg_has_role(current_user, ''regionsync_apply'', ''MEMBER'')';
     variant text; applying_sql text; journal_off_sql text;
-    keep_sql text; check_sql text; forged_sql text; reset_sql text;
+    keep_sql text; mask_sql text; moved_sql text; stamp_sql text; forged_sql text;
+    reset_sql text; local_sql text; before_sql text;
     ev text; timing text; refs text; level text; fn text; name text;
 BEGIN
     PERFORM sync.enable_column_versions(p_table);
-    SELECT coalesce(string_agg(format('NEW.%1$I := OLD.%1$I;', a.attname || '__v'), ' '), ''),
-           coalesce(string_agg(format(
-               'IF NEW.%1$I IS DISTINCT FROM OLD.%1$I THEN mask := mask | %3$s; '
-               'IF applying IS NULL THEN NEW.%2$I := ver; END IF; END IF;',
-               a.attname, a.attname || '__v',
-               (1::bigint << least(a.attnum - 1, 63))::text || '::bigint'), E'\n            '), ''),
-           coalesce(string_agg(format(' OR n.%I IS NOT NULL', a.attname || '__v'), ''), ''),
-           coalesce(string_agg(format(', %I = NULL', a.attname || '__v'), ''), '')
-      INTO keep_sql, check_sql, forged_sql, reset_sql
-    FROM pg_attribute a
-    WHERE a.attrelid = format('public.%I', p_table)::regclass AND a.attnum > 0
-      AND NOT a.attisdropped
-      AND EXISTS (SELECT 1 FROM pg_attribute v WHERE v.attrelid = a.attrelid
-                  AND v.attname = a.attname || '__v' AND NOT v.attisdropped);
+    -- per versioned column: its bit in the change mask (attnum - 1; attnums past 63 share
+    -- bit 63, so those are compared again where they are stamped), written as a quoted
+    -- literal (bit 63 is the negative end of bigint)
+    WITH col AS (
+        SELECT a.attname AS c, a.attname || '__v' AS v, a.attnum > 63 AS shared,
+               quote_literal(1::bigint << least(a.attnum - 1, 63)) || '::bigint' AS bit,
+               1::bigint << least(a.attnum - 1, 63) AS bitval,
+               (row_number() OVER (ORDER BY a.attnum) - 1) / 4 AS grp
+        FROM pg_attribute a
+        WHERE a.attrelid = format('public.%I', p_table)::regclass AND a.attnum > 0
+          AND NOT a.attisdropped
+          AND EXISTS (SELECT 1 FROM pg_attribute v WHERE v.attrelid = a.attrelid
+                      AND v.attname = a.attname || '__v' AND NOT v.attisdropped)),
+    stamp AS (
+        -- the stamps, four columns to a test of the mask: a statement that changed one
+        -- column of ten runs four tests, not ten
+        SELECT grp, count(*) AS n, quote_literal(bit_or(bitval)) || '::bigint' AS bits,
+               string_agg(format(CASE WHEN shared
+                                      THEN 'IF NEW.%1$I IS DISTINCT FROM OLD.%1$I THEN '
+                                      ELSE 'IF (mask & %3$s) <> 0 THEN ' END
+                                 || 'NEW.%2$I := ver; END IF;', c, v, bit), ' ') AS body
+        FROM col GROUP BY grp)
+    SELECT (SELECT coalesce(string_agg(format('NEW.%1$I := OLD.%1$I;', v), ' '), '') FROM col),
+           (SELECT coalesce(string_agg(format('CASE WHEN NEW.%1$I IS DISTINCT FROM OLD.%1$I '
+                                              'THEN %2$s ELSE 0 END', c, bit), ' | '),
+                            '0::bigint') FROM col),
+           (SELECT format('ROW(NEW.createdon, NEW.sync_base%1$s) IS DISTINCT FROM '
+                          'ROW(OLD.createdon, OLD.sync_base%2$s)',
+                          string_agg(format(', NEW.%I', v), ''),
+                          string_agg(format(', OLD.%I', v), '')) FROM col),
+           (SELECT coalesce(string_agg(CASE WHEN n = 1 THEN body
+                                            ELSE format('IF (mask & %s) <> 0 THEN %s END IF;',
+                                                        bits, body) END,
+                                       E'\n            ' ORDER BY grp), '') FROM stamp),
+           (SELECT coalesce(string_agg(format(' OR n.%I IS NOT NULL', v), ''), '') FROM col),
+           (SELECT coalesce(string_agg(format(', %I = NULL', v), ''), '') FROM col)
+      INTO keep_sql, mask_sql, moved_sql, stamp_sql, forged_sql, reset_sql;
+
+    -- A local write. The mask of the versioned columns whose value changed is computed in
+    -- one expression; the system and version columns are the trigger's, whatever the
+    -- statement set: reset to the old row's, then stamped. Resetting them costs an
+    -- assignment per column, so it is done only when the statement set one of them (or
+    -- when no versioned column changed and the whole row decides whether anything did).
+    local_sql := format($local$
+            IF mask = 0 THEN
+                NEW.versionnumber := OLD.versionnumber;
+                NEW.sync_changed := OLD.sync_changed;
+                NEW.modifiedon := OLD.modifiedon;
+                NEW.sync_origin := OLD.sync_origin;
+                NEW.createdon := OLD.createdon;
+                NEW.sync_base := OLD.sync_base;
+                %1$s
+                IF NEW IS NOT DISTINCT FROM OLD THEN
+                    RETURN NEW;  -- no-op update: same version, no journal entry
+                END IF;
+            ELSIF %2$s THEN
+                NEW.createdon := OLD.createdon;
+                NEW.sync_base := OLD.sync_base;
+                %1$s
+            END IF;
+            NEW.versionnumber := nextval('public.regionsync_versionnumber_seq');
+            -- never older than the version it replaces, whatever the clocks say
+            NEW.modifiedon := greatest(clock_timestamp(), OLD.modifiedon + interval '1 microsecond');
+            NEW.sync_origin := %3$s;
+            ver := (((extract(epoch FROM NEW.modifiedon) * 1000000)::bigint
+                     - 946684800000000) << 11) | %4$s;
+            %5$s
+            NEW.sync_changed := mask;
+            RETURN NEW;$local$, keep_sql, moved_sql, region_sql, number_sql, stamp_sql);
 
     FOR variant, applying_sql, journal_off_sql IN VALUES
         ('', $$nullif(current_setting('regionsync.origin', true), '')$$,
@@ -62,39 +120,32 @@ BEGIN
         ('local_', 'NULL::text', 'false')
     LOOP
 
+    IF variant = '' THEN
+        -- apply, the owner, superusers: a write with regionsync.origin set is a peer's,
+        -- whose versions and times the applier set; anything else is a local write
+        before_sql := format($apply$
+            IF %1$s IS NULL THEN%2$s
+            END IF;
+            IF mask = 0 THEN
+                NEW.versionnumber := OLD.versionnumber;
+                NEW.sync_changed := OLD.sync_changed;
+                IF NEW IS NOT DISTINCT FROM OLD THEN
+                    RETURN NEW;
+                END IF;
+            END IF;
+            NEW.versionnumber := nextval('public.regionsync_versionnumber_seq');
+            NEW.sync_changed := mask;
+            RETURN NEW;$apply$, applying_sql, local_sql);
+    ELSE
+        before_sql := local_sql;
+    END IF;
     EXECUTE format($fn$
         CREATE OR REPLACE FUNCTION sync.%1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
         DECLARE
-            applying text := %6$s;
             ver bigint;
-            mask bigint := 0;
-        BEGIN
-            NEW.versionnumber := OLD.versionnumber;
-            NEW.sync_changed := OLD.sync_changed;
-            IF applying IS NULL THEN
-                NEW.modifiedon := OLD.modifiedon;
-                NEW.sync_origin := OLD.sync_origin;
-                NEW.createdon := OLD.createdon;
-                NEW.sync_base := OLD.sync_base;
-                %8$s
-            END IF;
-            IF NEW IS NOT DISTINCT FROM OLD THEN
-                RETURN NEW;  -- no-op update: same version, no journal entry
-            END IF;
-            NEW.versionnumber := nextval('public.regionsync_versionnumber_seq');
-            IF applying IS NULL THEN
-                -- never older than the version it replaces, whatever the clocks say
-                NEW.modifiedon := greatest(clock_timestamp(),
-                                           OLD.modifiedon + interval '1 microsecond');
-                NEW.sync_origin := %5$s;
-                ver := (((extract(epoch FROM NEW.modifiedon) * 1000000)::bigint
-                         - 946684800000000) << 11) | %12$s;
-            END IF;
-            %9$s
-            NEW.sync_changed := mask;
-            RETURN NEW;
-        END $body$ $fn$, 'capture_before_' || variant || p_table, pkcol, p_table, space, region_sql,
-               applying_sql, NULL, keep_sql, check_sql, NULL, NULL, number_sql);
+            mask bigint := %2$s;
+        BEGIN%3$s
+        END $body$ $fn$, 'capture_before_' || variant || p_table, mask_sql, before_sql);
     EXECUTE format($fn$
         CREATE OR REPLACE FUNCTION sync.%1$I() RETURNS trigger LANGUAGE plpgsql
         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
