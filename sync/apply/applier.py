@@ -26,7 +26,7 @@ from psycopg import sql
 from sync.apply.altkeys import AlternateKeys
 from sync.apply.conflicts import ConflictRecorder
 from sync.apply.deletes import Deletes
-from sync.apply.merge import existence, merge_columns
+from sync.apply.merge import UPSERT, existence, merge_columns
 from sync.apply.rowfallback import RowFallback
 from sync.db import state
 from sync.db.catalog import Schema, TableInfo
@@ -300,19 +300,7 @@ class Applier:
                            "(t.modifiedon, t.sync_origin)").format(
                 sql.SQL(">=" if backfill else ">"))
         s_version, t_version = existence(info, "s"), existence(info, "t")
-        stmt = sql.SQL("""
-            WITH r AS (
-                INSERT INTO public.{table} AS t ({cols})
-                SELECT {scols} FROM {stage} s
-                WHERE {one}
-                  AND NOT EXISTS (SELECT 1 FROM sync.tombstone tb
-                                  WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
-                                    AND (tb.modifiedon, tb.origin) >= {s_version})
-                ORDER BY s.{pk}     -- row locks in key order: no deadlock between appliers
-                ON CONFLICT ({pk}) DO UPDATE SET {updates}
-                WHERE {wins}
-                RETURNING (xmax = 0) AS inserted)
-            SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM r""")
+        stmt = UPSERT
 
         # A row the application deleted while ON CONFLICT waited for it is re-inserted by
         # the upsert (the conflict is gone) although its tombstone, committed meanwhile, is

@@ -8,6 +8,24 @@ from psycopg import sql
 from sync import versions
 from sync.db.catalog import TableInfo
 
+# The upsert of a staged segment (run by the applier, measured alone by bench.merge_cost):
+# rows older than a tombstone of their key are left out; {updates} and {wins} are
+# merge_columns' (or, without per-column versions, a row's last-writer-wins); {one}
+# narrows it to one staged key when a page is applied row by row.
+UPSERT = sql.SQL("""
+    WITH r AS (
+        INSERT INTO public.{table} AS t ({cols})
+        SELECT {scols} FROM {stage} s
+        WHERE {one}
+          AND NOT EXISTS (SELECT 1 FROM sync.tombstone tb
+                          WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
+                            AND (tb.modifiedon, tb.origin) >= {s_version})
+        ORDER BY s.{pk}     -- row locks in key order: no deadlock between appliers
+        ON CONFLICT ({pk}) DO UPDATE SET {updates}
+        WHERE {wins}
+        RETURNING (xmax = 0) AS inserted)
+    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM r""")
+
 
 def existence(info: TableInfo, alias: str) -> sql.Composable:
     """The (time, origin) a tombstone is compared with: the version of the insert that
@@ -98,4 +116,4 @@ def merge_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ..
     return sql.SQL(", ").join(sets), where
 
 
-__all__ = ["existence", "merge_columns"]
+__all__ = ["UPSERT", "existence", "merge_columns"]

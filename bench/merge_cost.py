@@ -1,0 +1,129 @@
+"""What the per-column merge costs in the apply upsert: ``python -m bench.merge_cost
+[--reps R] [--page N]``.
+
+``batch_1000`` lost 13 % against native replication with per-column versions, and the
+apply upsert is most of a page's time at the target. This times that upsert alone, so a
+change to its SQL can be judged in seconds instead of a whole bench run: one database
+(the C capture triggers if installed, as on a real target), 20,000 contacts, a staged
+page of ``--page`` rows in which every row's ``firstname`` is newer (as ``batch_1000``
+sends), applied with regionsync's settings and committed, interleaved:
+
+- ``merge``: the applier's statement (``sync.apply.merge``: ``UPSERT`` with
+  ``merge_columns``), choosing each column from the newer of two versions;
+- ``assign``: the same statement assigning every sent column and version, deciding on
+  the row's time as before per-column versions — what the choice itself costs, on the
+  same rows (not what narrower rows would cost: the version columns are written either
+  way).
+
+Each repetition checks the page's rows at the target. Prints medians in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import psycopg
+from psycopg import sql
+
+from sync.apply.merge import UPSERT, existence, merge_columns
+from sync.db.catalog import TableInfo, introspect
+from sync.db.migrate import migrate
+from sync.testing.cluster import LocalCluster
+from sync.wire import ident_list
+
+from . import workload as w
+
+ROWS = 20_000
+PEER, PEER_NUMBER = "eu-west", 5
+
+
+def statements(info: TableInfo, cols: tuple[str, ...]) -> dict[str, tuple[sql.Composable,
+                                                                        sql.Composable]]:
+    merge = merge_columns(info, cols, ("versionnumber",), backfill=False)
+    assign = (sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+                                 for c in (*cols, "versionnumber") if c != info.pk),
+              sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) > "
+                      "(t.modifiedon, t.sync_origin)"))
+    return {"merge": merge, "assign": assign}
+
+
+def stage_page(conn: psycopg.Connection, cols: tuple[str, ...], keys: list, marker: str
+               ) -> None:
+    """The page a peer sends after editing ``firstname`` of ``keys``: its other columns
+    and versions as the target holds them, ``firstname`` and its version newer."""
+    newer = {"firstname": sql.SQL("%(marker)s"),
+             "firstname__v": sql.SQL("sync.version_of(clock_timestamp(), {})").format(
+                 sql.Literal(PEER_NUMBER)),
+             "modifiedon": sql.SQL("clock_timestamp()"),
+             "sync_origin": sql.Literal(PEER)}
+    conn.execute("TRUNCATE bench_stage")
+    conn.execute(sql.SQL("INSERT INTO bench_stage SELECT {} FROM contact "
+                         "WHERE contactid = ANY(%(keys)s)").format(
+        sql.SQL(", ").join(newer.get(c, sql.Identifier(c)) for c in cols)),
+        {"marker": marker, "keys": keys})
+
+
+def run(reps: int, page: int) -> dict[str, list[float]]:
+    with LocalCluster("merge-cost", settings={"shared_buffers": "1GB",
+                                              "max_wal_size": "4GB"}) as cluster:
+        url = cluster.create_database("merge_cost")
+        migrate(url, "eu-north", "auto")
+        conn = psycopg.connect(url, autocommit=True)
+        w.seed(conn, ROWS)
+        conn.execute("INSERT INTO sync.origin (region, number) VALUES (%s, %s) "
+                     "ON CONFLICT DO NOTHING", (PEER, PEER_NUMBER))
+        info = introspect(conn).tables["contact"]
+        data = [c for c in w.SYNCED]
+        cols = (*data, *(c + "__v" for c in info.versioned if c in data), "sync_base")
+        conn.execute(sql.SQL("CREATE TEMP TABLE bench_stage AS SELECT {} FROM contact "
+                             "WITH NO DATA").format(ident_list(cols)))
+        conn.execute("VACUUM ANALYZE contact")
+        keys = [k for (k,) in conn.execute("SELECT contactid FROM contact")]
+        variants = statements(info, cols)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for rep in range(reps):
+            order = list(variants) if rep % 2 == 0 else list(variants)[::-1]
+            for name in order:
+                updates, wins = variants[name]
+                q = UPSERT.format(table=sql.Identifier("contact"), cols=ident_list(cols),
+                                  scols=ident_list(cols, "s"),
+                                  stage=sql.Identifier("bench_stage"), one=sql.SQL("true"),
+                                  tname=sql.Literal("contact"), pk=sql.Identifier("contactid"),
+                                  updates=updates, wins=wins, s_version=existence(info, "s"))
+                marker, batch = f"merge-cost-{rep}-{name}", random.sample(keys, page)
+                with conn.transaction():
+                    conn.execute("SELECT set_config('regionsync.origin', %s, true), "
+                                 "set_config('regionsync.journal', 'off', true), "
+                                 "set_config('regionsync.stamped', 'on', true)", (PEER,))
+                    stage_page(conn, cols, batch, marker)
+                    started = time.perf_counter()
+                    inserted, updated = conn.execute(q).fetchone() or (None, None)
+                    times[name].append(time.perf_counter() - started)
+                    got = conn.execute("SELECT count(*) FROM contact WHERE firstname = %s",
+                                       (marker,)).fetchone()
+                    if (inserted, updated) != (0, page) or got != (page,):
+                        raise AssertionError(f"{name}: {inserted} inserted, {updated} "
+                                             f"updated, {got} rows hold the page's value")
+        conn.close()
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.merge_cost")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--page", type=int, default=5000)
+    args = ap.parse_args()
+    times = run(args.reps, args.page)
+    merge = statistics.median(times["merge"])
+    print(f"apply upsert of a {args.page:,}-row page ({args.reps} repetitions, interleaved):")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"  {name:7} {med * 1000:7.1f} ms  ({min(values) * 1000:.1f}–"
+              f"{max(values) * 1000:.1f})  {med / merge:5.2f}× merge")
+
+
+if __name__ == "__main__":
+    main()
