@@ -8,10 +8,14 @@ change to its SQL can be judged in seconds instead of a whole bench run: one dat
 page of ``--page`` rows in which every row's ``firstname`` is newer (as ``batch_1000``
 sends), applied with regionsync's settings and committed, interleaved:
 
-- ``merge``: the applier's statement (``sync.apply.merge``: ``UPSERT`` with
-  ``merge_columns``), choosing each column from the newer of two versions;
+- ``merge``: the applier's statement (``sync.apply.merge.MERGE_UPSERT``): a first pass
+  assigning the rows the incoming side dominates in every column (all of this page), a
+  second merging the rest (none here);
+- ``one_pass``: the per-column merge alone (``UPSERT`` with ``merge_columns``, the
+  applier's statement until 2026-12-06), choosing each column from the newer of two
+  versions on every row;
 - ``assign``: the same statement assigning every sent column and version, deciding on
-  the row's time as before per-column versions — what the choice itself costs, on the
+  the row's time as before per-column versions — what choosing costs at all, on the
   same rows (not what narrower rows would cost: the version columns are written either
   way).
 
@@ -28,7 +32,7 @@ import time
 import psycopg
 from psycopg import sql
 
-from sync.apply.merge import UPSERT, existence, merge_columns
+from sync.apply.merge import MERGE_UPSERT, UPSERT, dominant_columns, existence, merge_columns
 from sync.db.catalog import TableInfo, introspect
 from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster
@@ -40,14 +44,21 @@ ROWS = 20_000
 PEER, PEER_NUMBER = "eu-west", 5
 
 
-def statements(info: TableInfo, cols: tuple[str, ...]) -> dict[str, tuple[sql.Composable,
-                                                                        sql.Composable]]:
-    merge = merge_columns(info, cols, ("versionnumber",), backfill=False)
-    assign = (sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
-                                 for c in (*cols, "versionnumber") if c != info.pk),
-              sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) > "
-                      "(t.modifiedon, t.sync_origin)"))
-    return {"merge": merge, "assign": assign}
+Statement = tuple[sql.SQL, dict[str, sql.Composable]]
+
+
+def statements(info: TableInfo, cols: tuple[str, ...]) -> dict[str, Statement]:
+    stamped = ("versionnumber",)
+    updates, wins = merge_columns(info, cols, stamped, backfill=False)
+    assign, dominates = dominant_columns(info, cols, stamped, backfill=False)
+    row = (sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+                              for c in (*cols, *stamped) if c != info.pk),
+           sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) > "
+                   "(t.modifiedon, t.sync_origin)"))
+    return {"merge": (MERGE_UPSERT, {"updates": updates, "wins": wins, "assign": assign,
+                                     "dominates": dominates}),
+            "one_pass": (UPSERT, {"updates": updates, "wins": wins}),
+            "assign": (UPSERT, {"updates": row[0], "wins": row[1]})}
 
 
 def stage_page(conn: psycopg.Connection, cols: tuple[str, ...], keys: list, marker: str
@@ -87,12 +98,13 @@ def run(reps: int, page: int) -> dict[str, list[float]]:
         for rep in range(reps):
             order = list(variants) if rep % 2 == 0 else list(variants)[::-1]
             for name in order:
-                updates, wins = variants[name]
-                q = UPSERT.format(table=sql.Identifier("contact"), cols=ident_list(cols),
-                                  scols=ident_list(cols, "s"),
-                                  stage=sql.Identifier("bench_stage"), one=sql.SQL("true"),
-                                  tname=sql.Literal("contact"), pk=sql.Identifier("contactid"),
-                                  updates=updates, wins=wins, s_version=existence(info, "s"))
+                template, parts = variants[name]
+                q = template.format(table=sql.Identifier("contact"), cols=ident_list(cols),
+                                    scols=ident_list(cols, "s"),
+                                    stage=sql.Identifier("bench_stage"), one=sql.SQL("true"),
+                                    tname=sql.Literal("contact"),
+                                    pk=sql.Identifier("contactid"),
+                                    s_version=existence(info, "s"), **parts)
                 marker, batch = f"merge-cost-{rep}-{name}", random.sample(keys, page)
                 with conn.transaction():
                     conn.execute("SELECT set_config('regionsync.origin', %s, true), "
@@ -121,7 +133,7 @@ def main() -> None:
     print(f"apply upsert of a {args.page:,}-row page ({args.reps} repetitions, interleaved):")
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"  {name:7} {med * 1000:7.1f} ms  ({min(values) * 1000:.1f}–"
+        print(f"  {name:8} {med * 1000:7.1f} ms  ({min(values) * 1000:.1f}–"
               f"{max(values) * 1000:.1f})  {med / merge:5.2f}× merge")
 
 

@@ -26,7 +26,7 @@ from psycopg import sql
 from sync.apply.altkeys import AlternateKeys
 from sync.apply.conflicts import ConflictRecorder
 from sync.apply.deletes import Deletes
-from sync.apply.merge import UPSERT, existence, merge_columns
+from sync.apply.merge import MERGE_UPSERT, UPSERT, dominant_columns, existence, merge_columns
 from sync.apply.rowfallback import RowFallback
 from sync.db import state
 from sync.db.catalog import Schema, TableInfo
@@ -289,9 +289,12 @@ class Applier:
         # EXCLUDED.versionnumber is the proposed row's default: the sequence's next value.
         # (A backfill runs the trigger instead, which keeps the version of a no-op update.)
         stamped = () if backfill else ("versionnumber",)
+        assign = dominates = sql.SQL("")
         if info.per_column:
             updates, wins = merge_columns(info, cols, stamped, backfill=backfill,
                                           groups=seg.groups)
+            assign, dominates = dominant_columns(info, cols, stamped, backfill=backfill,
+                                                 groups=seg.groups)
         else:
             updates = sql.SQL(", ").join(
                 sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
@@ -300,7 +303,7 @@ class Applier:
                            "(t.modifiedon, t.sync_origin)").format(
                 sql.SQL(">=" if backfill else ">"))
         s_version, t_version = existence(info, "s"), existence(info, "t")
-        stmt = UPSERT
+        stmt = MERGE_UPSERT if info.per_column else UPSERT
 
         # A row the application deleted while ON CONFLICT waited for it is re-inserted by
         # the upsert (the conflict is gone) although its tombstone, committed meanwhile, is
@@ -310,10 +313,11 @@ class Applier:
             WHERE {one} AND t.{pk} = s.{pk} AND tb.tablename = {tname} AND tb.pk = s.{pk}
               AND (tb.modifiedon, tb.origin) >= {t_version}""")
 
-        def run(one: sql.Composable, params: tuple[Any, ...] = ()) -> tuple[int, int]:
+        def run(one: sql.Composable, params: dict[str, Any] | None = None) -> tuple[int, int]:
             q = stmt.format(table=table, cols=ident_list(cols), scols=ident_list(cols, "s"),
                             stage=stage, one=one, tname=sql.Literal(info.name), pk=pk,
-                            updates=updates, wins=wins, s_version=s_version)
+                            updates=updates, wins=wins, assign=assign, dominates=dominates,
+                            s_version=s_version)
             ins, upd = one_row(self.conn.execute(q, params))
             if ins:
                 ins -= self.conn.execute(recheck.format(
@@ -327,9 +331,9 @@ class Applier:
 
         done_before = (result.applied[(info.name, "insert")] + result.applied[(info.name, "update")]
                        + result.dead_letters[info.name])
+        one_key = sql.SQL("s.{} = %(key)s").format(pk)
         self.rows.bulk_or_rows(info, stage, seg.kind, lambda: count(*run(sql.SQL("true"))),
-                           lambda key: count(*run(sql.SQL("s.{} = %s").format(pk), (key,))),
-                           result)
+                               lambda key: count(*run(one_key, {"key": key})), result)
         done = (result.applied[(info.name, "insert")] + result.applied[(info.name, "update")]
                 + result.dead_letters[info.name]) - done_before
         # Rows not written: replays of a version we hold, or versions that lost. Rows that

@@ -8,23 +8,40 @@ from psycopg import sql
 from sync import versions
 from sync.db.catalog import TableInfo
 
-# The upsert of a staged segment (run by the applier, measured alone by bench.merge_cost):
-# rows older than a tombstone of their key are left out; {updates} and {wins} are
-# merge_columns' (or, without per-column versions, a row's last-writer-wins); {one}
-# narrows it to one staged key when a page is applied row by row.
-UPSERT = sql.SQL("""
-    WITH r AS (
+_INSERT = """
         INSERT INTO public.{table} AS t ({cols})
         SELECT {scols} FROM {stage} s
-        WHERE {one}
+        WHERE {one}%s
           AND NOT EXISTS (SELECT 1 FROM sync.tombstone tb
                           WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
                             AND (tb.modifiedon, tb.origin) >= {s_version})
         ORDER BY s.{pk}     -- row locks in key order: no deadlock between appliers
-        ON CONFLICT ({pk}) DO UPDATE SET {updates}
+        ON CONFLICT ({pk}) DO UPDATE SET """
+
+# The upsert of a staged segment (run by the applier, measured alone by bench.merge_cost):
+# rows older than a tombstone of their key are left out; {updates} and {wins} are a row's
+# last-writer-wins; {one} narrows it to one staged key when a page is applied row by row.
+UPSERT = sql.SQL("WITH r AS (" + _INSERT % "" + """{updates}
         WHERE {wins}
         RETURNING (xmax = 0) AS inserted)
     SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM r""")
+
+# The same with per-column versions, in two passes of one statement. Most incoming rows
+# are at least as new as the target's in every column (nobody else edited the row
+# meanwhile): the first pass writes those with plain assignments ({assign} where
+# {dominates}, dominant_columns), so a column costs one comparison instead of the merge's
+# four. The second takes the rest, whatever the first did not write — a concurrent edit, a
+# replay, an older incarnation — through the merge proper ({updates} where {wins},
+# merge_columns). Both write only rows the other does not (the second skips the first's
+# keys), and the first has locked, in key order, every existing row the second updates.
+MERGE_UPSERT = sql.SQL("WITH f AS (" + _INSERT % "" + """{assign}
+        WHERE {dominates}
+        RETURNING t.{pk} AS k, (xmax = 0) AS inserted),
+    m AS (""" + _INSERT % "\n          AND s.{pk} NOT IN (SELECT k FROM f)" + """{updates}
+        WHERE {wins}
+        RETURNING (xmax = 0) AS inserted)
+    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
+    FROM (SELECT inserted FROM f UNION ALL SELECT inserted FROM m) r""")
 
 
 def existence(info: TableInfo, alias: str) -> sql.Composable:
@@ -39,6 +56,72 @@ def existence(info: TableInfo, alias: str) -> sql.Composable:
     base = sql.Identifier(alias, "sync_base")
     return sql.SQL("({t}, (SELECT o.region FROM sync.origin o WHERE o.number = {n}))").format(
         t=versions.time_sql(base), n=versions.number_sql(base))
+
+
+_NEWER_BASE = sql.SQL("EXCLUDED.sync_base > t.sync_base")
+_SAME_BASE = sql.SQL("EXCLUDED.sync_base = t.sync_base")
+
+
+def _version(side: str, c: str) -> sql.Composable:
+    """A column's version on one side; NULL is the row's base (the insert's version)."""
+    return sql.SQL("coalesce({s}.{v}, {s}.sync_base)").format(
+        s=sql.SQL(side), v=sql.Identifier(c + "__v"))
+
+
+def _unit_version(side: str, members: tuple[str, ...]) -> sql.Composable:
+    if len(members) == 1:
+        return _version(side, members[0])
+    return sql.SQL("greatest({})").format(
+        sql.SQL(", ").join(_version(side, m) for m in members))
+
+
+def _unit_of(cols: tuple[str, ...], groups: tuple[tuple[str, ...], ...]
+             ) -> dict[str, tuple[str, ...]]:
+    """Each sent column's unit of decision: its group (when all of it is sent), or itself."""
+    group_of = {c: g for g in groups for c in g if all(m in cols for m in g)}
+    return {c: group_of.get(c, (c,)) for c in cols}
+
+
+def _wins(unit: tuple[str, ...], backfill: bool) -> sql.Composable:
+    """The incoming side wins the unit: its version is newer (at least as new, in a
+    backfill, which takes the owner's copy on a tie)."""
+    return sql.SQL("{} {} {}").format(_unit_version("EXCLUDED", unit),
+                                      sql.SQL(">=" if backfill else ">"),
+                                      _unit_version("t", unit))
+
+
+def _row_sets(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...],
+              changed: list[sql.Composable]) -> list[sql.Composable]:
+    """What both passes set alike: the versions of columns this peer does not carry (as
+    they were, explicit if the base moves), the unversioned columns, the row's times and
+    origin, its base, and the mask of the columns that won (the journal entry's ``cols``,
+    exact: egress hides an entry from a destination that receives none of them)."""
+    sets: list[sql.Composable] = []
+    for c in info.versioned:
+        if c not in cols:
+            ver = sql.Identifier(c + "__v")
+            sets.append(sql.SQL("{v} = CASE WHEN {nb} THEN coalesce(t.{v}, t.sync_base) "
+                                "ELSE t.{v} END").format(v=ver, nb=_NEWER_BASE))
+    for c in (*cols, *stamped):
+        if c == "versionnumber" or (c in info.columns and c not in info.versioned
+                                    and c not in (info.pk, "createdon", "modifiedon",
+                                                  "sync_origin")):
+            sets.append(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)))
+    newer = sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) > (t.modifiedon, t.sync_origin)")
+    return [*sets,
+            sql.SQL("createdon = CASE WHEN {} THEN EXCLUDED.createdon ELSE t.createdon END"
+                    ).format(_NEWER_BASE),
+            sql.SQL("modifiedon = CASE WHEN {} THEN EXCLUDED.modifiedon ELSE t.modifiedon END"
+                    ).format(newer),
+            sql.SQL("sync_origin = CASE WHEN {} THEN EXCLUDED.sync_origin ELSE t.sync_origin "
+                    "END").format(newer),
+            sql.SQL("sync_base = greatest(EXCLUDED.sync_base, t.sync_base)"),
+            sql.SQL("sync_changed = CASE WHEN {} THEN NULL ELSE {} END").format(
+                _NEWER_BASE, sql.SQL(" | ").join(changed) if changed else sql.SQL("NULL"))]
+
+
+def _mask(info: TableInfo, c: str, won: sql.Composable) -> sql.Composable:
+    return sql.SQL("CASE WHEN {} THEN {}::bigint ELSE 0 END").format(won, sql.Literal(info.bit(c)))
 
 
 def merge_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
@@ -56,64 +139,72 @@ def merge_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ..
     version among them on each side, so a merge never pairs one side's amount with the
     other's currency.
     """
-    op = sql.SQL(">=" if backfill else ">")
-
-    def version(side: str, c: str) -> sql.Composable:
-        return sql.SQL("coalesce({s}.{v}, {s}.sync_base)").format(
-            s=sql.SQL(side), v=sql.Identifier(c + "__v"))
-
-    def group_version(side: str, members: tuple[str, ...]) -> sql.Composable:
-        if len(members) == 1:
-            return version(side, members[0])
-        return sql.SQL("greatest({})").format(
-            sql.SQL(", ").join(version(side, m) for m in members))
-
-    group_of = {c: g for g in groups for c in g if all(m in cols for m in g)}
-    newer_base = sql.SQL("EXCLUDED.sync_base > t.sync_base")
-    same_base = sql.SQL("EXCLUDED.sync_base = t.sync_base")
-    sent = set(cols)
+    unit_of = _unit_of(cols, groups)
     sets: list[sql.Composable] = []
     wins: list[sql.Composable] = []
     changed: list[sql.Composable] = []
     for c in info.versioned:
-        col, ver = sql.Identifier(c), sql.Identifier(c + "__v")
-        if c not in sent:
-            # not carried by this peer: as it was, its version explicit if the base moves
-            sets.append(sql.SQL("{v} = CASE WHEN {nb} THEN coalesce(t.{v}, t.sync_base) "
-                                "ELSE t.{v} END").format(v=ver, nb=newer_base))
+        if c not in unit_of:
             continue
-        members = group_of.get(c, (c,))
-        won = sql.SQL("{} {} {}").format(group_version("EXCLUDED", members), op,
-                                         group_version("t", members))
-        takes = sql.SQL("({nb} OR {won})").format(nb=newer_base, won=won)
+        col, ver = sql.Identifier(c), sql.Identifier(c + "__v")
+        won = _wins(unit_of[c], backfill)
+        takes = sql.SQL("({nb} OR {won})").format(nb=_NEWER_BASE, won=won)
         sets.append(sql.SQL("{c} = CASE WHEN {takes} THEN EXCLUDED.{c} ELSE t.{c} END").format(
             c=col, takes=takes))
         sets.append(sql.SQL("{v} = CASE WHEN {takes} THEN EXCLUDED.{v} ELSE t.{v} END").format(
             v=ver, takes=takes))
         wins.append(won)
-        changed.append(sql.SQL("CASE WHEN {} THEN {}::bigint ELSE 0 END").format(
-            won, sql.Literal(info.bit(c))))
-    for c in (*cols, *stamped):
-        if c == "versionnumber" or (c in info.columns and c not in info.versioned
-                                    and c not in (info.pk, "createdon", "modifiedon",
-                                                  "sync_origin")):
-            sets.append(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)))
-    newer = sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) > (t.modifiedon, t.sync_origin)")
-    sets += [
-        sql.SQL("createdon = CASE WHEN {} THEN EXCLUDED.createdon ELSE t.createdon END"
-                ).format(newer_base),
-        sql.SQL("modifiedon = CASE WHEN {} THEN EXCLUDED.modifiedon ELSE t.modifiedon END"
-                ).format(newer),
-        sql.SQL("sync_origin = CASE WHEN {} THEN EXCLUDED.sync_origin ELSE t.sync_origin END"
-                ).format(newer),
-        sql.SQL("sync_base = greatest(EXCLUDED.sync_base, t.sync_base)"),
-        sql.SQL("sync_changed = CASE WHEN {} THEN NULL ELSE {} END").format(
-            newer_base, sql.SQL(" | ").join(changed) if changed else sql.SQL("NULL")),
-    ]
+        changed.append(_mask(info, c, won))
     where = sql.SQL("({nb} OR ({same} AND ({any})))").format(
-        nb=newer_base, same=same_base,
+        nb=_NEWER_BASE, same=_SAME_BASE,
         any=sql.SQL(" OR ").join(wins) if wins else sql.SQL("false"))
-    return sql.SQL(", ").join(sets), where
+    return sql.SQL(", ").join([*sets, *_row_sets(info, cols, stamped, changed)]), where
 
 
-__all__ = ["UPSERT", "existence", "merge_columns"]
+def dominant_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
+                     backfill: bool, groups: tuple[tuple[str, ...], ...] = ()
+                     ) -> tuple[sql.Composable, sql.Composable]:
+    """The SET list and WHERE of MERGE_UPSERT's first pass: the rows for which the merge
+    would take every sent column from the incoming side, written by assignment.
+
+    That is a newer incarnation, or the same one with every unit (column or group) won by
+    the incoming side or held at the very same versions, and at least one won. A version
+    names one write (its time and origin), so a column held at the same version holds the
+    same value, and assigning it changes nothing the merge would have kept: on such a row
+    the two write the same values, versions and mask. Anything else — a unit the target
+    holds newer, or a group whose newest versions tie while its members differ — is left
+    to the merge, in the second pass.
+    """
+    unit_of = _unit_of(cols, groups)
+    sets: list[sql.Composable] = []
+    holds: list[sql.Composable] = []
+    wins: list[sql.Composable] = []
+    changed: list[sql.Composable] = []
+    tested: set[tuple[str, ...]] = set()
+    for c in info.versioned:
+        if c not in unit_of:
+            continue
+        unit = unit_of[c]
+        sets.append(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)))
+        sets.append(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c + "__v")))
+        won = _wins(unit, backfill)
+        changed.append(_mask(info, c, won))
+        if unit in tested:
+            continue                            # a group is tested once
+        tested.add(unit)
+        wins.append(won)
+        if len(unit) == 1:
+            holds.append(sql.SQL("{} >= {}").format(_version("EXCLUDED", c), _version("t", c)))
+        else:
+            holds.append(sql.SQL("({} OR ({}))").format(won, sql.SQL(" AND ").join(
+                sql.SQL("{} = {}").format(_version("EXCLUDED", m), _version("t", m))
+                for m in unit)))
+    if not wins:
+        return merge_columns(info, cols, stamped, backfill=backfill, groups=groups)
+    where = sql.SQL("({nb} OR ({same} AND {holds} AND ({any})))").format(
+        nb=_NEWER_BASE, same=_SAME_BASE, holds=sql.SQL(" AND ").join(holds),
+        any=sql.SQL(" OR ").join(wins))
+    return sql.SQL(", ").join([*sets, *_row_sets(info, cols, stamped, changed)]), where
+
+
+__all__ = ["MERGE_UPSERT", "UPSERT", "dominant_columns", "existence", "merge_columns"]
