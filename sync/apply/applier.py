@@ -289,7 +289,8 @@ class Applier:
         # EXCLUDED.versionnumber is the proposed row's default: the sequence's next value.
         # (A backfill runs the trigger instead, which keeps the version of a no-op update.)
         stamped = () if backfill else ("versionnumber",)
-        assign = dominates = sql.SQL("")
+        assign: sql.Composable = sql.SQL("")
+        dominates: sql.Composable = sql.SQL("")
         if info.per_column:
             updates, wins = merge_columns(info, cols, stamped, backfill=backfill,
                                           groups=seg.groups)
