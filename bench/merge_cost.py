@@ -8,9 +8,11 @@ change to its SQL can be judged in seconds instead of a whole bench run: one dat
 page of ``--page`` rows in which every row's ``firstname`` is newer (as ``batch_1000``
 sends), applied with regionsync's settings and committed, interleaved:
 
-- ``merge``: the applier's statement (``sync.apply.merge.MERGE_UPSERT``): a first pass
-  assigning the rows the incoming side dominates in every column (all of this page), a
-  second merging the rest (none here);
+- ``merge``: the applier's statements (``sync.apply.merge.passes``): a first pass
+  assigning the rows the incoming side dominates in every column (all of this page), and
+  the merge for the rest only when some remain (none here);
+- ``merge_1_lost``: the same on a page in which one row's edit is older than the
+  target's: the first pass writes the others, the second merges that row alone;
 - ``one_pass``: the per-column merge alone (``UPSERT`` with ``merge_columns``, the
   applier's statement until 2026-12-06), choosing each column from the newer of two
   versions on every row;
@@ -32,7 +34,7 @@ import time
 import psycopg
 from psycopg import sql
 
-from sync.apply.merge import MERGE_UPSERT, UPSERT, dominant_columns, existence, merge_columns
+from sync.apply.merge import existence, merge_columns, passes, upsert
 from sync.db.catalog import TableInfo, introspect
 from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster
@@ -44,21 +46,19 @@ ROWS = 20_000
 PEER, PEER_NUMBER = "eu-west", 5
 
 
-Statement = tuple[sql.SQL, dict[str, sql.Composable]]
+Pass = tuple[sql.Composable, sql.Composable]
 
 
-def statements(info: TableInfo, cols: tuple[str, ...]) -> dict[str, Statement]:
+def statements(info: TableInfo, cols: tuple[str, ...]) -> dict[str, list[Pass]]:
     stamped = ("versionnumber",)
-    updates, wins = merge_columns(info, cols, stamped, backfill=False)
-    assign, dominates = dominant_columns(info, cols, stamped, backfill=False)
     row = (sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
                               for c in (*cols, *stamped) if c != info.pk),
            sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) > "
                    "(t.modifiedon, t.sync_origin)"))
-    return {"merge": (MERGE_UPSERT, {"updates": updates, "wins": wins, "assign": assign,
-                                     "dominates": dominates}),
-            "one_pass": (UPSERT, {"updates": updates, "wins": wins}),
-            "assign": (UPSERT, {"updates": row[0], "wins": row[1]})}
+    return {"merge": passes(info, cols, stamped, backfill=False),
+            "merge_1_lost": passes(info, cols, stamped, backfill=False),
+            "one_pass": [merge_columns(info, cols, stamped, backfill=False)],
+            "assign": [row]}
 
 
 def stage_page(conn: psycopg.Connection, cols: tuple[str, ...], keys: list, marker: str
@@ -98,25 +98,27 @@ def run(reps: int, page: int) -> dict[str, list[float]]:
         for rep in range(reps):
             order = list(variants) if rep % 2 == 0 else list(variants)[::-1]
             for name in order:
-                template, parts = variants[name]
-                q = template.format(table=sql.Identifier("contact"), cols=ident_list(cols),
-                                    scols=ident_list(cols, "s"),
-                                    stage=sql.Identifier("bench_stage"), one=sql.SQL("true"),
-                                    tname=sql.Literal("contact"),
-                                    pk=sql.Identifier("contactid"),
-                                    s_version=existence(info, "s"), **parts)
                 marker, batch = f"merge-cost-{rep}-{name}", random.sample(keys, page)
                 with conn.transaction():
                     conn.execute("SELECT set_config('regionsync.origin', %s, true), "
                                  "set_config('regionsync.journal', 'off', true), "
                                  "set_config('regionsync.stamped', 'on', true)", (PEER,))
                     stage_page(conn, cols, batch, marker)
+                    lost = 0
+                    if name == "merge_1_lost":   # one row's edit older than the target's
+                        lost = conn.execute("UPDATE bench_stage SET firstname__v = 1 WHERE "
+                                            "contactid = %s", (batch[0],)).rowcount
                     started = time.perf_counter()
-                    inserted, updated = conn.execute(q).fetchone() or (None, None)
+                    inserted, updated = upsert(
+                        conn, variants[name], one=sql.SQL("true"),
+                        table=sql.Identifier("contact"), cols=ident_list(cols),
+                        scols=ident_list(cols, "s"), stage=sql.Identifier("bench_stage"),
+                        tname=sql.Literal("contact"), pk=sql.Identifier("contactid"),
+                        s_version=existence(info, "s"))
                     times[name].append(time.perf_counter() - started)
                     got = conn.execute("SELECT count(*) FROM contact WHERE firstname = %s",
                                        (marker,)).fetchone()
-                    if (inserted, updated) != (0, page) or got != (page,):
+                    if (inserted, updated) != (0, page - lost) or got != (page - lost,):
                         raise AssertionError(f"{name}: {inserted} inserted, {updated} "
                                              f"updated, {got} rows hold the page's value")
         conn.close()

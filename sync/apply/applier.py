@@ -26,11 +26,11 @@ from psycopg import sql
 from sync.apply.altkeys import AlternateKeys
 from sync.apply.conflicts import ConflictRecorder
 from sync.apply.deletes import Deletes
-from sync.apply.merge import MERGE_UPSERT, UPSERT, dominant_columns, existence, merge_columns
+from sync.apply.merge import existence, passes, upsert
 from sync.apply.rowfallback import RowFallback
 from sync.db import state
 from sync.db.catalog import Schema, TableInfo
-from sync.db.connect import one_row, scalar
+from sync.db.connect import scalar
 from sync.errors import TokenRegression
 from sync.records import BatchKind, Page, PageResult, Segment
 from sync.wire import copy_in, ident_list
@@ -289,22 +289,8 @@ class Applier:
         # EXCLUDED.versionnumber is the proposed row's default: the sequence's next value.
         # (A backfill runs the trigger instead, which keeps the version of a no-op update.)
         stamped = () if backfill else ("versionnumber",)
-        assign: sql.Composable = sql.SQL("")
-        dominates: sql.Composable = sql.SQL("")
-        if info.per_column:
-            updates, wins = merge_columns(info, cols, stamped, backfill=backfill,
-                                          groups=seg.groups)
-            assign, dominates = dominant_columns(info, cols, stamped, backfill=backfill,
-                                                 groups=seg.groups)
-        else:
-            updates = sql.SQL(", ").join(
-                sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
-                for c in (*cols, *stamped) if c != info.pk)
-            wins = sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) {} "
-                           "(t.modifiedon, t.sync_origin)").format(
-                sql.SQL(">=" if backfill else ">"))
+        steps = passes(info, cols, stamped, backfill=backfill, groups=seg.groups)
         s_version, t_version = existence(info, "s"), existence(info, "t")
-        stmt = MERGE_UPSERT if info.per_column else UPSERT
 
         # A row the application deleted while ON CONFLICT waited for it is re-inserted by
         # the upsert (the conflict is gone) although its tombstone, committed meanwhile, is
@@ -315,11 +301,9 @@ class Applier:
               AND (tb.modifiedon, tb.origin) >= {t_version}""")
 
         def run(one: sql.Composable, params: dict[str, Any] | None = None) -> tuple[int, int]:
-            q = stmt.format(table=table, cols=ident_list(cols), scols=ident_list(cols, "s"),
-                            stage=stage, one=one, tname=sql.Literal(info.name), pk=pk,
-                            updates=updates, wins=wins, assign=assign, dominates=dominates,
-                            s_version=s_version)
-            ins, upd = one_row(self.conn.execute(q, params))
+            ins, upd = upsert(self.conn, steps, one=one, params=params, table=table,
+                              cols=ident_list(cols), scols=ident_list(cols, "s"), stage=stage,
+                              tname=sql.Literal(info.name), pk=pk, s_version=s_version)
             if ins:
                 ins -= self.conn.execute(recheck.format(
                     table=table, stage=stage, one=one, pk=pk, tname=sql.Literal(info.name),

@@ -3,45 +3,35 @@ and how an upsert decides column by column. Kept apart from the applier, which r
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 from psycopg import sql
 
 from sync import versions
 from sync.db.catalog import TableInfo
 
-_INSERT = """
+# The upsert of a staged segment (run by the applier, measured alone by bench.merge_cost):
+# rows older than a tombstone of their key are left out; {updates} and {wins} are one
+# pass's SET list and WHERE (``passes``); {one} narrows it to one staged key when a page is
+# applied row by row. It returns the rows inserted, updated, and the staged keys it did
+# not write (NULL when none): the next pass runs for those alone.
+UPSERT = sql.SQL("""
+    WITH r AS (
         INSERT INTO public.{table} AS t ({cols})
         SELECT {scols} FROM {stage} s
-        WHERE {one}%s
+        WHERE {one}
           AND NOT EXISTS (SELECT 1 FROM sync.tombstone tb
                           WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
                             AND (tb.modifiedon, tb.origin) >= {s_version})
         ORDER BY s.{pk}     -- row locks in key order: no deadlock between appliers
-        ON CONFLICT ({pk}) DO UPDATE SET """
-
-# The upsert of a staged segment (run by the applier, measured alone by bench.merge_cost):
-# rows older than a tombstone of their key are left out; {updates} and {wins} are a row's
-# last-writer-wins; {one} narrows it to one staged key when a page is applied row by row.
-UPSERT = sql.SQL("WITH r AS (" + _INSERT % "" + """{updates}
+        ON CONFLICT ({pk}) DO UPDATE SET {updates}
         WHERE {wins}
-        RETURNING (xmax = 0) AS inserted)
-    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM r""")
-
-# The same with per-column versions, in two passes of one statement. Most incoming rows
-# are at least as new as the target's in every column (nobody else edited the row
-# meanwhile): the first pass writes those with plain assignments ({assign} where
-# {dominates}, dominant_columns), so a column costs one comparison instead of the merge's
-# four. The second takes the rest, whatever the first did not write — a concurrent edit, a
-# replay, an older incarnation — through the merge proper ({updates} where {wins},
-# merge_columns). Both write only rows the other does not (the second skips the first's
-# keys), and the first has locked, in key order, every existing row the second updates.
-MERGE_UPSERT = sql.SQL("WITH f AS (" + _INSERT % "" + """{assign}
-        WHERE {dominates}
-        RETURNING t.{pk} AS k, (xmax = 0) AS inserted),
-    m AS (""" + _INSERT % "\n          AND s.{pk} NOT IN (SELECT k FROM f)" + """{updates}
-        WHERE {wins}
-        RETURNING (xmax = 0) AS inserted)
-    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
-    FROM (SELECT inserted FROM f UNION ALL SELECT inserted FROM m) r""")
+        RETURNING t.{pk} AS k, (xmax = 0) AS inserted)
+    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted),
+           (SELECT array_agg(s.{pk}) FROM {stage} s
+            WHERE {one} AND s.{pk} NOT IN (SELECT k FROM r))
+    FROM r""")
 
 
 def existence(info: TableInfo, alias: str) -> sql.Composable:
@@ -161,10 +151,56 @@ def merge_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ..
     return sql.SQL(", ").join([*sets, *_row_sets(info, cols, stamped, changed)]), where
 
 
+def passes(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
+           backfill: bool, groups: tuple[tuple[str, ...], ...] = ()
+           ) -> list[tuple[sql.Composable, sql.Composable]]:
+    """The (SET list, WHERE) of each pass of UPSERT over a staged segment, in order; a pass
+    runs only while rows remain that no earlier pass wrote.
+
+    With per-column versions most incoming rows are at least as new as the target's in
+    every column (nobody else edited the row meanwhile): the first pass writes those by
+    assignment (``dominant_columns``), one comparison per column where the merge's
+    ``CASE``s cost four. The second (``merge_columns``) runs only for the staged keys the
+    first did not write — a concurrent edit, a replay, another incarnation, a row a
+    tombstone holds back — and decides those column by column. A row-level table has one
+    pass."""
+    if info.per_column:
+        return [dominant_columns(info, cols, stamped, backfill=backfill, groups=groups),
+                merge_columns(info, cols, stamped, backfill=backfill, groups=groups)]
+    return [(sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+                                for c in (*cols, *stamped) if c != info.pk),
+             sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) {} "
+                     "(t.modifiedon, t.sync_origin)").format(
+                 sql.SQL(">=" if backfill else ">")))]
+
+
+def upsert(conn: psycopg.Connection, steps: list[tuple[sql.Composable, sql.Composable]], *,
+           one: sql.Composable, params: dict[str, Any] | None = None,
+           **names: sql.Composable) -> tuple[int, int]:
+    """Run UPSERT's ``passes`` over a staged segment (``names``: table, cols, scols, stage,
+    tname, pk, s_version), each pass for the keys no earlier one wrote; returns the rows
+    (inserted, updated)."""
+    ins = upd = 0
+    rest: list[Any] | None = None
+    for n, (updates, wins) in enumerate(steps):
+        these, args = one, params
+        if n:
+            if not rest:
+                break
+            these = sql.SQL("({}) AND s.{} = ANY(%(rest)s)").format(one, names["pk"])
+            args = {**(params or {}), "rest": rest}
+        row = conn.execute(UPSERT.format(one=these, updates=updates, wins=wins, **names),
+                           args).fetchone()
+        if row is None:
+            raise RuntimeError("the upsert returned no row")
+        ins, upd, rest = ins + row[0], upd + row[1], row[2]
+    return ins, upd
+
+
 def dominant_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
                      backfill: bool, groups: tuple[tuple[str, ...], ...] = ()
                      ) -> tuple[sql.Composable, sql.Composable]:
-    """The SET list and WHERE of MERGE_UPSERT's first pass: the rows for which the merge
+    """The SET list and WHERE of the first of ``passes``: the rows for which the merge
     would take every sent column from the incoming side, written by assignment.
 
     That is a newer incarnation, or the same one with every unit (column or group) won by
@@ -207,4 +243,4 @@ def dominant_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str,
     return sql.SQL(", ").join([*sets, *_row_sets(info, cols, stamped, changed)]), where
 
 
-__all__ = ["MERGE_UPSERT", "UPSERT", "dominant_columns", "existence", "merge_columns"]
+__all__ = ["UPSERT", "dominant_columns", "existence", "merge_columns", "passes", "upsert"]

@@ -1,4 +1,4 @@
-"""The apply upsert's two passes (sync.apply.merge.MERGE_UPSERT) write what the merge alone
+"""The apply upsert's two passes (sync.apply.merge.passes) write what the merge alone
 writes: the first pass assigns the rows in which the incoming side is at least as new in
 every column, the second merges the rest, and no row may come out different from a single
 per-column merge of the same page — values, versions, row time, base and journal mask.
@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from sync import versions
-from sync.apply.merge import MERGE_UPSERT, UPSERT, dominant_columns, existence, merge_columns
+from sync.apply.merge import dominant_columns, existence, merge_columns, passes, upsert
 from sync.db.catalog import TableInfo
 from sync.wire import ident_list
 from tests.fix_pg import Mesh
@@ -99,20 +99,18 @@ def _apply(conn: psycopg.Connection, info: TableInfo, two_passes: bool, backfill
            groups: tuple[tuple[str, ...], ...]) -> tuple[tuple[int, int], list[tuple]]:
     cols = _cols(info)
     stamped = () if backfill else ("versionnumber",)
-    updates, wins = merge_columns(info, cols, stamped, backfill=backfill, groups=groups)
-    assign, dominates = dominant_columns(info, cols, stamped, backfill=backfill, groups=groups)
-    q = (MERGE_UPSERT if two_passes else UPSERT).format(
-        table=sql.Identifier("contact"), cols=ident_list(cols), scols=ident_list(cols, "s"),
-        stage=sql.Identifier("merge_stage"), one=sql.SQL("true"), tname=sql.Literal("contact"),
-        pk=sql.Identifier("contactid"), updates=updates, wins=wins, assign=assign,
-        dominates=dominates, s_version=existence(info, "s"))
-    counts = conn.execute(q).fetchone()
+    steps = (passes(info, cols, stamped, backfill=backfill, groups=groups) if two_passes else
+             [merge_columns(info, cols, stamped, backfill=backfill, groups=groups)])
+    counts = upsert(conn, steps, one=sql.SQL("true"), table=sql.Identifier("contact"),
+                    cols=ident_list(cols), scols=ident_list(cols, "s"),
+                    stage=sql.Identifier("merge_stage"), tname=sql.Literal("contact"),
+                    pk=sql.Identifier("contactid"), s_version=existence(info, "s"))
     shown = [c for c in (*cols, "sync_changed") if c != "modifiedon"]
     rows = conn.execute(sql.SQL("SELECT {}, modifiedon = (SELECT s.modifiedon FROM merge_stage s "
                                 "WHERE s.contactid = c.contactid) FROM contact c "
                                 "WHERE contactid IN (SELECT contactid FROM merge_stage) "
                                 "ORDER BY contactid").format(ident_list(shown, "c"))).fetchall()
-    return (counts[0], counts[1]), rows
+    return counts, rows
 
 
 @pytest.mark.parametrize("backfill", [False, True], ids=["delta", "backfill"])
