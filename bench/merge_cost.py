@@ -34,7 +34,7 @@ import time
 import psycopg
 from psycopg import sql
 
-from sync.apply.merge import existence, merge_columns, passes, upsert
+from sync.apply.merge import existence, merge_columns, passes, row_columns, upsert
 from sync.db.catalog import TableInfo, introspect
 from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster
@@ -51,14 +51,10 @@ Pass = tuple[sql.Composable, sql.Composable]
 
 def statements(info: TableInfo, cols: tuple[str, ...]) -> dict[str, list[Pass]]:
     stamped = ("versionnumber",)
-    row = (sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
-                              for c in (*cols, *stamped) if c != info.pk),
-           sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) > "
-                   "(t.modifiedon, t.sync_origin)"))
     return {"merge": passes(info, cols, stamped, backfill=False),
             "merge_1_lost": passes(info, cols, stamped, backfill=False),
             "one_pass": [merge_columns(info, cols, stamped, backfill=False)],
-            "assign": [row]}
+            "assign": [row_columns(info, cols, stamped, backfill=False)]}
 
 
 def stage_page(conn: psycopg.Connection, cols: tuple[str, ...], keys: list, marker: str

@@ -14,8 +14,9 @@ from sync.db.catalog import TableInfo
 # The upsert of a staged segment (run by the applier, measured alone by bench.merge_cost):
 # rows older than a tombstone of their key are left out; {updates} and {wins} are one
 # pass's SET list and WHERE (``passes``); {one} narrows it to one staged key when a page is
-# applied row by row. It returns the rows inserted, updated, and the staged keys it did
-# not write (NULL when none): the next pass runs for those alone.
+# applied row by row. It returns the rows inserted, updated, and — {rest}, when another
+# pass follows — the staged keys it did not write (NULL when none): that pass runs for
+# those alone.
 UPSERT = sql.SQL("""
     WITH r AS (
         INSERT INTO public.{table} AS t ({cols})
@@ -28,10 +29,12 @@ UPSERT = sql.SQL("""
         ON CONFLICT ({pk}) DO UPDATE SET {updates}
         WHERE {wins}
         RETURNING t.{pk} AS k, (xmax = 0) AS inserted)
-    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted),
-           (SELECT array_agg(s.{pk}) FROM {stage} s
-            WHERE {one} AND s.{pk} NOT IN (SELECT k FROM r))
+    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), {rest}
     FROM r""")
+
+# UPSERT's {rest} for a pass that another follows: the staged keys it did not write.
+_REST = sql.SQL("""(SELECT array_agg(s.{pk}) FROM {stage} s
+                        WHERE {one} AND s.{pk} NOT IN (SELECT k FROM r))""")
 
 
 def existence(info: TableInfo, alias: str) -> sql.Composable:
@@ -164,14 +167,22 @@ def passes(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
     first did not write — a concurrent edit, a replay, another incarnation, a row a
     tombstone holds back — and decides those column by column. A row-level table has one
     pass."""
-    if info.per_column:
-        return [dominant_columns(info, cols, stamped, backfill=backfill, groups=groups),
-                merge_columns(info, cols, stamped, backfill=backfill, groups=groups)]
-    return [(sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
-                                for c in (*cols, *stamped) if c != info.pk),
-             sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) {} "
-                     "(t.modifiedon, t.sync_origin)").format(
-                 sql.SQL(">=" if backfill else ">")))]
+    if not info.per_column:
+        return [row_columns(info, cols, stamped, backfill=backfill)]
+    merge = merge_columns(info, cols, stamped, backfill=backfill, groups=groups)
+    if not any(c in info.versioned for c in cols):
+        return [merge]                       # no column to dominate in: only the bases decide
+    return [dominant_columns(info, cols, stamped, backfill=backfill, groups=groups), merge]
+
+
+def row_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
+                backfill: bool) -> tuple[sql.Composable, sql.Composable]:
+    """The SET list and WHERE of row-level last-writer-wins (a table without per-column
+    versions): every sent column assigned when the row's (time, origin) is newer."""
+    return (sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+                               for c in (*cols, *stamped) if c != info.pk),
+            sql.SQL("(EXCLUDED.modifiedon, EXCLUDED.sync_origin) {} "
+                    "(t.modifiedon, t.sync_origin)").format(sql.SQL(">=" if backfill else ">")))
 
 
 def upsert(conn: psycopg.Connection, steps: list[tuple[sql.Composable, sql.Composable]], *,
@@ -189,8 +200,10 @@ def upsert(conn: psycopg.Connection, steps: list[tuple[sql.Composable, sql.Compo
                 break
             these = sql.SQL("({}) AND s.{} = ANY(%(rest)s)").format(one, names["pk"])
             args = {**(params or {}), "rest": rest}
-        row = conn.execute(UPSERT.format(one=these, updates=updates, wins=wins, **names),
-                           args).fetchone()
+        rest_sql = (_REST.format(one=these, pk=names["pk"], stage=names["stage"])
+                    if n + 1 < len(steps) else sql.SQL("NULL"))
+        row = conn.execute(UPSERT.format(one=these, updates=updates, wins=wins, rest=rest_sql,
+                                         **names), args).fetchone()
         if row is None:
             raise RuntimeError("the upsert returned no row")
         ins, upd, rest = ins + row[0], upd + row[1], row[2]
@@ -235,12 +248,11 @@ def dominant_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str,
             holds.append(sql.SQL("({} OR ({}))").format(won, sql.SQL(" AND ").join(
                 sql.SQL("{} = {}").format(_version("EXCLUDED", m), _version("t", m))
                 for m in unit)))
-    if not wins:
-        return merge_columns(info, cols, stamped, backfill=backfill, groups=groups)
     where = sql.SQL("({nb} OR ({same} AND {holds} AND ({any})))").format(
         nb=_NEWER_BASE, same=_SAME_BASE, holds=sql.SQL(" AND ").join(holds),
         any=sql.SQL(" OR ").join(wins))
     return sql.SQL(", ").join([*sets, *_row_sets(info, cols, stamped, changed)]), where
 
 
-__all__ = ["UPSERT", "dominant_columns", "existence", "merge_columns", "passes", "upsert"]
+__all__ = ["UPSERT", "dominant_columns", "existence", "merge_columns", "passes",
+           "row_columns", "upsert"]
