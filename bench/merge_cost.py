@@ -11,6 +11,8 @@ sends), applied with regionsync's settings and committed, interleaved:
 - ``merge``: the applier's statements (``sync.apply.merge.passes``): a first pass
   assigning the rows the incoming side dominates in every column (all of this page), and
   the merge for the rest only when some remain (none here);
+- ``no_journal``: the same statements as a region that forwards nothing runs them
+  (``journal=False``): no mask of the columns that won is computed;
 - ``merge_1_lost``: the same on a page in which one row's edit is older than the
   target's: the first pass writes the others, the second merges that row alone;
 - ``one_pass``: the per-column merge alone (``UPSERT`` with ``merge_columns``, the
@@ -52,6 +54,7 @@ Pass = tuple[sql.Composable, sql.Composable]
 def statements(info: TableInfo, cols: tuple[str, ...]) -> dict[str, list[Pass]]:
     stamped = ("versionnumber",)
     return {"merge": passes(info, cols, stamped, backfill=False),
+            "no_journal": passes(info, cols, stamped, backfill=False, journal=False),
             "merge_1_lost": passes(info, cols, stamped, backfill=False),
             "one_pass": [merge_columns(info, cols, stamped, backfill=False)],
             "assign": [row_columns(info, cols, stamped, backfill=False)]}

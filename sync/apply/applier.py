@@ -26,7 +26,7 @@ from psycopg import sql
 from sync.apply.altkeys import AlternateKeys
 from sync.apply.conflicts import ConflictRecorder
 from sync.apply.deletes import Deletes
-from sync.apply.merge import existence, passes, upsert
+from sync.apply.merge import Upsert, existence, passes
 from sync.apply.rowfallback import RowFallback
 from sync.db import state
 from sync.db.catalog import Schema, TableInfo
@@ -77,6 +77,7 @@ class Applier:
         # their pages can be COPYed straight in (see begin_initial_load).
         self._direct: set[str] = set()
         self._stages: set[str] = set()    # stage tables that exist on this connection
+        self._upserts: dict[tuple[Any, ...], Upsert] = {}   # per shape of segment (_upsert)
         self._staged: set[str] = set()    # ... and hold rows of the current transaction
 
     def begin_initial_load(self, tables: list[str]) -> None:
@@ -286,11 +287,26 @@ class Applier:
     def _upsert(self, info: TableInfo, seg: Segment, stage: sql.Identifier,
                 result: PageResult, *, backfill: bool = False) -> None:
         table, pk, cols = sql.Identifier(info.name), sql.Identifier(info.pk), seg.columns
-        # EXCLUDED.versionnumber is the proposed row's default: the sequence's next value.
-        # (A backfill runs the trigger instead, which keeps the version of a no-op update.)
-        stamped = () if backfill else ("versionnumber",)
-        steps = passes(info, cols, stamped, backfill=backfill, groups=seg.groups)
-        s_version, t_version = existence(info, "s"), existence(info, "t")
+        t_version = existence(info, "t")
+        # one Upsert per shape of segment, kept (see sync.apply.merge.Upsert); the column
+        # bits of its journal masks are part of the shape
+        shape = (info, tuple(info.attnums.items()), cols, backfill, seg.groups, self.journal,
+                 stage.as_string(None))
+        statements = self._upserts.get(shape)
+        if statements is None:
+            if len(self._upserts) >= 256:     # shapes change with policies: keep the recent
+                self._upserts.clear()
+            # EXCLUDED.versionnumber is the proposed row's default: the sequence's next
+            # value. (A backfill runs the trigger instead, which keeps the version of a
+            # no-op update.)
+            stamped = () if backfill else ("versionnumber",)
+            statements = Upsert(passes(info, cols, stamped, backfill=backfill,
+                                       groups=seg.groups, journal=self.journal),
+                                table=table, cols=ident_list(cols),
+                                scols=ident_list(cols, "s"), stage=stage,
+                                tname=sql.Literal(info.name), pk=pk,
+                                s_version=existence(info, "s"))
+            self._upserts[shape] = statements
 
         # A row the application deleted while ON CONFLICT waited for it is re-inserted by
         # the upsert (the conflict is gone) although its tombstone, committed meanwhile, is
@@ -300,13 +316,13 @@ class Applier:
             WHERE {one} AND t.{pk} = s.{pk} AND tb.tablename = {tname} AND tb.pk = s.{pk}
               AND (tb.modifiedon, tb.origin) >= {t_version}""")
 
-        def run(one: sql.Composable, params: dict[str, Any] | None = None) -> tuple[int, int]:
-            ins, upd = upsert(self.conn, steps, one=one, params=params, table=table,
-                              cols=ident_list(cols), scols=ident_list(cols, "s"), stage=stage,
-                              tname=sql.Literal(info.name), pk=pk, s_version=s_version)
+        def run(one: sql.Composable | None, params: dict[str, Any] | None = None
+                ) -> tuple[int, int]:
+            ins, upd = statements.run(self.conn, one, params)
             if ins:
                 ins -= self.conn.execute(recheck.format(
-                    table=table, stage=stage, one=one, pk=pk, tname=sql.Literal(info.name),
+                    table=table, stage=stage, one=one or sql.SQL("true"), pk=pk,
+                    tname=sql.Literal(info.name),
                     t_version=t_version), params).rowcount
             return ins, upd
 
@@ -317,7 +333,7 @@ class Applier:
         done_before = (result.applied[(info.name, "insert")] + result.applied[(info.name, "update")]
                        + result.dead_letters[info.name])
         one_key = sql.SQL("s.{} = %(key)s").format(pk)
-        self.rows.bulk_or_rows(info, stage, seg.kind, lambda: count(*run(sql.SQL("true"))),
+        self.rows.bulk_or_rows(info, stage, seg.kind, lambda: count(*run(None)),
                                lambda key: count(*run(one_key, {"key": key})), result)
         done = (result.applied[(info.name, "insert")] + result.applied[(info.name, "update")]
                 + result.dead_letters[info.name]) - done_before

@@ -19,6 +19,10 @@ from sync.apply.merge import existence
 from sync.db import origins, state
 from sync.db.catalog import TableInfo
 
+# journal entries of ours that the peer's token for us (%(seen)s) does not cover
+_UNSEEN = sql.SQL(" AND c.txid >= pg_snapshot_xmin(%(seen)s::pg_snapshot)"
+                  " AND NOT pg_visible_in_snapshot(c.txid, %(seen)s::pg_snapshot)")
+
 
 def _row_object(cols: tuple[str, ...]) -> sql.Composable:
     """Arguments of jsonb_build_object for the local row's synced columns (alias t)."""
@@ -34,6 +38,9 @@ class ConflictRecorder:
         self.peer = peer
         self.region = region
         self.namer = origins.Namer(conn)
+        # local_column_losers' query per (table, columns, whether the peer has a token):
+        # composing it each page cost more Python than running it (the token is a parameter)
+        self._local_queries: dict[tuple[str, tuple[str, ...], bool, str], bytes] = {}
 
     def _record_columns(self, table: str, key: Any, lost: dict[str, tuple[int, int]],
                         loser_row: dict[str, Any], diff_json: str) -> None:
@@ -115,11 +122,6 @@ class ConflictRecorder:
             n += 1
         return n
 
-    def _unseen(self, peer_has_seen: str | None) -> sql.Composable:
-        return (sql.SQL(" AND c.txid >= pg_snapshot_xmin({s}::pg_snapshot)"
-                        " AND NOT pg_visible_in_snapshot(c.txid, {s}::pg_snapshot)").format(
-                    s=sql.Literal(peer_has_seen)) if peer_has_seen else sql.SQL(""))
-
     def local_column_losers(self, info: TableInfo, stage: sql.Identifier,
                             cols: tuple[str, ...], peer_has_seen: str | None) -> int:
         """Per column (migration 0018): the local edits of columns that an incoming, newer
@@ -130,22 +132,30 @@ class ConflictRecorder:
         sent = [c for c in info.versioned if c in cols]
         if not sent:
             return 0
-        version_pairs = sql.SQL(", ").join(
-            sql.SQL("{}, jsonb_build_array(t.{v}, s.{v}, to_jsonb(t.{c}), to_jsonb(s.{c}))").format(
-                sql.Literal(c), v=sql.Identifier(c + "__v"), c=sql.Identifier(c)) for c in sent)
-        q = sql.SQL("""
-            SELECT DISTINCT ON (t.{pk}) t.{pk}, t.sync_base, s.sync_base,
-                   jsonb_build_object({version_pairs})
-            FROM sync.change_set c
-            CROSS JOIN LATERAL unnest(c.pks, c.versions) AS k(pk, versionnumber)
-            JOIN public.{table} t ON t.{pk} = k.pk AND t.versionnumber = k.versionnumber
-            JOIN {stage} s ON s.{pk} = k.pk
-            WHERE c.origin = {region} AND c.tablename = {tname}{seen}
-              AND t.sync_origin = {region} AND s.sync_base >= t.sync_base""").format(
-            pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
-            region=sql.Literal(self.region), tname=sql.Literal(info.name),
-            seen=self._unseen(peer_has_seen), version_pairs=version_pairs)
-        rows = self.conn.execute(q).fetchall()
+        shape = (info.name, cols, peer_has_seen is not None, stage.as_string(None))
+        q = self._local_queries.get(shape)
+        if q is None:
+            if len(self._local_queries) >= 256:   # shapes change with policies
+                self._local_queries.clear()
+            version_pairs = sql.SQL(", ").join(
+                sql.SQL("{}, jsonb_build_array(t.{v}, s.{v}, to_jsonb(t.{c}), to_jsonb(s.{c}))"
+                        ).format(sql.Literal(c), v=sql.Identifier(c + "__v"),
+                                 c=sql.Identifier(c)) for c in sent)
+            q = sql.SQL("""
+                SELECT DISTINCT ON (t.{pk}) t.{pk}, t.sync_base, s.sync_base,
+                       jsonb_build_object({version_pairs})
+                FROM sync.change_set c
+                CROSS JOIN LATERAL unnest(c.pks, c.versions) AS k(pk, versionnumber)
+                JOIN public.{table} t ON t.{pk} = k.pk AND t.versionnumber = k.versionnumber
+                JOIN {stage} s ON s.{pk} = k.pk
+                WHERE c.origin = {region} AND c.tablename = {tname}{seen}
+                  AND t.sync_origin = {region} AND s.sync_base >= t.sync_base""").format(
+                pk=sql.Identifier(info.pk), stage=stage, table=sql.Identifier(info.name),
+                region=sql.Literal(self.region), tname=sql.Literal(info.name),
+                seen=_UNSEEN if peer_has_seen else sql.SQL(""), version_pairs=version_pairs
+            ).as_bytes(self.conn)
+            self._local_queries[shape] = q
+        rows = self.conn.execute(q, {"seen": peer_has_seen} if peer_has_seen else None).fetchall()
         ours = self.namer.number_of(self.region) if rows else None
         n = 0
         for key, t_base, s_base, per_column in rows:

@@ -84,11 +84,16 @@ def _wins(unit: tuple[str, ...], backfill: bool) -> sql.Composable:
 
 
 def _row_sets(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...],
-              changed: list[sql.Composable]) -> list[sql.Composable]:
+              changed: list[sql.Composable] | None) -> list[sql.Composable]:
     """What both passes set alike: the versions of columns this peer does not carry (as
     they were, explicit if the base moves), the unversioned columns, the row's times and
     origin, its base, and the mask of the columns that won (the journal entry's ``cols``,
-    exact: egress hides an entry from a destination that receives none of them)."""
+    exact: egress hides an entry from a destination that receives none of them).
+
+    ``changed`` None: the apply journals nothing (a region that forwards nothing), so no
+    entry will carry a mask; it is cleared instead of computed (a CASE per column on every
+    row). Masks are read only from the rows a statement writes, as it writes them (the
+    capture triggers), so a cleared one is never read."""
     sets: list[sql.Composable] = []
     for c in info.versioned:
         if c not in cols:
@@ -109,6 +114,7 @@ def _row_sets(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...],
             sql.SQL("sync_origin = CASE WHEN {} THEN EXCLUDED.sync_origin ELSE t.sync_origin "
                     "END").format(newer),
             sql.SQL("sync_base = greatest(EXCLUDED.sync_base, t.sync_base)"),
+            sql.SQL("sync_changed = NULL") if changed is None else
             sql.SQL("sync_changed = CASE WHEN {} THEN NULL ELSE {} END").format(
                 _NEWER_BASE, sql.SQL(" | ").join(changed) if changed else sql.SQL("NULL"))]
 
@@ -118,8 +124,8 @@ def _mask(info: TableInfo, c: str, won: sql.Composable) -> sql.Composable:
 
 
 def merge_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
-                  backfill: bool, groups: tuple[tuple[str, ...], ...] = ()
-                  ) -> tuple[sql.Composable, sql.Composable]:
+                  backfill: bool, groups: tuple[tuple[str, ...], ...] = (),
+                  journal: bool = True) -> tuple[sql.Composable, sql.Composable]:
     """The SET list and WHERE of a per-column merge (migration 0018).
 
     A row's base is its incarnation (the insert that created it). The newer incarnation
@@ -130,7 +136,7 @@ def merge_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ..
     the mask of the columns that won: a forwarding region's journal entry carries it.
     The columns of a group (policy ``column_groups``) are decided together, by the newest
     version among them on each side, so a merge never pairs one side's amount with the
-    other's currency.
+    other's currency. ``journal`` False: no mask (see ``_row_sets``).
     """
     unit_of = _unit_of(cols, groups)
     sets: list[sql.Composable] = []
@@ -151,11 +157,12 @@ def merge_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ..
     where = sql.SQL("({nb} OR ({same} AND ({any})))").format(
         nb=_NEWER_BASE, same=_SAME_BASE,
         any=sql.SQL(" OR ").join(wins) if wins else sql.SQL("false"))
-    return sql.SQL(", ").join([*sets, *_row_sets(info, cols, stamped, changed)]), where
+    return sql.SQL(", ").join(
+        [*sets, *_row_sets(info, cols, stamped, changed if journal else None)]), where
 
 
 def passes(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
-           backfill: bool, groups: tuple[tuple[str, ...], ...] = ()
+           backfill: bool, groups: tuple[tuple[str, ...], ...] = (), journal: bool = True
            ) -> list[tuple[sql.Composable, sql.Composable]]:
     """The (SET list, WHERE) of each pass of UPSERT over a staged segment, in order; a pass
     runs only while rows remain that no earlier pass wrote.
@@ -166,13 +173,16 @@ def passes(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
     ``CASE``s cost four. The second (``merge_columns``) runs only for the staged keys the
     first did not write — a concurrent edit, a replay, another incarnation, a row a
     tombstone holds back — and decides those column by column. A row-level table has one
-    pass."""
+    pass. ``journal``: whether the apply journals what it writes (then each row gets the
+    mask of the columns that won; see ``_row_sets``)."""
     if not info.per_column:
         return [row_columns(info, cols, stamped, backfill=backfill)]
-    merge = merge_columns(info, cols, stamped, backfill=backfill, groups=groups)
+    merge = merge_columns(info, cols, stamped, backfill=backfill, groups=groups,
+                          journal=journal)
     if not any(c in info.versioned for c in cols):
         return [merge]                       # no column to dominate in: only the bases decide
-    return [dominant_columns(info, cols, stamped, backfill=backfill, groups=groups), merge]
+    return [dominant_columns(info, cols, stamped, backfill=backfill, groups=groups,
+                             journal=journal), merge]
 
 
 def row_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
@@ -185,34 +195,68 @@ def row_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...]
                     "(t.modifiedon, t.sync_origin)").format(sql.SQL(">=" if backfill else ">")))
 
 
+class Upsert:
+    """The passes of UPSERT over one stage (``passes``; ``names``: table, cols, scols,
+    stage, tname, pk, s_version), composed once. The applier keeps one per shape of
+    segment: composing the per-column statements took more Python than the rest of a
+    page's apply (2.7 ms a page, on the thread the apply lanes share), so the bulk form is
+    kept as the bytes sent; a page applied row by row composes its own."""
+
+    def __init__(self, steps: list[tuple[sql.Composable, sql.Composable]],
+                 **names: sql.Composable) -> None:
+        self.steps = steps
+        self.names = names
+        self._bulk: list[bytes] | None = None
+
+    def statements(self, one: sql.Composable) -> list[sql.Composed]:
+        """Each pass's statement for the staged rows ``one`` selects; a later pass also
+        takes only the keys left by the one before (``%(rest)s``)."""
+        pk, stage = self.names["pk"], self.names["stage"]
+        out: list[sql.Composed] = []
+        for n, (updates, wins) in enumerate(self.steps):
+            these = one if not n else sql.SQL("({}) AND s.{} = ANY(%(rest)s)").format(one, pk)
+            rest = (_REST.format(one=these, pk=pk, stage=stage) if n + 1 < len(self.steps)
+                    else sql.SQL("NULL"))
+            out.append(UPSERT.format(one=these, updates=updates, wins=wins, rest=rest,
+                                     **self.names))
+        return out
+
+    def run(self, conn: psycopg.Connection, one: sql.Composable | None = None,
+            params: dict[str, Any] | None = None) -> tuple[int, int]:
+        """Apply the staged rows (those ``one`` selects, with ``params``; all when None);
+        returns the rows (inserted, updated)."""
+        if one is None:
+            if self._bulk is None:
+                self._bulk = [s.as_bytes(conn) for s in self.statements(sql.SQL("true"))]
+            stmts: list[bytes | sql.Composed] = list(self._bulk)
+        else:
+            stmts = list(self.statements(one))
+        ins = upd = 0
+        rest: list[Any] | None = None
+        for n, stmt in enumerate(stmts):
+            args = params
+            if n:
+                if not rest:
+                    break
+                args = {**(params or {}), "rest": rest}
+            row = conn.execute(stmt, args).fetchone()
+            if row is None:
+                raise RuntimeError("the upsert returned no row")
+            ins, upd, rest = ins + row[0], upd + row[1], row[2]
+        return ins, upd
+
+
 def upsert(conn: psycopg.Connection, steps: list[tuple[sql.Composable, sql.Composable]], *,
            one: sql.Composable, params: dict[str, Any] | None = None,
            **names: sql.Composable) -> tuple[int, int]:
-    """Run UPSERT's ``passes`` over a staged segment (``names``: table, cols, scols, stage,
-    tname, pk, s_version), each pass for the keys no earlier one wrote; returns the rows
-    (inserted, updated)."""
-    ins = upd = 0
-    rest: list[Any] | None = None
-    for n, (updates, wins) in enumerate(steps):
-        these, args = one, params
-        if n:
-            if not rest:
-                break
-            these = sql.SQL("({}) AND s.{} = ANY(%(rest)s)").format(one, names["pk"])
-            args = {**(params or {}), "rest": rest}
-        rest_sql = (_REST.format(one=these, pk=names["pk"], stage=names["stage"])
-                    if n + 1 < len(steps) else sql.SQL("NULL"))
-        row = conn.execute(UPSERT.format(one=these, updates=updates, wins=wins, rest=rest_sql,
-                                         **names), args).fetchone()
-        if row is None:
-            raise RuntimeError("the upsert returned no row")
-        ins, upd, rest = ins + row[0], upd + row[1], row[2]
-    return ins, upd
+    """Run UPSERT's ``passes`` once over a staged segment (see ``Upsert``); returns the
+    rows (inserted, updated)."""
+    return Upsert(steps, **names).run(conn, one, params)
 
 
 def dominant_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
-                     backfill: bool, groups: tuple[tuple[str, ...], ...] = ()
-                     ) -> tuple[sql.Composable, sql.Composable]:
+                     backfill: bool, groups: tuple[tuple[str, ...], ...] = (),
+                     journal: bool = True) -> tuple[sql.Composable, sql.Composable]:
     """The SET list and WHERE of the first of ``passes``: the rows for which the merge
     would take every sent column from the incoming side, written by assignment.
 
@@ -251,8 +295,9 @@ def dominant_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str,
     where = sql.SQL("({nb} OR ({same} AND {holds} AND ({any})))").format(
         nb=_NEWER_BASE, same=_SAME_BASE, holds=sql.SQL(" AND ").join(holds),
         any=sql.SQL(" OR ").join(wins))
-    return sql.SQL(", ").join([*sets, *_row_sets(info, cols, stamped, changed)]), where
+    return sql.SQL(", ").join(
+        [*sets, *_row_sets(info, cols, stamped, changed if journal else None)]), where
 
 
-__all__ = ["UPSERT", "dominant_columns", "existence", "merge_columns", "passes",
+__all__ = ["UPSERT", "Upsert", "dominant_columns", "existence", "merge_columns", "passes",
            "row_columns", "upsert"]

@@ -29,6 +29,7 @@ EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 VARIED = ("firstname", "lastname", "emailaddress1", "telephone1", "address1_country")
 GROUP = ("telephone1", "address1_country")
 KEYS = 300
+NEW = 30   # staged keys the target lacks: the first pass inserts them
 
 
 def _version(at_us: int, origin: int) -> int:
@@ -87,6 +88,11 @@ def _page(conn: psycopg.Connection, info: TableInfo, rng: random.Random) -> list
     cols = _cols(info)
     conn.execute(sql.SQL("CREATE TEMP TABLE merge_stage ON COMMIT DROP AS SELECT {} FROM contact "
                          "WHERE contactid = ANY(%s)").format(ident_list(cols)), (keys,))
+    conn.execute("INSERT INTO merge_stage SELECT * FROM merge_stage ORDER BY contactid LIMIT %s",
+                 (NEW,))
+    conn.execute("WITH d AS (SELECT ctid, row_number() OVER (PARTITION BY contactid ORDER BY ctid)"
+                 " AS n FROM merge_stage) UPDATE merge_stage m SET contactid = gen_random_uuid() "
+                 "FROM d WHERE m.ctid = d.ctid AND d.n = 2")
     for key, row in stage:
         conn.execute(sql.SQL("UPDATE merge_stage SET {}, modifiedon = clock_timestamp(), "
                              "sync_origin = %s WHERE contactid = %s").format(
@@ -96,10 +102,12 @@ def _page(conn: psycopg.Connection, info: TableInfo, rng: random.Random) -> list
 
 
 def _apply(conn: psycopg.Connection, info: TableInfo, two_passes: bool, backfill: bool,
-           groups: tuple[tuple[str, ...], ...]) -> tuple[tuple[int, int], list[tuple]]:
+           groups: tuple[tuple[str, ...], ...], journal: bool = True
+           ) -> tuple[tuple[int, int], list[tuple]]:
     cols = _cols(info)
     stamped = () if backfill else ("versionnumber",)
-    steps = (passes(info, cols, stamped, backfill=backfill, groups=groups) if two_passes else
+    steps = (passes(info, cols, stamped, backfill=backfill, groups=groups, journal=journal)
+             if two_passes else
              [merge_columns(info, cols, stamped, backfill=backfill, groups=groups)])
     counts = upsert(conn, steps, one=sql.SQL("true"), table=sql.Identifier("contact"),
                     cols=ident_list(cols), scols=ident_list(cols, "s"),
@@ -139,8 +147,17 @@ def test_two_passes_write_what_the_merge_alone_writes(mesh: Mesh, backfill: bool
             "SELECT count(*) FROM merge_stage excluded JOIN contact t "
             "ON t.contactid = excluded.contactid WHERE {}").format(dominates)).fetchone()
         assert first is not None and 0 < first[0] < KEYS
+        assert merged[0][0] == NEW
         both = _apply(conn, info, True, backfill, groups)
-    assert both[0] == merged[0]
-    assert sum(merged[0]) > first[0]
+        conn.execute("ROLLBACK TO SAVEPOINT page")
+        # a region that forwards nothing: the same rows, and no mask computed
+        unjournaled = _apply(conn, info, True, backfill, groups, journal=False)
+    assert both[0] == merged[0] == unjournaled[0]
+    assert sum(merged[0]) > first[0] + NEW
     differ = [(a[0], a, b) for a, b in zip(merged[1], both[1], strict=True) if a != b]
-    assert not differ, f"{len(differ)} of {KEYS} rows differ, first: {differ[0]}"
+    assert not differ, f"{len(differ)} of {KEYS + NEW} rows differ, first: {differ[0]}"
+    # the mask is the row's next-to-last column shown
+    assert any(row[-2] for row in merged[1])
+    assert [row[:-2] + row[-1:] for row in unjournaled[1]] == \
+        [row[:-2] + row[-1:] for row in merged[1]]
+    assert not any(row[-2] for row in unjournaled[1])
