@@ -21,12 +21,13 @@ import time
 from typing import Any
 
 import psycopg
+from cachetools import LRUCache
 from psycopg import sql
 
 from sync.apply.altkeys import AlternateKeys
 from sync.apply.conflicts import ConflictRecorder
 from sync.apply.deletes import Deletes
-from sync.apply.merge import Upsert, existence, passes
+from sync.apply.merge import SHAPES_KEPT, Upsert, existence, passes
 from sync.apply.rowfallback import RowFallback
 from sync.db import state
 from sync.db.catalog import Schema, TableInfo
@@ -77,7 +78,8 @@ class Applier:
         # their pages can be COPYed straight in (see begin_initial_load).
         self._direct: set[str] = set()
         self._stages: set[str] = set()    # stage tables that exist on this connection
-        self._upserts: dict[tuple[Any, ...], Upsert] = {}   # per shape of segment (_upsert)
+        # per shape of segment (_upsert); shapes change with policies: the recent are kept
+        self._upserts: LRUCache[tuple[Any, ...], Upsert] = LRUCache(maxsize=SHAPES_KEPT)
         self._staged: set[str] = set()    # ... and hold rows of the current transaction
 
     def begin_initial_load(self, tables: list[str]) -> None:
@@ -294,8 +296,6 @@ class Applier:
                  stage.as_string(None))
         statements = self._upserts.get(shape)
         if statements is None:
-            if len(self._upserts) >= 256:     # shapes change with policies: keep the recent
-                self._upserts.clear()
             # EXCLUDED.versionnumber is the proposed row's default: the sequence's next
             # value. (A backfill runs the trigger instead, which keeps the version of a
             # no-op update.)

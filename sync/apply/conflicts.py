@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from cachetools import LRUCache
 from deepdiff import DeepDiff
 from psycopg import sql
 
 from sync import versions
-from sync.apply.merge import existence
+from sync.apply.merge import SHAPES_KEPT, existence
 from sync.db import origins, state
 from sync.db.catalog import TableInfo
 
@@ -40,7 +41,8 @@ class ConflictRecorder:
         self.namer = origins.Namer(conn)
         # local_column_losers' query per (table, columns, whether the peer has a token):
         # composing it each page cost more Python than running it (the token is a parameter)
-        self._local_queries: dict[tuple[str, tuple[str, ...], bool, str], bytes] = {}
+        self._local_queries: LRUCache[tuple[str, tuple[str, ...], bool, str], bytes] = \
+            LRUCache(maxsize=SHAPES_KEPT)   # per shape, as the applier's upserts
 
     def _record_columns(self, table: str, key: Any, lost: dict[str, tuple[int, int]],
                         loser_row: dict[str, Any], diff_json: str) -> None:
@@ -135,8 +137,6 @@ class ConflictRecorder:
         shape = (info.name, cols, peer_has_seen is not None, stage.as_string(None))
         q = self._local_queries.get(shape)
         if q is None:
-            if len(self._local_queries) >= 256:   # shapes change with policies
-                self._local_queries.clear()
             version_pairs = sql.SQL(", ").join(
                 sql.SQL("{}, jsonb_build_array(t.{v}, s.{v}, to_jsonb(t.{c}), to_jsonb(s.{c}))"
                         ).format(sql.Literal(c), v=sql.Identifier(c + "__v"),
