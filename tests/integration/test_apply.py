@@ -281,3 +281,40 @@ def test_table_priorities_order_a_batch_where_foreign_keys_allow(mesh: Mesh) -> 
     last = schema.topo_order(priority={"account": -5, "medicalcase": 3})
     assert last[0] == "account"                  # every other table is its descendant
     assert last.index("medicalcase") < last.index("salesorder")
+
+
+@pytest.mark.parametrize("rows", [1100, 20])
+def test_an_upsert_page_shares_its_keys_stripes_or_every_stripe_when_large(
+        mesh: Mesh, rows: int) -> None:
+    """Apply decides a delete and an upsert of one key one after the other through the key
+    stripes it locks (migration 0005). A page of fewer than 1,024 upserts shares exactly
+    the stripes of its keys, so a delete elsewhere in the table need not wait for it; a
+    larger one shares every stripe without hashing its keys (they would hit nearly all).
+    The keys here hash to 10 stripes only, so the two cases cannot look alike."""
+    west = mesh.conn("eu-west")
+    link = mesh.link("eu-north", "eu-west", page_size=2000)
+    link.run_once()
+    west.execute("INSERT INTO contact (contactid, lastname) SELECT u, 'Stripe' FROM "
+                 "(SELECT gen_random_uuid() u FROM generate_series(1, 40000)) x "
+                 "WHERE uuid_hash(u) & 255 < 10 LIMIT %s", (rows,))
+    north = mesh.conn("eu-north")
+    seen: list[tuple[int, int]] = []
+
+    def at(step: str, lane: object) -> None:
+        if step == "locked":
+            seen.append(north.execute(
+                "SELECT count(*) FILTER (WHERE mode = 'ShareLock'), count(*) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND objsubid = 2 AND pid = %s "
+                "AND classid = sync.key_lock_space('contact')::oid",
+                (lane.conn.info.backend_pid,)).fetchone())   # type: ignore[attr-defined]
+
+    for lane in link.conns.lanes():
+        lane.fault_hook = lambda step, lane=lane: at(step, lane)
+    batch = link.run_once()
+    assert batch.rows == rows and not batch.dead_letters
+    assert mesh.one("eu-north", "SELECT count(*) FROM contact WHERE lastname = 'Stripe'") == rows
+    hit = mesh.one("eu-north", "SELECT count(DISTINCT uuid_hash(contactid) & 255) FROM contact "
+                               "WHERE lastname = 'Stripe'")
+    assert hit <= 10
+    expected = [(256, 256)] if rows >= 1024 else [(hit, hit)]
+    assert seen == expected, seen
