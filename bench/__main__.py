@@ -23,7 +23,7 @@ import psycopg
 from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster
 
-from . import capture_tax, scaling
+from . import capture_tax, cleanup_on_sigterm, scaling
 from . import workload as w
 from .mesh import report_mesh
 from .variants import Native, Regionsync, copy_floor, fresh_db
@@ -114,6 +114,7 @@ def fmt(values: list[float]) -> str:
 
 
 def main() -> None:
+    cleanup_on_sigterm()
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=3)

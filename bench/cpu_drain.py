@@ -31,6 +31,7 @@ from sync.policy import load_policy
 from sync.source.egress import apply_egress, role_for
 from sync.testing.cluster import LocalCluster
 
+from . import cleanup_on_sigterm
 from . import workload as w
 from .variants import POLICY
 
@@ -59,6 +60,7 @@ def own_cpu() -> float:
 
 
 def main() -> None:
+    cleanup_on_sigterm()
     ap = argparse.ArgumentParser(prog="python -m bench.cpu_drain", description=__doc__)
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--reps", type=int, default=5)

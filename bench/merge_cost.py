@@ -42,6 +42,7 @@ from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster
 from sync.wire import ident_list
 
+from . import cleanup_on_sigterm
 from . import workload as w
 
 ROWS = 20_000
@@ -125,6 +126,7 @@ def run(reps: int, page: int) -> dict[str, list[float]]:
 
 
 def main() -> None:
+    cleanup_on_sigterm()
     ap = argparse.ArgumentParser(prog="python -m bench.merge_cost")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--page", type=int, default=5000)

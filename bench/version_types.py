@@ -36,6 +36,7 @@ from sync.db.catalog import TableInfo, introspect
 from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster
 
+from . import cleanup_on_sigterm
 from . import workload as w
 
 LAYOUTS = ("text", "bigint", "pair")
@@ -153,6 +154,7 @@ def copy_ms(conn: psycopg.Connection, info: TableInfo, layout: str) -> float:
 
 
 def main() -> None:
+    cleanup_on_sigterm()
     ap = argparse.ArgumentParser(prog="python -m bench.version_types", description=__doc__)
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--reps", type=int, default=21)
