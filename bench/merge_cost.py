@@ -21,7 +21,10 @@ sends), applied with regionsync's settings and committed, interleaved:
 - ``assign``: the same statement assigning every sent column and version, deciding on
   the row's time as before per-column versions — what choosing costs at all, on the
   same rows (not what narrower rows would cost: the version columns are written either
-  way).
+  way);
+- ``narrow``: the same edit as a narrow page (protocol 4: the key, ``firstname``, the
+  row's times and origin, ``firstname``'s version and the base), applied as the applier
+  applies one (``NARROW_UPSERT``, an ``UPDATE`` joined by key).
 
 Each repetition checks the page's rows at the target. Prints medians in milliseconds.
 """
@@ -36,7 +39,15 @@ import time
 import psycopg
 from psycopg import sql
 
-from sync.apply.merge import existence, merge_columns, passes, row_columns, upsert
+from sync.apply.merge import (
+    NARROW_UPSERT,
+    UPSERT,
+    existence,
+    merge_columns,
+    passes,
+    row_columns,
+    upsert,
+)
 from sync.db.catalog import TableInfo, introspect
 from sync.db.migrate import migrate
 from sync.testing.cluster import LocalCluster
@@ -58,11 +69,17 @@ def statements(info: TableInfo, cols: tuple[str, ...]) -> dict[str, list[Pass]]:
             "no_journal": passes(info, cols, stamped, backfill=False, journal=False),
             "merge_1_lost": passes(info, cols, stamped, backfill=False),
             "one_pass": [merge_columns(info, cols, stamped, backfill=False)],
-            "assign": [row_columns(info, cols, stamped, backfill=False)]}
+            "assign": [row_columns(info, cols, stamped, backfill=False)],
+            "narrow": passes(info, NARROW, stamped, backfill=False, journal=False,
+                             narrow=True)}
 
 
-def stage_page(conn: psycopg.Connection, cols: tuple[str, ...], keys: list, marker: str
-               ) -> None:
+NARROW = ("contactid", "firstname", "createdon", "modifiedon", "sync_origin", "firstname__v",
+          "sync_base")
+
+
+def stage_page(conn: psycopg.Connection, cols: tuple[str, ...], keys: list, marker: str,
+               stage: str = "bench_stage") -> None:
     """The page a peer sends after editing ``firstname`` of ``keys``: its other columns
     and versions as the target holds them, ``firstname`` and its version newer."""
     newer = {"firstname": sql.SQL("%(marker)s"),
@@ -70,10 +87,10 @@ def stage_page(conn: psycopg.Connection, cols: tuple[str, ...], keys: list, mark
                  sql.Literal(PEER_NUMBER)),
              "modifiedon": sql.SQL("clock_timestamp()"),
              "sync_origin": sql.Literal(PEER)}
-    conn.execute("TRUNCATE bench_stage")
-    conn.execute(sql.SQL("INSERT INTO bench_stage SELECT {} FROM contact "
+    conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(stage)))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT {} FROM contact "
                          "WHERE contactid = ANY(%(keys)s)").format(
-        sql.SQL(", ").join(newer.get(c, sql.Identifier(c)) for c in cols)),
+        sql.Identifier(stage), sql.SQL(", ").join(newer.get(c, sql.Identifier(c)) for c in cols)),
         {"marker": marker, "keys": keys})
 
 
@@ -91,6 +108,8 @@ def run(reps: int, page: int) -> dict[str, list[float]]:
         cols = (*data, *(c + "__v" for c in info.versioned if c in data), "sync_base")
         conn.execute(sql.SQL("CREATE TEMP TABLE bench_stage AS SELECT {} FROM contact "
                              "WITH NO DATA").format(ident_list(cols)))
+        conn.execute(sql.SQL("CREATE TEMP TABLE bench_narrow AS SELECT {} FROM contact "
+                             "WITH NO DATA").format(ident_list(NARROW)))
         conn.execute("VACUUM ANALYZE contact")
         keys = [k for (k,) in conn.execute("SELECT contactid FROM contact")]
         variants = statements(info, cols)
@@ -103,7 +122,12 @@ def run(reps: int, page: int) -> dict[str, list[float]]:
                     conn.execute("SELECT set_config('regionsync.origin', %s, true), "
                                  "set_config('regionsync.journal', 'off', true), "
                                  "set_config('regionsync.stamped', 'on', true)", (PEER,))
-                    stage_page(conn, cols, batch, marker)
+                    shape = NARROW if name == "narrow" else cols
+                    stage = "bench_narrow" if name == "narrow" else "bench_stage"
+                    stage_page(conn, shape, batch, marker, stage)
+                    if name == "narrow":   # as the applier runs a narrow page
+                        conn.execute("SET LOCAL enable_hashjoin = off; "
+                                     "SET LOCAL enable_mergejoin = off")
                     lost = 0
                     if name == "merge_1_lost":   # one row's edit older than the target's
                         lost = conn.execute("UPDATE bench_stage SET firstname__v = 1 WHERE "
@@ -111,8 +135,9 @@ def run(reps: int, page: int) -> dict[str, list[float]]:
                     started = time.perf_counter()
                     inserted, updated = upsert(
                         conn, variants[name], one=sql.SQL("true"),
-                        table=sql.Identifier("contact"), cols=ident_list(cols),
-                        scols=ident_list(cols, "s"), stage=sql.Identifier("bench_stage"),
+                        template=NARROW_UPSERT if name == "narrow" else UPSERT,
+                        table=sql.Identifier("contact"), cols=ident_list(shape),
+                        scols=ident_list(shape, "s"), stage=sql.Identifier(stage),
                         tname=sql.Literal("contact"), pk=sql.Identifier("contactid"),
                         s_version=existence(info, "s"))
                     times[name].append(time.perf_counter() - started)

@@ -20,6 +20,7 @@ stop the links between releases, one line each, until both ends are upgraded
 | 1 | 0.1.0 | row-level versions (``modifiedon``/``sync_origin`` decide a row) |
 | 2 | 0.2.0 | per-column versions (``<column>__v``), alternate keys, protocol negotiation |
 | 3 | 0.3.0 | versions are numbers (``bigint``, sync/versions.py); origin numbers checked |
+| 4 | 0.3.0 | journal entries name the sent columns they changed: updates read narrow |
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import psycopg
 from sync import __version__
 from sync.errors import PeerFatal
 
-SPEAKS = (3, 3)          # the protocol versions this release's receiver reads
+SPEAKS = (3, 4)          # the protocol versions this release's receiver reads
+NARROW_PROTOCOL = 4      # from it, the journal's change masks (a range of updates read narrow)
 RELEASE = __version__
 
 

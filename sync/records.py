@@ -28,6 +28,9 @@ class Segment:
     binary: bool = False
     # column groups (policy ``column_groups``): each merges as one unit
     groups: tuple[tuple[str, ...], ...] = ()
+    # only the columns its range changed (protocol 4): it updates rows of the same
+    # incarnation and leaves the others' keys to be read whole (``PageResult.missing``)
+    narrow: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class Pending:
     keys: dict[str, int] = field(default_factory=dict)   # distinct keys, where asked
     deletes: frozenset[str] = frozenset()   # tables with a delete in the range
     sizes: dict[str, float] = field(default_factory=dict)   # the planner's row estimate
+    # tables whose range holds only updates (and deletes) with known change masks: the
+    # union of those masks (protocol 4)
+    masks: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -89,9 +95,14 @@ class PageResult:
     dead_letters: Counter[str] = field(default_factory=Counter)          # table -> rows
     skipped: Counter[str] = field(default_factory=Counter)               # table -> stale rows
     retries: int = 0          # page attempts rolled back by a deadlock or lock timeout
+    # keys of narrow segments this region holds no row of the same incarnation for: the
+    # link reads them whole before the batch's token moves
+    missing: dict[str, list[UUID]] = field(default_factory=dict)
 
     def add(self, other: PageResult) -> None:
         self.retries += other.retries
+        for table, keys in other.missing.items():
+            self.missing.setdefault(table, []).extend(keys)
         self.applied.update(other.applied)
         self.conflicts.update(other.conflicts)
         self.dead_letters.update(other.dead_letters)

@@ -27,7 +27,15 @@ from psycopg import sql
 from sync.apply.altkeys import AlternateKeys
 from sync.apply.conflicts import ConflictRecorder
 from sync.apply.deletes import Deletes
-from sync.apply.merge import SHAPES_KEPT, Upsert, existence, passes
+from sync.apply.merge import (
+    NARROW_MISSING,
+    NARROW_UPSERT,
+    SHAPES_KEPT,
+    UPSERT,
+    Upsert,
+    existence,
+    passes,
+)
 from sync.apply.rowfallback import RowFallback
 from sync.db import state
 from sync.db.catalog import Schema, TableInfo
@@ -207,6 +215,8 @@ class Applier:
                 else:
                     self.deletes.delete(info, stage, result)
             self._step("token")
+            if result.missing:    # the link reads those rows whole, then moves the token
+                token = None
             if token is not None:
                 self._save_token(token, batch_rows, kind == "initial", policy_sha, view)
             elif view is not None:
@@ -299,7 +309,7 @@ class Applier:
         # one Upsert per shape of segment, kept (see sync.apply.merge.Upsert); the column
         # bits of its journal masks are part of the shape
         shape = (info, tuple(info.attnums.items()), cols, backfill, seg.groups, self.journal,
-                 stage.as_string(None))
+                 seg.narrow, stage.as_string(None))
         statements = self._upserts.get(shape)
         if statements is None:
             # EXCLUDED.versionnumber is the proposed row's default: the sequence's next
@@ -307,11 +317,13 @@ class Applier:
             # no-op update.)
             stamped = () if backfill else ("versionnumber",)
             statements = Upsert(passes(info, cols, stamped, backfill=backfill,
-                                       groups=seg.groups, journal=self.journal),
+                                       groups=seg.groups, journal=self.journal,
+                                       narrow=seg.narrow),
                                 table=table, cols=ident_list(cols),
                                 scols=ident_list(cols, "s"), stage=stage,
                                 tname=sql.Literal(info.name), pk=pk,
-                                s_version=existence(info, "s"))
+                                s_version=existence(info, "s"),
+                                template=NARROW_UPSERT if seg.narrow else UPSERT)
             self._upserts[shape] = statements
 
         # A row the application deleted while ON CONFLICT waited for it is re-inserted by
@@ -324,6 +336,13 @@ class Applier:
 
         def run(one: sql.Composable | None, params: dict[str, Any] | None = None
                 ) -> tuple[int, int]:
+            if seg.narrow:   # the stage outside, by key: key order, an index probe a row
+                self.conn.execute("SET LOCAL enable_hashjoin = off; "
+                                  "SET LOCAL enable_mergejoin = off")
+                written = statements.run(self.conn, one, params)
+                self.conn.execute("SET LOCAL enable_hashjoin TO DEFAULT; "   # (an error rolls
+                                  "SET LOCAL enable_mergejoin TO DEFAULT")   # both back)
+                return written
             ins, upd = statements.run(self.conn, one, params)
             if ins:
                 ins -= self.conn.execute(recheck.format(
@@ -346,6 +365,13 @@ class Applier:
         # Rows not written: replays of a version we hold, or versions that lost. Rows that
         # lost are unchanged by the upsert, so they are found afterwards — and only when
         # something was skipped (never on the common path).
+        if seg.narrow:    # keys to read whole (in the batch's snapshot) before its token
+            keys = scalar(self.conn.execute(NARROW_MISSING.format(
+                table=table, stage=stage, one=sql.SQL("true"), pk=pk,
+                tname=sql.Literal(info.name), s_version=existence(info, "s")))) or []
+            if keys:
+                result.missing.setdefault(info.name, []).extend(keys)
+                done += len(keys)
         skipped = max(0, seg.rows - done)
         result.skipped[info.name] += skipped
         if skipped and not backfill:

@@ -59,6 +59,31 @@ def existence(info: TableInfo, alias: str) -> sql.Composable:
         t=versions.time_sql(base), n=versions.number_sql(base))
 
 
+# A narrow segment (protocol 4: only the columns its range changed, see
+# sync.source.reader) is no whole row, so it never inserts: it updates rows of the same
+# incarnation (the passes' WHERE, ``passes(narrow=True)``), in key order (the applier
+# has the planner join by nested loop, the stage outside), and leaves other keys to be
+# read whole (``NARROW_MISSING``). Otherwise as UPSERT, with the stage's row as EXCLUDED.
+NARROW_UPSERT = sql.SQL("""
+    WITH r AS (
+        UPDATE public.{table} AS t SET {updates}
+        FROM (SELECT {scols} FROM {stage} s WHERE {one} ORDER BY s.{pk}) AS excluded
+        WHERE t.{pk} = excluded.{pk} AND {wins}
+        RETURNING t.{pk} AS k, false AS inserted)
+    SELECT 0, count(*), {rest} FROM r""")
+# The keys of a narrow stage that no row of the same incarnation holds and no tombstone
+# holds back: what the link reads again whole, in the same snapshot.
+NARROW_MISSING = sql.SQL("""
+    SELECT array_agg(s.{pk}) FROM {stage} s
+    WHERE {one}
+      AND NOT EXISTS (SELECT 1 FROM public.{table} x
+                      WHERE x.{pk} = s.{pk} AND x.sync_base = s.sync_base)
+      AND NOT EXISTS (SELECT 1 FROM public.{table} x
+                      WHERE x.{pk} = s.{pk} AND x.sync_base > s.sync_base)
+      AND NOT EXISTS (SELECT 1 FROM sync.tombstone tb
+                      WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
+                        AND (tb.modifiedon, tb.origin) >= {s_version})""")
+
 _NEWER_BASE = sql.SQL("EXCLUDED.sync_base > t.sync_base")
 _SAME_BASE = sql.SQL("EXCLUDED.sync_base = t.sync_base")
 
@@ -170,8 +195,8 @@ def merge_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ..
 
 
 def passes(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
-           backfill: bool, groups: tuple[tuple[str, ...], ...] = (), journal: bool = True
-           ) -> list[tuple[sql.Composable, sql.Composable]]:
+           backfill: bool, groups: tuple[tuple[str, ...], ...] = (), journal: bool = True,
+           narrow: bool = False) -> list[tuple[sql.Composable, sql.Composable]]:
     """The (SET list, WHERE) of each pass of UPSERT over a staged segment, in order; a pass
     runs only while rows remain that no earlier pass wrote.
 
@@ -182,15 +207,25 @@ def passes(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
     first did not write — a concurrent edit, a replay, another incarnation, a row a
     tombstone holds back — and decides those column by column. A row-level table has one
     pass. ``journal``: whether the apply journals what it writes (then each row gets the
-    mask of the columns that won; see ``_row_sets``)."""
+    mask of the columns that won; see ``_row_sets``). ``narrow``: the segment holds only
+    some columns (``NARROW_GUARD``); each pass writes only a row of the same incarnation,
+    as the row is when it is locked."""
     if not info.per_column:
         return [row_columns(info, cols, stamped, backfill=backfill)]
+    if narrow:
+        stamped, kept = tuple(c for c in stamped if c != "versionnumber"), stamped
     merge = merge_columns(info, cols, stamped, backfill=backfill, groups=groups,
                           journal=journal)
     if not any(c in info.versioned for c in cols):
-        return [merge]                       # no column to dominate in: only the bases decide
-    return [dominant_columns(info, cols, stamped, backfill=backfill, groups=groups,
-                             journal=journal), merge]
+        steps = [merge]                      # no column to dominate in: only the bases decide
+    else:
+        steps = [dominant_columns(info, cols, stamped, backfill=backfill, groups=groups,
+                                  journal=journal), merge]
+    if narrow:   # an UPDATE: its new versionnumber is the column's default, as an insert's
+        stamp = [sql.SQL("versionnumber = DEFAULT")] if "versionnumber" in kept else []
+        steps = [(sql.SQL(", ").join([sets, *stamp]),
+                  sql.SQL("({} AND {})").format(_SAME_BASE, where)) for sets, where in steps]
+    return steps
 
 
 def row_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
@@ -210,9 +245,10 @@ class Upsert:
     page's apply (2.7 ms a page, on the thread the apply lanes share), so the bulk form is
     kept as the bytes sent; a page applied row by row composes its own."""
 
-    def __init__(self, steps: list[tuple[sql.Composable, sql.Composable]],
-                 **names: sql.Composable) -> None:
+    def __init__(self, steps: list[tuple[sql.Composable, sql.Composable]], *,
+                 template: sql.SQL = UPSERT, **names: sql.Composable) -> None:
         self.steps = steps
+        self.template = template
         self.names = names
         self._bulk: list[bytes] | None = None
 
@@ -225,8 +261,8 @@ class Upsert:
             these = one if not n else sql.SQL("({}) AND s.{} = ANY(%(rest)s)").format(one, pk)
             rest = (_REST.format(one=these, pk=pk, stage=stage) if n + 1 < len(self.steps)
                     else sql.SQL("NULL"))
-            out.append(UPSERT.format(one=these, updates=updates, wins=wins, rest=rest,
-                                     **self.names))
+            out.append(self.template.format(one=these, updates=updates, wins=wins, rest=rest,
+                                            **self.names))
         return out
 
     def run(self, conn: psycopg.Connection, one: sql.Composable | None = None,
@@ -256,10 +292,10 @@ class Upsert:
 
 def upsert(conn: psycopg.Connection, steps: list[tuple[sql.Composable, sql.Composable]], *,
            one: sql.Composable, params: dict[str, Any] | None = None,
-           **names: sql.Composable) -> tuple[int, int]:
-    """Run UPSERT's ``passes`` once over a staged segment (see ``Upsert``); returns the
-    rows (inserted, updated)."""
-    return Upsert(steps, **names).run(conn, one, params)
+           template: sql.SQL = UPSERT, **names: sql.Composable) -> tuple[int, int]:
+    """Run UPSERT's (or ``template``'s) ``passes`` once over a staged segment (see
+    ``Upsert``); returns the rows (inserted, updated)."""
+    return Upsert(steps, template=template, **names).run(conn, one, params)
 
 
 def dominant_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
@@ -307,5 +343,5 @@ def dominant_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str,
         [*sets, *_row_sets(info, cols, stamped, changed if journal else None)]), where
 
 
-__all__ = ["UPSERT", "Upsert", "dominant_columns", "existence", "merge_columns", "passes",
-           "row_columns", "upsert"]
+__all__ = ["NARROW_MISSING", "NARROW_UPSERT", "UPSERT", "Upsert", "dominant_columns",
+           "existence", "merge_columns", "passes", "row_columns", "upsert"]

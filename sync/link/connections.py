@@ -19,7 +19,7 @@ from sync.db.catalog import Schema, introspect
 from sync.db.connect import connect
 from sync.errors import PeerFatal
 from sync.link.settings import LinkSettings
-from sync.protocol import negotiate, served
+from sync.protocol import NARROW_PROTOCOL, negotiate, served
 from sync.records import Snapshot
 from sync.source.reader import SourceReader
 from sync.wire import binary_tables
@@ -97,7 +97,8 @@ class LinkConnections:
             target.close()
             raise
         reader = SourceReader(source, peer=s.peer, region=s.region, origins=s.origins,
-                              binary=binary_tables(schema, theirs), names=names)
+                              binary=binary_tables(schema, theirs), names=names,
+                              narrow=protocol >= NARROW_PROTOCOL)
         applier = Applier(target, schema, peer=s.peer, region=s.region, journal=s.forward,
                           origins=s.origins)
         self._session = Session(source, target, schema, reader, applier, [applier],

@@ -160,15 +160,24 @@ class PeerLink:
             streamed = self._stream(session, plan, ReadPlan(token=ours, upto=bound),
                                     pending, kind)
             result, rows = streamed.result, streamed.rows
-            if streamed.complete:
+            complete = streamed.complete and self._read_whole(session, plan, result,
+                                                              streamed, kind)
+            if complete:
                 committed, now_ours = self._commit_token(plan, ours, snap, streamed.last,
                                                          rows, kind)
+                if committed.missing:      # the held page left keys: its token waited
+                    complete = self._read_whole(session, plan, committed, streamed, kind)
+                    if complete:
+                        committed.add(self.sink.apply(
+                            Page(()), token=snap.token, kind=kind, policy_sha=plan.policy.sha,
+                            batch_rows=rows, view=plan.view))
                 result.add(committed)
+            if complete:
                 self._note_idle(ours, now_ours, snap, rows, pending, plan.policy)
                 follow(session.target, session.reader.conn, peer=self.peer,
                        region=self.region, bound=snap.token, initial=ours is None)
         self.plan.record_egress(session, streamed.read, snap.token)
-        if streamed.complete and ours is None and self.expiry.reloading:
+        if complete and ours is None and self.expiry.reloading:
             self.expiry.finish_reload(session, plan.policy, [t.name for t in plan.tables])
         filtered = {}
         if pending is not None:
@@ -176,7 +185,7 @@ class PeerLink:
                         if n > streamed.read[t]}
         batch = BatchResult(
             peer=self.peer, rows=rows, token=snap.token, initial=ours is None,
-            full=rows >= self.settings.page_size, complete=streamed.complete,
+            full=rows >= self.settings.page_size, complete=complete,
             lag_seconds=lag, source_now=snap.source_now,
             applied=dict(result.applied), conflicts=dict(result.conflicts),
             dead_letters=dict(result.dead_letters), filtered=filtered,
@@ -227,6 +236,29 @@ class PeerLink:
                                                                        self.plan.granted))
         return self.sink.stream(pages, kind=kind, peer_has_seen=self.peer_has_seen,
                                 policy_sha=plan.policy.sha)
+
+    def _read_whole(self, session: Session, plan: _Plan, result: PageResult,
+                    streamed: Streamed, kind: BatchKind) -> bool:
+        """Read and apply whole, in the batch's snapshot, the rows of narrow pages that
+        found no row of their incarnation here (``PageResult.missing``: a key another peer
+        created that has not reached us, say); the batch's token waits for them. False
+        when asked to stop first (the token must not move)."""
+        missing, result.missing = result.missing, {}
+        for table, keys in missing.items():
+            info = session.schema.tables[table]
+            log.debug("peer %s: reading %d rows of %s whole", self.peer, len(keys), table)
+            pages = session.reader.pages(ReadPlan(keys=keys), [info], plan.rules,
+                                         self.settings.page_size, deletes=False)
+            whole = self.sink.stream(pages, kind=kind, peer_has_seen=self.peer_has_seen,
+                                     policy_sha=plan.policy.sha)
+            result.add(whole.result)
+            streamed.read.update(whole.read)
+            if not whole.complete:
+                return False
+            if whole.last is not None:
+                result.add(self.sink.apply(whole.last, kind=kind, policy_sha=plan.policy.sha,
+                                           peer_has_seen=self.peer_has_seen))
+        return True
 
     def _commit_token(self, plan: _Plan, ours: str | None, snap: Snapshot,
                       last: Page | None, rows: int, kind: BatchKind

@@ -32,7 +32,7 @@ from psycopg import sql
 
 from sync import versions
 from sync.db import origins as registry
-from sync.db.catalog import TableInfo
+from sync.db.catalog import BASE_COLUMN, VERSION_SUFFIX, TableInfo
 from sync.db.connect import one_row, scalar
 from sync.errors import Throttled
 from sync.policy.model import TableRule
@@ -60,8 +60,11 @@ class SourceReader:
 
     def __init__(self, conn: psycopg.Connection, *, peer: str, region: str,
                  origins: Origins = "peer", binary: frozenset[str] = frozenset(),
-                 names: Mapping[int, str] | None = None) -> None:
+                 names: Mapping[int, str] | None = None, narrow: bool = False) -> None:
         self.conn = conn
+        # the owner tells which columns each journal entry changed (protocol 4): a range of
+        # updates is read as those columns alone (``narrow_columns``)
+        self.narrow = narrow
         # the origin numbers both sides share (sync/db/origins.py): the handshake's, or
         # the owner's own, read on first use
         self._names: Mapping[int, str] | None = names
@@ -165,11 +168,13 @@ class SourceReader:
                 self._journal(plan.token, plan.upto), sql.Literal(info.name))
         return sql.SQL("SELECT sync.egress_held({}, {})").format(sql.Literal(info.name), keys)
 
-    def upsert_query(self, info: TableInfo, rule: TableRule,
-                     plan: ReadPlan) -> tuple[sql.Composed, list[tuple[str, str]]]:
-        """The COPY of allowed columns of matching rows, and the filter values to bind
-        (with ``set_config``) before running it."""
-        cols = (*rule.wire_columns(info), *rule.version_columns(info))
+    def upsert_query(self, info: TableInfo, rule: TableRule, plan: ReadPlan,
+                     cols: tuple[str, ...] | None = None
+                     ) -> tuple[sql.Composed, list[tuple[str, str]]]:
+        """The COPY of allowed columns of matching rows (``cols``: some of them, see
+        ``narrow_columns``), and the filter values to bind (with ``set_config``) before
+        running it."""
+        cols = cols or (*rule.wire_columns(info), *rule.version_columns(info))
         if not plan.initial:
             where = self._keys(info, plan, sql.Identifier("t", info.pk))
         elif self.author is not None and info.per_column:   # any column it last wrote
@@ -264,12 +269,16 @@ class SourceReader:
         where a row filter makes reads differ from keys)."""
         if not tables:
             return Pending({}, None)
+        # protocol 4: the union of the columns the range's updates changed, NULL unless
+        # every entry is an update with a known mask or a delete
+        masks = (sql.SQL("CASE WHEN bool_and(c.op = 'd' OR (c.op = 'u' AND c.cols IS NOT NULL))"
+                         " THEN bit_or(c.cols) END") if self.narrow else sql.SQL("NULL"))
         q = sql.SQL("SELECT c.tablename, sum(cardinality(c.pks)), min(c.changed_at),"
                     " bool_or(c.op = 'd'), (SELECT r.reltuples FROM pg_catalog.pg_class r"
-                    "   WHERE r.oid = to_regclass('public.' || quote_ident(c.tablename)))"
-                    " FROM {journal} WHERE c.tablename = ANY({tables})"
+                    "   WHERE r.oid = to_regclass('public.' || quote_ident(c.tablename))),"
+                    " {masks} FROM {journal} WHERE c.tablename = ANY({tables})"
                     " GROUP BY c.tablename").format(
-            tables=sql.Literal(list(tables)), journal=self._journal(token, upto))
+            tables=sql.Literal(list(tables)), journal=self._journal(token, upto), masks=masks)
         rows = self.conn.execute(q).fetchall()
         oldest = min((r[2] for r in rows), default=None)
         keys: dict[str, int] = {}
@@ -282,7 +291,8 @@ class SourceReader:
             keys = {t: n for t, n in self.conn.execute(q).fetchall()}
         return Pending({r[0]: int(r[1]) for r in rows}, oldest, keys,
                        deletes=frozenset(r[0] for r in rows if r[3]),
-                       sizes={r[0]: float(r[4]) for r in rows if r[4] is not None})
+                       sizes={r[0]: float(r[4]) for r in rows if r[4] is not None},
+                       masks={r[0]: int(r[5]) for r in rows if r[5] is not None})
 
     def withdraw_query(self, info: TableInfo, rule: TableRule,
                        plan: ReadPlan) -> tuple[sql.Composed, list[tuple[str, str]]]:
@@ -332,17 +342,20 @@ class SourceReader:
             if pending is not None and info.name not in pending.changes:
                 continue
             rule = rules[info.name]
+            narrow = (self._narrow_for(info, rule, plan, pending.masks.get(info.name))
+                      if kind == "upsert" and pending is not None else None)
+            columns = {"upsert": narrow or (*rule.wire_columns(info),
+                                            *rule.version_columns(info)),
+                       "delete": DELETE_COLUMNS,
+                       "withdraw": WITHDRAW_COLUMNS}[kind]
             if kind == "delete":
                 stmt = self.delete_query(info, plan)
             else:
-                stmt, params = (self.upsert_query if kind == "upsert"
-                                else self.withdraw_query)(info, rule, plan)
+                stmt, params = (self.upsert_query(info, rule, plan, narrow) if kind == "upsert"
+                                else self.withdraw_query(info, rule, plan))
                 for name, value in params:  # bind the row filter's values (never in SQL text)
                     self.conn.execute("SELECT set_config(%s, %s, true)", (name, value))
             self._join_for(kind == "upsert" and info.name in wide)
-            columns = {"upsert": (*rule.wire_columns(info), *rule.version_columns(info)),
-                       "delete": DELETE_COLUMNS,
-                       "withdraw": WITHDRAW_COLUMNS}[kind]
             binary = info.name in self.binary and kind != "withdraw"
             if binary:
                 stmt = sql.SQL("{} (FORMAT binary)").format(stmt)
@@ -361,17 +374,29 @@ class SourceReader:
                     if in_page >= page_size:
                         segments.append(_segment(info.name, kind, columns, buf, rows, binary,
                                                  ends_stream=binary and is_trailer(message),
-                                                 groups=rule.groups))
+                                                 groups=rule.groups, narrow=bool(narrow)))
                         yield Page(tuple(segments))
                         segments, buf, rows, in_page = [], bytearray(), 0, 0
             ends = binary and rows > 0 and is_trailer(message)
             if rows - ends:
                 segments.append(_segment(info.name, kind, columns, buf, rows, binary, ends,
-                                         groups=rule.groups))
+                                         groups=rule.groups, narrow=bool(narrow)))
             in_page -= ends
         self._join_for(False)
         if segments:
             yield Page(tuple(segments))
+
+    def _narrow_for(self, info: TableInfo, rule: TableRule, plan: ReadPlan,
+                    mask: int | None) -> tuple[str, ...] | None:
+        """The columns to send of a delta's range of updates (``mask``: the columns they
+        changed), or None to send them all: an initial load, a read of listed keys, a
+        retired author's catch-up, and a table whose rows may enter the destination's
+        filter (the destination would lack them) always read whole rows."""
+        if (mask is None or plan.token is None or plan.keys is not None
+                or self.author is not None or rule.rows is not None
+                or info.name in self.owner_filtered):
+            return None
+        return narrow_columns(info, rule, mask)
 
     def _join_for(self, wide: bool) -> None:
         """Read a wide range (``Pending.wide``) by hashing its keys against one scan of the
@@ -390,11 +415,36 @@ class SourceReader:
         self._wide = wide
 
 
+def narrow_columns(info: TableInfo, rule: TableRule, mask: int) -> tuple[str, ...] | None:
+    """What a range of updates that changed the columns of ``mask`` (journal bits, see
+    ``TableInfo.bit``) sends: the key, the row's times and origin, the changed columns
+    with every column of their groups and alternate keys (which merge or collide as one),
+    their versions and the base. None when that is every sent column, or when the table
+    sends a column without a version (assigned on every write, so always sent).
+
+    The row's time and origin are still derived from every version the destination reads
+    (``sync.source.rowversion``): the same values a whole row would carry."""
+    if not info.per_column:
+        return None
+    sent = [c for c in info.columns if c in rule.columns and c != info.pk]
+    if any(c not in info.versioned for c in sent):
+        return None
+    chosen = {c for c in sent if info.bit(c) & mask}
+    for unit in (*rule.groups, *(k.columns for k in info.alternate_keys)):
+        if chosen.intersection(unit):
+            chosen.update(c for c in unit if c in sent)
+    if not chosen or len(chosen) == len(sent):
+        return None
+    wire = tuple(c for c in rule.wire_columns(info) if c not in sent or c in chosen)
+    return (*wire, *(c + VERSION_SUFFIX for c in sent if c in chosen), BASE_COLUMN)
+
+
 def _segment(table: str, kind: SegmentKind, columns: tuple[str, ...], buf: bytearray, rows: int,
              binary: bool, ends_stream: bool,
-             groups: tuple[tuple[str, ...], ...] = ()) -> Segment:
+             groups: tuple[tuple[str, ...], ...] = (), narrow: bool = False) -> Segment:
     """A segment of the rows in ``buf``; when the stream's last message (the binary
     trailer) is in it, that message is not a row."""
     if ends_stream:
-        return Segment(table, kind, columns, bytes(buf[:-2]), rows - 1, binary, groups)
-    return Segment(table, kind, columns, bytes(buf), rows, binary, groups)
+        return Segment(table, kind, columns, bytes(buf[:-2]), rows - 1, binary, groups,
+                       narrow)
+    return Segment(table, kind, columns, bytes(buf), rows, binary, groups, narrow)

@@ -20,7 +20,7 @@ from sync import versions
 from sync.capture.install import use_capture
 from sync.db.migrate import alembic_dir, migrate
 from sync.errors import ConfigError
-from sync.protocol import RELEASE, SPEAKS
+from sync.protocol import RELEASE, SPEAKS, Served
 from sync.testing.cluster import LocalCluster
 from tests.fix_pg import Mesh
 from tests.integration.helpers import contact
@@ -107,7 +107,7 @@ def test_a_link_to_a_peer_before_0018_stops_alone_naming_both(mesh: Mesh,
         contact(conn, "Old")
     assert mesh.refusal("eu-north", "ap-south", url) == (
         "peer ap-south: ap-south serves protocol 1 (regionsync 0.1.0) and eu-north reads "
-        f"protocol {SPEAKS[0]} (regionsync {RELEASE}): upgrade ap-south's database first "
+        f"{Served(*SPEAKS, RELEASE).describe()}: upgrade ap-south's database first "
         f"(`regionsync migrate` there with regionsync {RELEASE} or later), then its daemon")
     assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 0
     # the other links are untouched

@@ -235,14 +235,14 @@ def test_a_previous_release_reading_a_migrated_owner_stops_naming_both(
         cwd=previous_release, env={**os.environ, "PYTHONPATH": str(previous_release)},
         capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1:] == [(
-        f"peer eu-west: eu-west serves protocol 3 (regionsync {RELEASE_NOW}) and ap-south "
+        f"peer eu-west: eu-west serves protocol 3-4 (regionsync {RELEASE_NOW}) and ap-south "
         "reads protocol 2 (regionsync 0.2.0): upgrade ap-south's regionsync (this daemon) to "
         "a release that speaks protocol 3")], done.stderr[-2000:]
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM contact").fetchone() == (0,)
     assert mesh.refusal("eu-north", "ap-south", url) == (
         f"peer ap-south: ap-south serves protocol 2 (regionsync 0.2.0) and eu-north reads "
-        f"protocol 3 (regionsync {RELEASE_NOW}): upgrade ap-south's database first "
+        f"protocol 3-4 (regionsync {RELEASE_NOW}): upgrade ap-south's database first "
         f"(`regionsync migrate` there with regionsync {RELEASE_NOW} or later), then its daemon")
 
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from sync import __version__
-from sync.protocol import RELEASE, SPEAKS
+from sync.protocol import RELEASE, SPEAKS, Served
 from sync.testing.cluster import LocalCluster
 from tests.fix_pg import Mesh, new_link
 from tests.integration.helpers import contact, release_tree
@@ -60,7 +60,7 @@ def test_an_overlapping_range_syncs_and_one_that_does_not_stops_that_link(mesh: 
     contact(west, "Unseen")
     assert mesh.refusal("eu-north", "eu-west") == (
         f"peer eu-west: eu-west serves protocol {SPEAKS[1] + 1}-{SPEAKS[1] + 2} (regionsync "
-        f"0.4.0) and eu-north reads protocol {SPEAKS[1]} (regionsync {RELEASE}): upgrade "
+        f"0.4.0) and eu-north reads {Served(*SPEAKS, RELEASE).describe()}: upgrade "
         f"eu-north's regionsync (this daemon) to a release that speaks protocol "
         f"{SPEAKS[1] + 1}")
     assert mesh.one("eu-north", "SELECT count(*) FROM contact WHERE lastname = 'Unseen'") == 0
@@ -102,7 +102,7 @@ def test_a_receiver_of_this_release_against_an_owner_of_the_previous(
         assert conn.execute("SELECT to_regproc('sync.protocol_versions')").fetchone() == (None,)
     assert mesh.refusal("eu-north", "ap-south", previous_owner) == (
         f"peer ap-south: ap-south serves protocol 1 (regionsync 0.1.0) and eu-north reads "
-        f"protocol {SPEAKS[0]} (regionsync {RELEASE}): upgrade ap-south's database first "
+        f"{Served(*SPEAKS, RELEASE).describe()}: upgrade ap-south's database first "
         f"(`regionsync migrate` there with regionsync {RELEASE} or later), then its daemon")
     assert mesh.one("eu-north", "SELECT count(*) FROM contact") == 0
     # upgraded in place by this release's migrate, the same link syncs what it holds

@@ -8,5 +8,5 @@ AS $function$
     -- protocol versions this database serves its destinations, the oldest and newest, the
     -- release that set them, and whose database this is. Executable by everyone: it is
     -- asked before anything else, whatever the caller's grants, and tells nothing else.
-    SELECT 3, 3, '0.3.0.dev0', (SELECT s.region FROM sync.settings s)
+    SELECT 3, 4, '0.3.0.dev0', (SELECT s.region FROM sync.settings s)
 $function$;
