@@ -365,7 +365,7 @@ class Applier:
         # Rows not written: replays of a version we hold, or versions that lost. Rows that
         # lost are unchanged by the upsert, so they are found afterwards — and only when
         # something was skipped (never on the common path).
-        if seg.narrow:    # keys to read whole (in the batch's snapshot) before its token
+        if seg.narrow and done < seg.rows:   # keys to read whole (in the batch's snapshot)
             keys = scalar(self.conn.execute(NARROW_MISSING.format(
                 table=table, stage=stage, one=sql.SQL("true"), pk=pk,
                 tname=sql.Literal(info.name), s_version=existence(info, "s")))) or []

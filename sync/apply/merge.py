@@ -71,15 +71,14 @@ NARROW_UPSERT = sql.SQL("""
         WHERE t.{pk} = excluded.{pk} AND {wins}
         RETURNING t.{pk} AS k, false AS inserted)
     SELECT 0, count(*), {rest} FROM r""")
-# The keys of a narrow stage that no row of the same incarnation holds and no tombstone
-# holds back: what the link reads again whole, in the same snapshot.
+# The keys of a narrow stage that no row of the same or a newer incarnation holds and no
+# tombstone holds back: what the link reads again whole, in the same snapshot (run only
+# when the passes wrote fewer rows than were staged).
 NARROW_MISSING = sql.SQL("""
     SELECT array_agg(s.{pk}) FROM {stage} s
     WHERE {one}
       AND NOT EXISTS (SELECT 1 FROM public.{table} x
-                      WHERE x.{pk} = s.{pk} AND x.sync_base = s.sync_base)
-      AND NOT EXISTS (SELECT 1 FROM public.{table} x
-                      WHERE x.{pk} = s.{pk} AND x.sync_base > s.sync_base)
+                      WHERE x.{pk} = s.{pk} AND x.sync_base >= s.sync_base)
       AND NOT EXISTS (SELECT 1 FROM sync.tombstone tb
                       WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
                         AND (tb.modifiedon, tb.origin) >= {s_version})""")
