@@ -20,6 +20,11 @@ under the loser's mark, and no dead letter remains anywhere.
 The default run is short (a fixed seed, ~20 s of writes). Longer runs with other seeds:
 
     REGIONSYNC_STRESS_SECONDS=120 REGIONSYNC_STRESS_SEEDS=1,2,3 pytest -m stress
+
+``REGIONSYNC_STRESS_MIX=insert,update,delete`` weighs the writers' contact statements
+(default 3,5,2). Most polls' ranges then hold an insert and are read whole; ``1,30,1``
+makes most of them updates alone, read narrow (protocol 4), with keys read whole where a
+region has not yet heard of a key's insert.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from sync.apply.altkeys import MARK
 from tests.fix_daemons import mesh_daemons
 from tests.fix_pg import Mesh
 
+MIX = [int(w) for w in os.environ.get("REGIONSYNC_STRESS_MIX", "3,5,2").split(",")]
 REGIONS = ["eu-west", "eu-north", "us-east"]
 SYNCED = ("firstname", "lastname", "telephone1", "address1_country")
 EDITABLE = ("firstname", "telephone1", "address1_country", "medical_notes")
@@ -168,7 +174,7 @@ class Writer(threading.Thread):
         return [(aid, (row[0], row[1]))]
 
     def _statement(self, conn: psycopg.Connection) -> list[tuple[uuid.UUID, Write]]:
-        op = self.rng.choices(["insert", "update", "delete"], weights=[3, 5, 2])[0]
+        op = self.rng.choices(["insert", "update", "delete"], weights=MIX)[0]
         keys = self.rng.sample(self.keys, self.rng.randint(1, 4))
         name = self._next_label()
         if op == "insert":
