@@ -95,8 +95,9 @@ RELEASES = {"v0.1.0": "71fac6b200ad4626f329aee099e55e69a4b0a165",
 
 def release_tree(tag: str, dest: Path) -> Path:
     """A released tree (``sync``, ``alembic``, ``policies``) from this repository's
-    history, so an upgrade test runs the release's own code on a real database."""
-    commit = RELEASES[tag]
+    history, so an upgrade test runs the release's own code on a real database; ``tag``
+    may also be a commit of main (a schema between releases)."""
+    commit = RELEASES.get(tag, tag)
     for ref in (f"{tag}^{{commit}}", commit):
         found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", ref],
                                capture_output=True, text=True)

@@ -10,17 +10,26 @@ token moves, and the masks must tell a destination nothing of a column it is not
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from sync.db.migrate import migrate
 from sync.link import PeerLink
 from sync.policy import load_policy
+from sync.protocol import served
 from sync.records import Segment
-from sync.source.egress import apply_egress
-from tests.fix_pg import POLICIES, Mesh
-from tests.integration.helpers import contact
+from sync.source.egress import apply_egress, role_for
+from sync.testing.cluster import LocalCluster
+from sync.testing.verify import synced_rows
+from tests.fix_pg import CAPTURE, POLICIES, Mesh, new_link
+from tests.integration.helpers import contact, release_tree
 from tests.integration.test_protocol import SERVE
 from tests.integration.test_residency import as_destination
 
@@ -210,3 +219,91 @@ def test_an_owner_serving_protocol_3_is_read_whole(mesh: Mesh) -> None:
     mesh.pull("eu-north", "eu-west")
     assert [(s.narrow, s.columns) for s in seen] == [(False, _whole(mesh))]
     assert mesh.rows("eu-north", "contact") == mesh.rows("eu-west", "contact", "eu-north")
+
+
+# The tree before migration 0023 (protocol 3), as a rolling upgrade meets it.
+BEFORE_0023 = "ee2b16a8804c928ed44cfd521306efee581af830"
+
+OLD_SIDE = """
+import sys
+import psycopg
+from sync.db.catalog import introspect
+from sync.db.migrate import migrate
+from sync.link import LinkSettings, PeerLink
+from sync.policy import load_policy
+from sync.source.egress import apply_egress
+what, url, policies = sys.argv[1:4]
+if what == "owner":         # migrate, one contact, a destination role for eu-north
+    migrate(url, "ap-south", sys.argv[4])
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO contact (contactid, lastname, firstname) VALUES "
+                     "('5a1d0000-0000-4000-8000-000000000023', 'Before0023', 'Jo')")
+        apply_egress(conn, load_policy(policies, introspect(conn)), introspect(conn),
+                     ["eu-north"])
+elif what == "target":
+    migrate(url, "eu-north", sys.argv[4])
+else:                       # receive: one batch from ap-south as the old release reads it
+    owner = sys.argv[4]
+    with psycopg.connect(url) as conn:
+        policy = load_policy(policies, introspect(conn))
+    link = PeerLink(LinkSettings(region="eu-north", peer="ap-south", peer_conninfo=owner,
+                                 local_conninfo=url), policy=lambda: policy)
+    try:
+        link.run_once()
+        print(link.conns.open().protocol)
+    finally:
+        link.close()
+"""
+
+
+def _old(tree: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-c", OLD_SIDE, *args], cwd=tree,
+                          env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_a_region_migrated_to_0023_in_place_serves_old_and_new_receivers(
+        mesh: Mesh, pg_clusters: dict[str, LocalCluster], tmp_path: Path) -> None:
+    """A region at 0022, made by that tree's own code, with a destination role, takes 0023
+    in place while the mesh runs: the function its destinations read the journal through
+    is made again with its grants; this release's receiver reads its updates narrow
+    (protocol 4), and a receiver still on the tree before goes on at protocol 3."""
+    tree = release_tree(BEFORE_0023, tmp_path / "before-0023")
+    policies = str(tree / "policies" / "examples" / "shared-mesh")
+    owner_cluster, old_cluster = pg_clusters["ap-south"], pg_clusters["eu-north"]
+    url = owner_cluster.create_database(f"o{uuid.uuid4().hex[:8]}")
+    old_target = old_cluster.create_database(f"r{uuid.uuid4().hex[:8]}")
+    kind = "plpgsql" if CAPTURE == "plpgsql" else "auto"
+    try:
+        _old(tree, "owner", url, policies, kind)
+        _old(tree, "target", old_target, policies, kind)
+        with psycopg.connect(url) as conn:
+            assert served(conn).high == 3
+        as_north = make_conninfo(url, user=role_for("eu-north"))
+        assert _old(tree, "receive", old_target, policies, as_north) == "3"   # initial load
+
+        migrate(url, "ap-south", kind)
+        link = new_link(region="eu-north", peer="ap-south", peer_conninfo=as_north,
+                        local_conninfo=mesh.urls["eu-north"], policy=lambda: mesh.policy)
+        try:
+            link.run_once()                                  # the initial load
+            assert link.conns.session is not None and link.conns.session.protocol == 4
+            seen = _seen(link)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("UPDATE contact SET telephone1 = '0023' WHERE lastname = "
+                             "'Before0023'")
+                owner = synced_rows(conn, mesh.schema, mesh.policy, "contact", "eu-north")
+            link.run_once()
+        finally:
+            link.close()
+        assert [s.narrow for s in seen] == [True]
+        assert mesh.rows("eu-north", "contact") == owner
+        assert _old(tree, "receive", old_target, policies, as_north) == "3"
+        with psycopg.connect(old_target) as conn:
+            assert conn.execute("SELECT telephone1 FROM contact WHERE lastname = "
+                                "'Before0023'").fetchone() == ("0023",)
+    finally:
+        owner_cluster.drop_database(conninfo_to_dict(url)["dbname"])
+        old_cluster.drop_database(conninfo_to_dict(old_target)["dbname"])
