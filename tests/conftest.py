@@ -13,7 +13,7 @@ EVERY_SERVER = {
     "test_capture_paths", "test_server_objects", "test_versions_never_go_back",
     "test_integrity", "test_apply", "test_column_merge", "test_alternate_keys",
     "test_interleavings", "test_residency", "test_propagation", "test_invariants",
-    "test_convergence_stress", "test_faults", "test_tls", "test_demo",
+    "test_convergence_stress", "test_faults", "test_tls", "test_demo", "test_narrow_reads",
 }
 
 

@@ -28,7 +28,6 @@ from sync.apply.altkeys import AlternateKeys
 from sync.apply.conflicts import ConflictRecorder
 from sync.apply.deletes import Deletes
 from sync.apply.merge import (
-    NARROW_MISSING,
     NARROW_UPSERT,
     SHAPES_KEPT,
     UPSERT,
@@ -342,8 +341,9 @@ class Applier:
                 written = statements.run(self.conn, one, params)
                 self.conn.execute("SET LOCAL enable_hashjoin TO DEFAULT; "   # (an error rolls
                                   "SET LOCAL enable_mergejoin TO DEFAULT")   # both back)
-                return written
-            ins, upd = statements.run(self.conn, one, params)
+                missing.extend(written.missing)   # read whole before the batch's token
+                return written.inserted, written.updated
+            ins, upd, _ = statements.run(self.conn, one, params)
             if ins:
                 ins -= self.conn.execute(recheck.format(
                     table=table, stage=stage, one=one or sql.SQL("true"), pk=pk,
@@ -355,23 +355,20 @@ class Applier:
             result.applied[(info.name, "insert")] += ins
             result.applied[(info.name, "update")] += upd
 
+        missing: list[Any] = []     # a narrow segment's keys with no row to update here
         done_before = (result.applied[(info.name, "insert")] + result.applied[(info.name, "update")]
                        + result.dead_letters[info.name])
         one_key = sql.SQL("s.{} = %(key)s").format(pk)
         self.rows.bulk_or_rows(info, stage, seg.kind, lambda: count(*run(None)),
                                lambda key: count(*run(one_key, {"key": key})), result)
+        self._step("upserted")
         done = (result.applied[(info.name, "insert")] + result.applied[(info.name, "update")]
-                + result.dead_letters[info.name]) - done_before
+                + result.dead_letters[info.name]) - done_before + len(missing)
+        if missing:
+            result.missing.setdefault(info.name, []).extend(missing)
         # Rows not written: replays of a version we hold, or versions that lost. Rows that
         # lost are unchanged by the upsert, so they are found afterwards — and only when
         # something was skipped (never on the common path).
-        if seg.narrow and done < seg.rows:   # keys to read whole (in the batch's snapshot)
-            keys = scalar(self.conn.execute(NARROW_MISSING.format(
-                table=table, stage=stage, one=sql.SQL("true"), pk=pk,
-                tname=sql.Literal(info.name), s_version=existence(info, "s")))) or []
-            if keys:
-                result.missing.setdefault(info.name, []).extend(keys)
-                done += len(keys)
         skipped = max(0, seg.rows - done)
         result.skipped[info.name] += skipped
         if skipped and not backfill:

@@ -3,7 +3,7 @@ and how an upsert decides column by column. Kept apart from the applier, which r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -62,26 +62,29 @@ def existence(info: TableInfo, alias: str) -> sql.Composable:
 # A narrow segment (protocol 4: only the columns its range changed, see
 # sync.source.reader) is no whole row, so it never inserts: it updates rows of the same
 # incarnation (the passes' WHERE, ``passes(narrow=True)``), in key order (the applier
-# has the planner join by nested loop, the stage outside), and leaves other keys to be
-# read whole (``NARROW_MISSING``). Otherwise as UPSERT, with the stage's row as EXCLUDED.
+# has the planner join by nested loop, the stage outside). Otherwise as UPSERT, with the
+# stage's row as EXCLUDED; its first pass also returns {missing} (``_MISSING``).
 NARROW_UPSERT = sql.SQL("""
     WITH r AS (
         UPDATE public.{table} AS t SET {updates}
         FROM (SELECT {scols} FROM {stage} s WHERE {one} ORDER BY s.{pk}) AS excluded
         WHERE t.{pk} = excluded.{pk} AND {wins}
         RETURNING t.{pk} AS k, false AS inserted)
-    SELECT 0, count(*), {rest} FROM r""")
-# The keys of a narrow stage that no row of the same or a newer incarnation holds and no
-# tombstone holds back: what the link reads again whole, in the same snapshot (run only
-# when the passes wrote fewer rows than were staged).
-NARROW_MISSING = sql.SQL("""
-    SELECT array_agg(s.{pk}) FROM {stage} s
-    WHERE {one}
-      AND NOT EXISTS (SELECT 1 FROM public.{table} x
-                      WHERE x.{pk} = s.{pk} AND x.sync_base >= s.sync_base)
-      AND NOT EXISTS (SELECT 1 FROM sync.tombstone tb
-                      WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
-                        AND (tb.modifiedon, tb.origin) >= {s_version})""")
+    SELECT 0, count(*), {rest}, {missing} FROM r""")
+
+# NARROW_UPSERT's {missing}: the staged keys that no row of the same or a newer
+# incarnation held and no tombstone held back, when the first pass wrote fewer rows than
+# were staged (NULL otherwise): the link reads them whole, in the batch's snapshot. In the
+# UPDATE's own statement, so in its snapshot: a row another link inserts a moment later
+# is read whole as well (a replay there), never taken for one this pass saw and skipped.
+_MISSING = sql.SQL("""CASE WHEN count(*) < (SELECT count(*) FROM {stage} s WHERE {one})
+        THEN (SELECT array_agg(s.{pk}) FROM {stage} s
+              WHERE {one}
+                AND NOT EXISTS (SELECT 1 FROM public.{table} x
+                                WHERE x.{pk} = s.{pk} AND x.sync_base >= s.sync_base)
+                AND NOT EXISTS (SELECT 1 FROM sync.tombstone tb
+                                WHERE tb.tablename = {tname} AND tb.pk = s.{pk}
+                                  AND (tb.modifiedon, tb.origin) >= {s_version})) END""")
 
 _NEWER_BASE = sql.SQL("EXCLUDED.sync_base > t.sync_base")
 _SAME_BASE = sql.SQL("EXCLUDED.sync_base = t.sync_base")
@@ -248,6 +251,7 @@ class Upsert:
                  template: sql.SQL = UPSERT, **names: sql.Composable) -> None:
         self.steps = steps
         self.template = template
+        self.narrow = template is NARROW_UPSERT
         self.names = names
         self._bulk: list[bytes] | None = None
 
@@ -260,14 +264,18 @@ class Upsert:
             these = one if not n else sql.SQL("({}) AND s.{} = ANY(%(rest)s)").format(one, pk)
             rest = (_REST.format(one=these, pk=pk, stage=stage) if n + 1 < len(self.steps)
                     else sql.SQL("NULL"))
+            extra = {}
+            if self.narrow:
+                extra["missing"] = (_MISSING.format(one=these, **self.names) if not n
+                                    else sql.SQL("NULL"))
             out.append(self.template.format(one=these, updates=updates, wins=wins, rest=rest,
-                                            **self.names))
+                                            **self.names, **extra))
         return out
 
     def run(self, conn: psycopg.Connection, one: sql.Composable | None = None,
-            params: dict[str, Any] | None = None) -> tuple[int, int]:
+            params: dict[str, Any] | None = None) -> Written:
         """Apply the staged rows (those ``one`` selects, with ``params``; all when None);
-        returns the rows (inserted, updated)."""
+        returns the rows inserted and updated, and a narrow segment's keys to read whole."""
         if one is None:
             if self._bulk is None:
                 self._bulk = [s.as_bytes(conn) for s in self.statements(sql.SQL("true"))]
@@ -276,6 +284,7 @@ class Upsert:
             stmts = list(self.statements(one))
         ins = upd = 0
         rest: list[Any] | None = None
+        missing: list[Any] = []
         for n, stmt in enumerate(stmts):
             args = params
             if n:
@@ -286,7 +295,18 @@ class Upsert:
             if row is None:
                 raise RuntimeError("the upsert returned no row")
             ins, upd, rest = ins + row[0], upd + row[1], row[2]
-        return ins, upd
+            if not n and self.narrow:
+                missing = row[3] or []
+        return Written(ins, upd, missing)
+
+
+class Written(NamedTuple):
+    """What an ``Upsert`` wrote: rows inserted and updated, and the keys of a narrow
+    segment it left to be read whole (``_MISSING``)."""
+
+    inserted: int
+    updated: int
+    missing: list[Any]
 
 
 def upsert(conn: psycopg.Connection, steps: list[tuple[sql.Composable, sql.Composable]], *,
@@ -294,7 +314,8 @@ def upsert(conn: psycopg.Connection, steps: list[tuple[sql.Composable, sql.Compo
            template: sql.SQL = UPSERT, **names: sql.Composable) -> tuple[int, int]:
     """Run UPSERT's (or ``template``'s) ``passes`` once over a staged segment (see
     ``Upsert``); returns the rows (inserted, updated)."""
-    return Upsert(steps, template=template, **names).run(conn, one, params)
+    written = Upsert(steps, template=template, **names).run(conn, one, params)
+    return written.inserted, written.updated
 
 
 def dominant_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str, ...], *,
@@ -342,5 +363,5 @@ def dominant_columns(info: TableInfo, cols: tuple[str, ...], stamped: tuple[str,
         [*sets, *_row_sets(info, cols, stamped, changed if journal else None)]), where
 
 
-__all__ = ["NARROW_MISSING", "NARROW_UPSERT", "UPSERT", "Upsert", "dominant_columns",
+__all__ = ["NARROW_UPSERT", "UPSERT", "Upsert", "Written", "dominant_columns",
            "existence", "merge_columns", "passes", "row_columns", "upsert"]

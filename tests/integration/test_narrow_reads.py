@@ -143,6 +143,41 @@ def test_a_key_the_target_has_no_row_of_arrives_whole_before_the_token_moves(
     _same_everywhere(mesh, REGIONS)
 
 
+def test_a_key_another_link_inserts_while_a_narrow_page_applies_is_read_whole(
+        mesh: Mesh) -> None:
+    """us-east has no row of a contact yet when eu-north's narrow edit of it arrives; just
+    after that page's UPDATE (which found nothing), us-east's link from eu-west inserts the
+    contact, committed, with the same incarnation. The page must still read the key whole:
+    what it skipped is judged in the UPDATE's own snapshot, not in a later one that would
+    take the new row for one it had seen, and drop eu-north's edit for good."""
+    west, north = mesh.conn("eu-west"), mesh.conn("eu-north")
+    for source in ("eu-north", "eu-west"):
+        mesh.link("us-east", source).run_once()        # initial loads: deltas from now
+    cid = contact(west, "Racing")
+    mesh.pull("eu-north", "eu-west")
+    north.execute("UPDATE contact SET firstname = 'north' WHERE contactid = %s", (cid,))
+    link = mesh.link("us-east", "eu-north")
+    applier = link.conns.open().applier
+    seen = _seen(link)
+    inserted: list[int] = []
+
+    def insert_meanwhile(step: str) -> None:
+        if step == "upserted" and not inserted:
+            inserted.append(sum(b.rows for b in mesh.pull("us-east", "eu-west")))
+
+    applier.fault_hook = insert_meanwhile
+    try:
+        mesh.pull("us-east", "eu-north")
+    finally:
+        applier.fault_hook = None
+    assert inserted == [1]
+    assert mesh.one("us-east", "SELECT firstname FROM contact WHERE contactid = %s",
+                    (cid,)) == "north"
+    assert [s.narrow for s in seen] == [True, False]
+    mesh.sync(REGIONS)
+    _same_everywhere(mesh, REGIONS)
+
+
 def test_a_narrow_update_never_writes_over_another_incarnation(mesh: Mesh) -> None:
     """us-east deletes a contact and creates it again under the same key; eu-north hears
     of it and edits the new one's name; eu-west has heard only of the old one. eu-north's
