@@ -8,7 +8,7 @@ import psycopg
 from psycopg import sql
 
 from sync.db.catalog import LOCAL_ONLY_COLUMNS, Schema
-from sync.records import Segment
+from sync.records import Segment, SegmentKind
 
 DELETE_COLUMNS = ("pk", "modifiedon", "origin")
 WITHDRAW_COLUMNS = ("pk",)
@@ -59,3 +59,14 @@ def copy_in(conn: psycopg.Connection, table: sql.Composable, seg: Segment) -> No
         copy.write(seg.data)
         if seg.binary:
             copy.write(BINARY_TRAILER)
+
+
+def segment_of(table: str, kind: SegmentKind, columns: tuple[str, ...], buf: bytearray,
+               rows: int, binary: bool, ends_stream: bool,
+               groups: tuple[tuple[str, ...], ...] = (), narrow: bool = False) -> Segment:
+    """A segment of the rows in ``buf``; when the stream's last message (the binary
+    trailer) is in it, that message is not a row."""
+    if ends_stream:
+        return Segment(table, kind, columns, bytes(buf[:-2]), rows - 1, binary, groups,
+                       narrow)
+    return Segment(table, kind, columns, bytes(buf), rows, binary, groups, narrow)

@@ -23,6 +23,7 @@ other table travels as text, which converts between compatible types.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,14 +33,15 @@ from psycopg import sql
 
 from sync import versions
 from sync.db import origins as registry
-from sync.db.catalog import BASE_COLUMN, VERSION_SUFFIX, TableInfo
+from sync.db.catalog import TableInfo
 from sync.db.connect import one_row, scalar
 from sync.errors import Throttled
 from sync.policy.model import TableRule
 from sync.records import Origins, Page, Pending, ReadPlan, Segment, SegmentKind, Snapshot
 from sync.source.copyout import copy_out
+from sync.source.narrow import RANGE_MASK, narrow_columns
 from sync.source.rowversion import row_origin, row_version, wire_value
-from sync.wire import DELETE_COLUMNS, WITHDRAW_COLUMNS, is_trailer, strip_binary_header
+from sync.wire import DELETE_COLUMNS, WITHDRAW_COLUMNS, is_trailer, segment_of, strip_binary_header
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +271,8 @@ class SourceReader:
         where a row filter makes reads differ from keys)."""
         if not tables:
             return Pending({}, None)
-        # protocol 4: the union of the columns the range's updates changed, NULL unless
-        # every entry is an update with a known mask or a delete
-        masks = (sql.SQL("CASE WHEN bool_and(c.op = 'd' OR (c.op = 'u' AND c.cols IS NOT NULL))"
-                         " THEN bit_or(c.cols) END") if self.narrow else sql.SQL("NULL"))
+        # protocol 4: the columns the range's updates changed (sync.source.narrow)
+        masks = RANGE_MASK if self.narrow else sql.SQL("NULL")
         q = sql.SQL("SELECT c.tablename, sum(cardinality(c.pks)), min(c.changed_at),"
                     " bool_or(c.op = 'd'), (SELECT r.reltuples FROM pg_catalog.pg_class r"
                     "   WHERE r.oid = to_regclass('public.' || quote_ident(c.tablename))),"
@@ -342,7 +342,8 @@ class SourceReader:
             if pending is not None and info.name not in pending.changes:
                 continue
             rule = rules[info.name]
-            narrow = (self._narrow_for(info, rule, plan, pending.masks.get(info.name))
+            narrow = (narrow_columns(info, rule, pending.masks.get(info.name), plan,
+                                     author=self.author, owner_filtered=self.owner_filtered)
                       if kind == "upsert" and pending is not None else None)
             columns = {"upsert": narrow or (*rule.wire_columns(info),
                                             *rule.version_columns(info)),
@@ -364,6 +365,8 @@ class SourceReader:
             # (fresh memory for every page), on the thread every apply lane waits on.
             buf, rows, first = bytearray(), 0, binary
             message: bytes | memoryview = b""
+            cut = functools.partial(segment_of, info.name, kind, columns, binary=binary,
+                                    groups=rule.groups, narrow=bool(narrow))
             with contextlib.closing(copy_out(self.conn, stmt)) as messages:
                 for message in messages:  # one CopyData message per row
                     if first:
@@ -372,31 +375,16 @@ class SourceReader:
                     rows += 1
                     in_page += 1
                     if in_page >= page_size:
-                        segments.append(_segment(info.name, kind, columns, buf, rows, binary,
-                                                 ends_stream=binary and is_trailer(message),
-                                                 groups=rule.groups, narrow=bool(narrow)))
+                        segments.append(cut(buf, rows, ends_stream=binary and is_trailer(message)))
                         yield Page(tuple(segments))
                         segments, buf, rows, in_page = [], bytearray(), 0, 0
             ends = binary and rows > 0 and is_trailer(message)
             if rows - ends:
-                segments.append(_segment(info.name, kind, columns, buf, rows, binary, ends,
-                                         groups=rule.groups, narrow=bool(narrow)))
+                segments.append(cut(buf, rows, ends_stream=ends))
             in_page -= ends
         self._join_for(False)
         if segments:
             yield Page(tuple(segments))
-
-    def _narrow_for(self, info: TableInfo, rule: TableRule, plan: ReadPlan,
-                    mask: int | None) -> tuple[str, ...] | None:
-        """The columns to send of a delta's range of updates (``mask``: the columns they
-        changed), or None to send them all: an initial load, a read of listed keys, a
-        retired author's catch-up, and a table whose rows may enter the destination's
-        filter (the destination would lack them) always read whole rows."""
-        if (mask is None or plan.token is None or plan.keys is not None
-                or self.author is not None or rule.rows is not None
-                or info.name in self.owner_filtered):
-            return None
-        return narrow_columns(info, rule, mask)
 
     def _join_for(self, wide: bool) -> None:
         """Read a wide range (``Pending.wide``) by hashing its keys against one scan of the
@@ -413,38 +401,3 @@ class SourceReader:
         self.conn.execute("SET LOCAL enable_nestloop = off; SET LOCAL jit = off" if wide else
                           "SET LOCAL enable_nestloop TO DEFAULT; SET LOCAL jit TO DEFAULT")
         self._wide = wide
-
-
-def narrow_columns(info: TableInfo, rule: TableRule, mask: int) -> tuple[str, ...] | None:
-    """What a range of updates that changed the columns of ``mask`` (journal bits, see
-    ``TableInfo.bit``) sends: the key, the row's times and origin, the changed columns
-    with every column of their groups and alternate keys (which merge or collide as one),
-    their versions and the base. None when that is every sent column, or when the table
-    sends a column without a version (assigned on every write, so always sent).
-
-    The row's time and origin are still derived from every version the destination reads
-    (``sync.source.rowversion``): the same values a whole row would carry."""
-    if not info.per_column:
-        return None
-    sent = [c for c in info.columns if c in rule.columns and c != info.pk]
-    if any(c not in info.versioned for c in sent):
-        return None
-    chosen = {c for c in sent if info.bit(c) & mask}
-    for unit in (*rule.groups, *(k.columns for k in info.alternate_keys)):
-        if chosen.intersection(unit):
-            chosen.update(c for c in unit if c in sent)
-    if not chosen or len(chosen) == len(sent):
-        return None
-    wire = tuple(c for c in rule.wire_columns(info) if c not in sent or c in chosen)
-    return (*wire, *(c + VERSION_SUFFIX for c in sent if c in chosen), BASE_COLUMN)
-
-
-def _segment(table: str, kind: SegmentKind, columns: tuple[str, ...], buf: bytearray, rows: int,
-             binary: bool, ends_stream: bool,
-             groups: tuple[tuple[str, ...], ...] = (), narrow: bool = False) -> Segment:
-    """A segment of the rows in ``buf``; when the stream's last message (the binary
-    trailer) is in it, that message is not a row."""
-    if ends_stream:
-        return Segment(table, kind, columns, bytes(buf[:-2]), rows - 1, binary, groups,
-                       narrow)
-    return Segment(table, kind, columns, bytes(buf), rows, binary, groups, narrow)
