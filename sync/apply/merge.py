@@ -60,7 +60,7 @@ def existence(info: TableInfo, alias: str) -> sql.Composable:
 
 
 # A narrow segment (protocol 4: only the columns its range changed, see
-# sync.source.reader) is no whole row, so it never inserts: it updates rows of the same
+# sync.source.narrow) is no whole row, so it never inserts: it updates rows of the same
 # incarnation (the passes' WHERE, ``passes(narrow=True)``), in key order (the applier
 # has the planner join by nested loop, the stage outside). Otherwise as UPSERT, with the
 # stage's row as EXCLUDED; its first pass also returns {missing} (``_MISSING``).
